@@ -1,0 +1,1 @@
+"""The pure core: numpy only (no torch, no HTTP, no Label Studio)."""

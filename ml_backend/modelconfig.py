@@ -1,0 +1,88 @@
+"""Model configs: YAML files in ``model_configs/`` choose the encoder, the head, training and the strategy.
+
+Validated with pydantic so a typo in a YAML file fails at load with the field's name, not deep inside torch.
+A version's config is saved next to its weights, so every version can be rebuilt from its config and seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ml_backend.core.strategies import STRATEGIES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EncoderConfig(_Strict):
+    """Where the pretrained network comes from and how inputs are prepared for it.
+
+    ``pretrained``: a Hugging Face id (``bert-base-uncased``), a local folder, ``python-package:<module>`` for
+    weights shipped inside a PyPI package, or for images ``efficientnet-lite0`` / ``torchvision:<name>``.
+    """
+
+    pretrained: str
+    weights: str | None = Field(None, description="Image backbones: weights file, python-package:<module> or DEFAULT")
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(256, ge=8, description="Text: tokens per input; longer text is truncated.")
+    image_size: int = Field(224, ge=32, description="Images are resized to this square size.")
+    batch_size: int = Field(32, ge=1)
+
+
+class HeadConfig(_Strict):
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+class TrainingConfig(_Strict):
+    mode: Literal["head", "full"] = Field("head", description="head: frozen encoder, cached embeddings (seconds); full: fine-tune the encoder too")
+    epochs: int = Field(60, ge=1)
+    full_epochs: int = Field(3, ge=1, description="Epochs of full fine-tuning (mode: full).")
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr: float = Field(2e-5, gt=0, description="Learning rate of the encoder in full fine-tuning.")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(32, ge=1)
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of labelled tasks held out for evaluation.")
+    min_labels_for_holdout: int = Field(10, ge=2, description="Below this many labels, train on all and skip the comparison.")
+    promote_if_not_worse: bool = Field(True, description="Keep the current version if the new one is worse on the held-out data.")
+    promote_tolerance: float = Field(0.0, ge=0.0, description="Accuracy the new version may lose and still be promoted.")
+    seed: int = 0
+
+
+class AcquisitionConfig(_Strict):
+    strategy: str = "bald"
+    mc_samples: int = Field(20, ge=1)
+    mc_mode: Literal["head", "full"] = Field("head", description="head: T passes over the head only; full: T passes through the whole network")
+    cold_start_neighbours: int = Field(10, ge=1)
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; choose one of {sorted(STRATEGIES)}")
+        return value
+
+
+class ModelConfig(_Strict):
+    """One model family and how it learns and scores; ``name`` prefixes every model version it produces."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["text", "image"]
+    encoder: EncoderConfig
+    head: HeadConfig = HeadConfig()
+    training: TrainingConfig = TrainingConfig()
+    acquisition: AcquisitionConfig = AcquisitionConfig()
+
+
+def load_model_config(configs_dir: Path, name: str) -> ModelConfig:
+    """Read ``<configs_dir>/<name>.yaml`` (or a path to a YAML file) into a validated :class:`ModelConfig`."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(configs_dir) / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in Path(configs_dir).glob("*.yaml"))
+        raise FileNotFoundError(f"model config {name!r} not found in {configs_dir}; available: {available}")
+    return ModelConfig.model_validate(yaml.safe_load(path.read_text()))

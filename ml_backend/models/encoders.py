@@ -1,0 +1,83 @@
+"""The encoder interface shared by the text and image families."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def configure_torch(threads: int) -> None:
+    """Set torch's intra-op thread count once per process (1 is usually fastest on 2 shared cores)."""
+    torch.set_num_threads(threads)
+
+
+def enable_dropout(module: nn.Module) -> None:
+    """Switch dropout (and drop-connect, which follows ``training``) on, but keep batch-norm statistics frozen."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def resolve_package_path(spec: str) -> str | None:
+    """``python-package:<module>`` -> the model path a PyPI package ships; ``None`` for any other spec.
+
+    Packages expose it differently; we ask ``get_model_path()`` or ``*ModelFile.get_model_file_path()``.
+    """
+    if not spec.startswith("python-package:"):
+        return None
+    module = importlib.import_module(spec.split(":", 1)[1])
+    if hasattr(module, "get_model_path"):
+        return str(module.get_model_path())
+    for attr in dir(module):
+        obj = getattr(module, attr)
+        if hasattr(obj, "get_model_file_path"):
+            return str(obj.get_model_file_path())
+    raise ValueError(f"{spec}: the package exposes neither get_model_path() nor a *ModelFile class")
+
+
+class Encoder(ABC):
+    """Maps raw inputs (texts, PIL images) to fixed-size embeddings with a pretrained network."""
+
+    #: identifies the weights and preprocessing; embeddings are cached under it
+    fingerprint: str
+    dim: int
+    network: nn.Module
+
+    @abstractmethod
+    def _forward(self, batch: Sequence[Any]) -> torch.Tensor:
+        """Embeddings (b, dim) of one batch, with gradients if the caller enables them."""
+
+    batch_size: int = 32
+
+    @torch.no_grad()
+    def embed(self, items: Sequence[Any]) -> np.ndarray:
+        """Deterministic embeddings (n, dim), network in eval mode."""
+        self.network.eval()
+        return self._run(items)
+
+    @torch.no_grad()
+    def embed_stochastic(self, items: Sequence[Any], mc: int, seed: int = 0) -> np.ndarray:
+        """(n, mc, dim): ``mc`` passes with the encoder's own dropout on, for full-network MC dropout."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            enable_dropout(self.network)
+            try:
+                passes = [self._run(items) for _ in range(mc)]
+            finally:
+                self.network.eval()
+        return np.stack(passes, axis=1) if passes else np.zeros((len(items), 0, self.dim), np.float32)
+
+    def _run(self, items: Sequence[Any]) -> np.ndarray:
+        out = [self._forward(items[i : i + self.batch_size]).float().numpy() for i in range(0, len(items), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def fingerprint_of(*parts: Any) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]

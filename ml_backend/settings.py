@@ -1,0 +1,57 @@
+"""One typed settings object, read from the environment.
+
+It is built once at process start (``Settings()``) and passed down explicitly; nothing reads the environment
+behind the caller's back, so tests can build a ``Settings(...)`` with their own values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of the web app and the worker (env var = upper-case field name)."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", protected_namespaces=())
+
+    data_dir: Path = Field(Path("./data"), description="Model versions, embedding cache and file cache live here.")
+    model_configs_dir: Path = Field(_REPO_CONFIGS, description="Folder of model config YAML files.")
+    text_model_config: str = Field("text-minilm", description="Model config for Text/HyperText projects.")
+    image_model_config: str = Field("image-efficientnet-lite0", description="Model config for Image projects.")
+
+    label_studio_url: str | None = Field(None, description="Base URL of Label Studio, with scheme.")
+    label_studio_api_key: str | None = Field(None, description="Legacy token or personal access token.")
+    label_studio_timeout: float = Field(60.0, description="Seconds per LS API request.")
+
+    redis_url: str | None = Field(None, description="Redis for the job queue; `serve` starts a local one if unset.")
+    queue_name: str = "ml-backend"
+    job_timeout: int = Field(3600, description="Seconds a training or re-scoring job may run.")
+    job_retries: int = Field(3, description="Retries (with backoff) of a failed or abandoned job.")
+    retrain_every: int = Field(1, ge=1, description="Retrain after this many new labels (START_TRAINING forces it).")
+    set_uncertainty_sampling: bool = Field(True, description="On connect, switch the LS project to Uncertainty sampling.")
+    import_batch_size: int = Field(500, ge=1, description="Predictions per LS import request.")
+    score_batch_size: int = Field(64, ge=1, description="Tasks per encoder batch when scoring the pool.")
+
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads; 1 is fastest on small shared machines.")
+    max_image_pixels: int = Field(40_000_000, description="Larger images are refused (decompression-bomb guard).")
+
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    log_level: str = "INFO"
+
+    @property
+    def projects_dir(self) -> Path:
+        return self.data_dir / "projects"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.data_dir / "embeddings"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
