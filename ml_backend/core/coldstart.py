@@ -9,43 +9,37 @@ from __future__ import annotations
 
 import numpy as np
 
+_CHUNK = 1024
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32)
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
 def representativeness(embeddings: np.ndarray, reference: np.ndarray, k: int = 10) -> np.ndarray:
-    """Mean cosine similarity of each row of ``embeddings`` to its k nearest rows of ``reference``, in [0, 1].
+    """Mean cosine similarity of each row of ``embeddings`` to its k nearest rows of ``reference``, mapped to [0, 1].
 
-    A nearest match of similarity ~1 is taken to be the task itself (when it is part of the reference) and is skipped,
-    so a task is not representative of itself. With an empty reference every task gets 0.5 (no information).
+    A nearest match of similarity ~1 is taken to be the task itself (when it is part of the reference) and is
+    skipped, so a task is not representative of itself. With an empty reference every task gets 0.5 (no
+    information). Values do not depend on which other tasks are scored in the same call, so scores computed in
+    different batches or processes order consistently. Memory stays bounded: rows are processed in chunks.
     """
     emb = _unit(embeddings)
     if len(emb) == 0:
         return np.zeros(0)
-    ref = _unit(reference) if len(reference) else np.zeros((0, emb.shape[1]))
-    if len(ref) == 0:
+    if reference is None or len(reference) == 0:
         return np.full(len(emb), 0.5)
-    sims = emb @ ref.T  # (n, m)
-    m = ref.shape[0]
-    kk = min(k + 1, m)
-    top = -np.sort(-sims, axis=1)[:, :kk]
-    # the task itself (when the reference holds it) is its own nearest neighbour: skip that one match
-    if kk == 1:
-        mean = top[:, 0]
-    else:
-        is_self = top[:, 0] > 1.0 - 1e-6
-        mean = np.where(is_self, top[:, 1:].mean(axis=1), top[:, : min(k, kk)].mean(axis=1))
-    return np.clip((mean + 1.0) / 2.0, 0.0, 1.0)
-
-
-def cold_start_uncertainty(embeddings: np.ndarray, reference: np.ndarray, k: int = 10) -> np.ndarray:
-    """A [0, 1] "label me first" value for cold start: the most representative task gets the highest value.
-
-    Values are rescaled to the batch's range so that the spread is used fully; a batch of one keeps its raw value.
-    """
-    rep = representativeness(embeddings, reference, k)
-    if len(rep) > 1 and np.ptp(rep) > 1e-12:
-        return (rep - rep.min()) / np.ptp(rep)
-    return rep
+    ref = _unit(reference)
+    kk = min(k + 1, len(ref))
+    out = np.empty(len(emb))
+    for start in range(0, len(emb), _CHUNK):
+        sims = emb[start : start + _CHUNK] @ ref.T
+        top = -np.sort(-sims, axis=1)[:, :kk]
+        if kk == 1:
+            mean = top[:, 0]
+        else:
+            is_self = top[:, 0] > 1.0 - 1e-5
+            mean = np.where(is_self, top[:, 1:].mean(axis=1), top[:, : min(k, kk)].mean(axis=1))
+        out[start : start + _CHUNK] = mean
+    return np.clip((out + 1.0) / 2.0, 0.0, 1.0)

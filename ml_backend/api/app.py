@@ -1,0 +1,220 @@
+"""The routes Label Studio calls (label-studio-ml 2.x shapes) and the project status route.
+
+Budgets LS imposes: /health 1 s, /setup 3 s (never load a model there), /predict 100 s per batch, project
+webhooks 1 s inside the annotator's request (so /webhook only enqueues).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from ml_backend import __version__
+from ml_backend.api.errors import error, install_error_handlers
+from ml_backend.api.schemas import PredictRequest, SetupRequest
+from ml_backend.jobs.queue import JobQueue, connect
+from ml_backend.labelconfig import UnsupportedConfig
+from ml_backend.lsclient import LabelStudioClient, LabelStudioError
+from ml_backend.models.encoders import configure_torch
+from ml_backend.models.pool import EncoderPool
+from ml_backend.registry import Registry
+from ml_backend.service import ScoringService, UnknownProject
+from ml_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED"}
+
+
+class Backend:
+    """What the routes need, built once per web process and passed in (no hidden globals)."""
+
+    def __init__(self, settings: Settings, encoders: EncoderPool | None = None):
+        self.settings = settings
+        self.registry = Registry(settings.projects_dir)
+        fetch = None
+        if settings.label_studio_url and settings.label_studio_api_key:
+            try:
+                ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
+                                       settings.label_studio_timeout, settings.files_dir)
+                fetch = ls.fetch_file
+            except LabelStudioError as exc:
+                log.error("Label Studio client disabled: %s", exc)
+        self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), fetch)
+        self.counters: Counter[str] = Counter()
+        self._queue: JobQueue | None = None
+        self._queue_lock = threading.Lock()
+
+    def queue(self) -> JobQueue:
+        """The job queue; raises RedisError (-> 503) when Redis is not configured or down."""
+        if not self.settings.redis_url:
+            raise RedisError("REDIS_URL is not set")
+        with self._queue_lock:
+            if self._queue is None:
+                s = self.settings
+                self._queue = JobQueue(connect(s.redis_url), s.queue_name, s.job_timeout, s.job_retries, s.retrain_every)
+        self._queue.redis.ping()
+        return self._queue
+
+
+def _label_count(action: str, payload: dict[str, Any]) -> int:
+    """New labels an event carries: skips (was_cancelled) and empty results are not labels."""
+    if action == "ANNOTATIONS_DELETED":
+        return max(1, len(payload.get("annotations") or []))
+    annotations = payload.get("annotation")
+    annotations = annotations if isinstance(annotations, list) else [annotations]
+    return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
+
+
+def _project_id(payload: dict[str, Any]) -> int | None:
+    project = payload.get("project")
+    if isinstance(project, dict) and isinstance(project.get("id"), int):
+        return project["id"]
+    if isinstance(project, int):
+        return project
+    annotation = payload.get("annotation")
+    if isinstance(annotation, dict) and isinstance(annotation.get("project"), int):
+        return annotation["project"]
+    return None
+
+
+def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
+    configure_torch(settings.torch_threads)
+    backend = Backend(settings, encoders)
+    app = FastAPI(title="Active-learning ML backend for Label Studio", version=__version__)
+    app.state.backend = backend
+    install_error_handlers(app)
+
+    if settings.basic_auth_user:
+        expected = "Basic " + base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()).decode()
+
+        @app.middleware("http")
+        async def _basic_auth(request: Request, call_next: Any) -> Any:
+            if not secrets.compare_digest(request.headers.get("authorization", ""), expected):
+                return error(401, "authentication required", {"WWW-Authenticate": 'Basic realm="ml-backend"'})
+            return await call_next(request)
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "UP", "model_class": "ActiveLearningClassifier", "version": __version__}
+
+    @app.post("/setup")
+    def setup(body: SetupRequest) -> JSONResponse:
+        try:
+            state, is_new = backend.service.register(body.project, body.schema_, body.extra_params)
+        except UnsupportedConfig as exc:
+            return error(422, str(exc))
+        except (FileNotFoundError, ValueError) as exc:  # unknown or mismatched model config
+            return error(400, str(exc))
+        if is_new:  # first connection (or a new label set): score the whole pool in the background
+            try:
+                backend.queue().request_rescore(state.record.project_id, state.version.version)
+            except RedisError as exc:
+                log.error("project %s: could not enqueue the first scoring (Redis: %s)", state.record.project_id, exc)
+        return JSONResponse({"model_version": state.version.version})
+
+    @app.post("/predict")
+    def predict(body: PredictRequest) -> JSONResponse:
+        started = time.perf_counter()
+        project_id = body.project_id()
+        if project_id is None:
+            return error(400, "cannot tell the project: send 'project' as LS does ('<id>.<timestamp>')")
+        try:
+            if body.label_config:  # LS sends the config with every request: keeps us in sync after edits
+                state, _ = backend.service.register(body.project_key() or str(project_id), body.label_config)
+            else:
+                state = backend.service.state(project_id)
+        except UnknownProject as exc:
+            return error(404, str(exc))
+        except UnsupportedConfig as exc:
+            return error(422, str(exc))
+        except (FileNotFoundError, ValueError) as exc:
+            return error(400, str(exc))
+        outcomes = backend.service.score(state, body.tasks)
+        results: list[Any] = []
+        for outcome in outcomes:
+            if outcome.prediction is None:
+                log.warning("project %s task %s: no prediction: %s", project_id, outcome.task_id, outcome.reason)
+                backend.counters["tasks_skipped"] += 1
+                results.append([])
+            else:
+                results.append(outcome.prediction)
+        backend.counters["predict_requests"] += 1
+        backend.counters["tasks_scored"] += len(outcomes) - sum(1 for r in results if r == [])
+        log.info("predict project %s: %d tasks in %.3f s", project_id, len(outcomes), time.perf_counter() - started)
+        return JSONResponse({"results": results, "model_version": state.version.version})
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return error(400, "the body is not valid JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            return error(400, "expected a JSON object with an 'action'")
+        action = payload["action"]
+        if action not in TRAIN_EVENTS | {"START_TRAINING", "TASKS_CREATED"}:
+            return JSONResponse({"status": "Unknown event", "action": action}, status_code=200)
+        project_id = _project_id(payload)
+        if project_id is None:
+            return error(400, f"{action}: payload has no project id")
+        if backend.registry.get_project(project_id) is None:
+            return error(404, f"project {project_id} is unknown: connect it to this backend in Label Studio first")
+        try:
+            queue = backend.queue()
+            if action == "TASKS_CREATED":
+                tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict)]
+                job_id = queue.request_score_new(project_id, tasks) if tasks else None
+                return JSONResponse({"status": "ok", "job": job_id, "tasks": len(tasks)}, status_code=201)
+            labels = 0 if action == "START_TRAINING" else _label_count(action, payload)
+            if action != "START_TRAINING" and labels == 0:
+                return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"}, status_code=200)
+            job_id = queue.add_labels(project_id, labels, force=action == "START_TRAINING")
+        except RedisError as exc:
+            backend.counters["webhooks_refused"] += 1
+            return error(503, f"the job queue (Redis) is unavailable: {exc}")
+        backend.counters["webhooks_accepted"] += 1
+        return JSONResponse({"status": "ok", "job": job_id, "labels": labels}, status_code=201)
+
+    @app.get("/versions")
+    def versions(project: int | None = None) -> dict[str, Any]:
+        ids = [project] if project is not None else backend.registry.project_ids()
+        return {"versions": [v.version for pid in ids for v in backend.registry.versions(pid)]}
+
+    @app.get("/metrics")
+    def metrics() -> dict[str, Any]:
+        return dict(backend.counters)
+
+    @app.get("/projects/{project_id}/status")
+    def status(project_id: int) -> JSONResponse:
+        try:
+            state = backend.service.state(project_id)
+        except UnknownProject as exc:
+            return error(404, str(exc))
+        history = backend.registry.versions(project_id)
+        body: dict[str, Any] = {
+            "project": project_id,
+            "current_version": state.version.version,
+            "trained": state.version.trained,
+            "metrics": state.version.metrics,
+            "n_labels": state.version.n_labels,
+            "versions": [{"version": v.version, "promoted": v.promoted, "trained": v.trained, "n_labels": v.n_labels,
+                          "accuracy": v.metrics.get("accuracy"), "note": v.note} for v in history],
+        }
+        try:
+            body["jobs"] = backend.queue().recent_jobs(project_id)
+        except RedisError as exc:
+            body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
+        return JSONResponse(body)
+
+    return app

@@ -1,0 +1,46 @@
+"""Request bodies Label Studio sends, validated so that a malformed payload is a clear 4xx, never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _LSBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SetupRequest(_LSBody):
+    project: str = Field(description='"<id>.<created timestamp>" as LS sends it, or a bare id')
+    schema_: str = Field(alias="schema", description="the project's label config")
+    hostname: str | None = None
+    access_token: str | None = None
+    extra_params: Any = None
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project_key(cls, value: Any) -> str:
+        value = str(value)
+        if not value.split(".", 1)[0].isdigit():
+            raise ValueError("project must look like '<id>' or '<id>.<timestamp>'")
+        return value
+
+
+class PredictRequest(_LSBody):
+    tasks: list[Any] = Field(description="LS tasks (id, data, ...); one prediction list per task, same order")
+    project: str | int | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+    def project_id(self) -> int | None:
+        """The project id from ``project``, else from the first task's ``project`` field."""
+        if self.project is not None and str(self.project).split(".", 1)[0].isdigit():
+            return int(str(self.project).split(".", 1)[0])
+        for task in self.tasks:
+            if isinstance(task, dict) and isinstance(task.get("project"), int):
+                return task["project"]
+        return None
+
+    def project_key(self) -> str | None:
+        return str(self.project) if self.project is not None else None

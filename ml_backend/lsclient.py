@@ -1,0 +1,168 @@
+"""The only code that talks to Label Studio (through label-studio-sdk).
+
+Errors are turned into :class:`LabelStudioError` with a message an admin can act on (unreachable, 401, ...),
+so jobs fail clearly and rq retries them, instead of dying on a stack trace from deep inside httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jwt
+import requests
+from label_studio_sdk import LabelStudio
+from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
+from label_studio_sdk.core.api_error import ApiError
+
+log = logging.getLogger(__name__)
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio could not be reached or refused the request; the message says what to check."""
+
+
+class _TimeoutSession(requests.Session):
+    """Media downloads with a timeout: the SDK's downloader has none, and one dead URL must not hang a worker."""
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self._timeout)
+        return super().request(*args, **kwargs)
+
+
+def _is_jwt(token: str) -> bool:
+    try:
+        jwt.decode(token, options={"verify_signature": False})
+        return True
+    except jwt.InvalidTokenError:
+        return False
+
+
+class LabelStudioClient:
+    """Projects, tasks, predictions and files of one LS instance."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0, files_dir: Path | None = None):
+        if not url or not url.startswith(("http://", "https://")):
+            raise LabelStudioError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r}")
+        if not api_key:
+            raise LabelStudioError("LABEL_STUDIO_API_KEY is not set")
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.files_dir = Path(files_dir) if files_dir else None
+        self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
+        self._access: tuple[str, float] | None = None
+
+    # -- errors ---------------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            hint = " (check LABEL_STUDIO_API_KEY; legacy tokens are off by default in LS 1.23)" if exc.status_code == 401 else ""
+            raise LabelStudioError(f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}") from exc
+        except Exception as exc:  # connection refused, DNS, timeouts (httpx or requests)
+            raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    # -- projects -------------------------------------------------------------------------------------------
+    def get_project(self, project_id: int) -> Any:
+        return self._call(f"get project {project_id}", self.sdk.projects.get, project_id)
+
+    def update_project(self, project_id: int, **fields: Any) -> None:
+        self._call(f"update project {project_id} {sorted(fields)}", self.sdk.projects.update, project_id, **fields)
+
+    def set_model_version(self, project_id: int, version: str) -> None:
+        self.update_project(project_id, model_version=version)
+
+    def set_uncertainty_sampling(self, project_id: int) -> None:
+        self.update_project(project_id, sampling=UNCERTAINTY_SAMPLING)
+
+    # -- tasks ----------------------------------------------------------------------------------------------
+    def iter_tasks(self, project_id: int, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Every task of the project as a plain dict (id, data, annotations), page by page."""
+        page = 1
+        while True:
+            resp = self._call(
+                f"list tasks of project {project_id} (page {page})",
+                self.sdk.tasks.list, project=project_id, fields="all", page=page, page_size=page_size,
+            )
+            items = list(resp.items or [])
+            for task in items:
+                yield task.model_dump(mode="json") if hasattr(task, "model_dump") else dict(task)
+            if len(items) < page_size or not resp.has_next:
+                return
+            page += 1
+
+    # -- predictions ----------------------------------------------------------------------------------------
+    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]], batch_size: int = 500) -> int:
+        """Import predictions (task, result, score, model_version) in bounded batches; returns how many LS created."""
+        created = 0
+        for i in range(0, len(predictions), batch_size):
+            batch = predictions[i : i + batch_size]
+            resp = self._call(
+                f"import {len(batch)} predictions into project {project_id}",
+                self.sdk.projects.import_predictions, project_id, request=batch,
+            )
+            created += int(getattr(resp, "created", 0) or 0)
+        return created
+
+    def model_versions(self, project_id: int) -> dict[str, int]:
+        """{model_version: number of predictions} of the project."""
+        return self._raw("GET", f"api/projects/{project_id}/model-versions/") or {}
+
+    def delete_model_version(self, project_id: int, version: str) -> int:
+        """Delete one version's predictions (the SDK has no call for this endpoint)."""
+        resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
+        return int((resp or {}).get("deleted_predictions", 0))
+
+    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        what = f"{method} /{path}"
+        headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
+        try:
+            resp = requests.request(method, f"{self.url}/{path}", headers=headers,
+                                    data=json.dumps(body) if body is not None else None, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise LabelStudioError(f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    # -- auth and files -------------------------------------------------------------------------------------
+    def access_token(self) -> str:
+        """A token LS accepts on plain requests: the legacy token as is, or a fresh access token for a PAT.
+
+        A personal access token is a JWT *refresh* token; LS wants ``Bearer <access>`` (valid ~5 minutes).
+        """
+        if not _is_jwt(self.api_key):
+            return self.api_key
+        if self._access is None or self._access[1] < time.time() + 30:
+            resp = self._call("exchange the personal access token", self.sdk.tokens.refresh, refresh=self.api_key)
+            exp = jwt.decode(resp.access, options={"verify_signature": False}).get("exp", time.time() + 240)
+            self._access = (resp.access, float(exp))
+        return self._access[0]
+
+    def _auth_header(self) -> str:
+        token = self.access_token()
+        return f"Bearer {token}" if _is_jwt(token) else f"Token {token}"
+
+    def fetch_file(self, url: str, task_id: int | None = None) -> Path:
+        """Download (or find in the cache) a file referenced by task data: uploads, local files, cloud, http."""
+        try:
+            with http_session(_TimeoutSession(min(self.timeout, 30.0))):
+                path = get_local_path(
+                    url, cache_dir=str(self.files_dir) if self.files_dir else None, hostname=self.url,
+                    access_token=self.access_token(), task_id=task_id,
+                )
+        except LabelStudioError:
+            raise
+        except Exception as exc:
+            raise OSError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
+        return Path(path)

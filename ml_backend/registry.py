@@ -1,0 +1,169 @@
+"""Model versions on disk: the single truth about which versions exist and which one serves.
+
+Layout under ``<data_dir>/projects/<project id>/``::
+
+    project.json              label config, model config name, LS project key
+    current.json              {"version": ...}: the serving version, replaced atomically (os.replace)
+    versions/<version>/       meta.json (config, seed, metrics, labelled task ids), head.pt
+    pool_reference.npy        embeddings of the project's pool, the reference for cold-start scores
+
+A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle
+of publishing leaves the previous versions and the current pointer untouched. Every process (web, workers)
+reads ``current.json`` on each request: no per-process copy of "the current version" can go stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+
+@dataclass
+class ProjectRecord:
+    project_id: int
+    project_key: str
+    label_config: str
+    model_config: str
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    number: int
+    created_at: float
+    model_config: dict[str, Any]
+    seed: int
+    trained: bool
+    promoted: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    n_labels: int = 0
+    labelled_task_ids: list[int] = field(default_factory=list)
+    note: str = ""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Registry:
+    """Per-project versions, metrics and the current pointer, on a folder shared by all processes."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _dir(self, project_id: int) -> Path:
+        return self.root / str(int(project_id))
+
+    # -- projects ---------------------------------------------------------------------------------------------
+    def get_project(self, project_id: int) -> ProjectRecord | None:
+        path = self._dir(project_id) / "project.json"
+        if not path.is_file():
+            return None
+        return ProjectRecord(**json.loads(path.read_text()))
+
+    def save_project(self, record: ProjectRecord) -> None:
+        _write_atomic(self._dir(record.project_id) / "project.json", json.dumps(asdict(record), indent=1).encode())
+
+    def archive_project(self, project_id: int) -> Path:
+        """Move a project's state aside (its LS project was replaced by another with the same id)."""
+        src = self._dir(project_id)
+        dst = self.root / f"{project_id}.archived-{int(time.time())}"
+        src.rename(dst)
+        return dst
+
+    def project_ids(self) -> list[int]:
+        return sorted(int(p.name) for p in self.root.glob("*") if p.name.isdigit()) if self.root.is_dir() else []
+
+    # -- versions ---------------------------------------------------------------------------------------------
+    def current(self, project_id: int) -> VersionInfo | None:
+        path = self._dir(project_id) / "current.json"
+        if not path.is_file():
+            return None
+        return self.get_version(project_id, json.loads(path.read_text())["version"])
+
+    def get_version(self, project_id: int, version: str) -> VersionInfo:
+        meta = self._dir(project_id) / "versions" / version / "meta.json"
+        return VersionInfo(**json.loads(meta.read_text()))
+
+    def versions(self, project_id: int) -> list[VersionInfo]:
+        """Every version ever published for the project (promoted or not), oldest first."""
+        vdir = self._dir(project_id) / "versions"
+        infos = [VersionInfo(**json.loads(m.read_text())) for m in vdir.glob("*/meta.json")] if vdir.is_dir() else []
+        return sorted(infos, key=lambda v: v.number)
+
+    def next_number(self, project_id: int) -> int:
+        return max((v.number for v in self.versions(project_id)), default=-1) + 1
+
+    @staticmethod
+    def version_name(config_name: str, number: int) -> str:
+        """``<config>-v<n>-<UTC time>``: monotonic per project and unique even if the data folder is reset."""
+        return f"{config_name}-v{number}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+
+    def publish(self, project_id: int, info: VersionInfo, files: dict[str, bytes], promote: bool) -> VersionInfo:
+        """Write a version atomically; make it current if ``promote``. Returns the stored info."""
+        vroot = self._dir(project_id) / "versions"
+        vroot.mkdir(parents=True, exist_ok=True)
+        final = vroot / info.version
+        if final.exists():
+            raise FileExistsError(f"version {info.version} already exists")
+        info.promoted = promote
+        tmp = Path(tempfile.mkdtemp(dir=vroot, prefix=".tmp-"))
+        try:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            (tmp / "meta.json").write_text(json.dumps(asdict(info), indent=1))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if promote:
+            self.set_current(project_id, info.version)
+        return info
+
+    def set_current(self, project_id: int, version: str) -> None:
+        if not (self._dir(project_id) / "versions" / version / "meta.json").is_file():
+            raise FileNotFoundError(f"no version {version} in project {project_id}")
+        _write_atomic(self._dir(project_id) / "current.json", json.dumps({"version": version}).encode())
+
+    def read_file(self, project_id: int, version: str, name: str) -> bytes:
+        return (self._dir(project_id) / "versions" / version / name).read_bytes()
+
+    # -- pool reference for cold start ------------------------------------------------------------------------
+    def save_pool_reference(self, project_id: int, embeddings: np.ndarray) -> None:
+        path = self._dir(project_id) / "pool_reference.npy"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, embeddings.astype(np.float32))
+        os.replace(tmp, path)
+
+    def pool_reference(self, project_id: int) -> np.ndarray | None:
+        path = self._dir(project_id) / "pool_reference.npy"
+        return np.load(path) if path.is_file() else None
+
+    def cleanup_temp(self, project_id: int) -> None:
+        """Remove half-written versions left by a crashed job (they were never visible)."""
+        for tmp in (self._dir(project_id) / "versions").glob(".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)

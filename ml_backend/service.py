@@ -1,0 +1,252 @@
+"""Scoring tasks for a project: the one code path behind /predict, pool re-scoring and new-task scoring.
+
+For each task: read its input (text, or an image fetched from LS), embed it with the frozen encoder (cached by
+content), run T MC-dropout passes of the current version's head, turn the uncertainty into LS's ``score``
+(lower = label sooner) and the MC-mean decision into a pre-annotation. Before any label exists, the head is
+untrained: the score then comes from representativeness in embedding space and no pre-annotation is given.
+A task that cannot be scored gets a reason instead of a prediction; the rest of the batch is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ml_backend.core.coldstart import representativeness
+from ml_backend.core.strategies import get_strategy, normalized_uncertainty, to_ls_score
+from ml_backend.embcache import EmbeddingCache, content_key
+from ml_backend.labelconfig import TaskSchema, parse_label_config
+from ml_backend.modelconfig import ModelConfig, load_model_config
+from ml_backend.models.classifier import Classifier
+from ml_backend.models.image import ImageError, load_image
+from ml_backend.models.pool import EncoderPool
+from ml_backend.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: fetches a file URL of a task's data to a local path (implemented by the LS client)
+FileFetcher = Callable[[str, int | None], Path]
+
+
+
+class UnknownProject(LookupError):
+    """No /setup was received for this project and no label config came with the request."""
+
+
+@dataclass
+class TaskScore:
+    """The outcome for one task: a prediction, or the reason there is none."""
+
+    task_id: int | None
+    prediction: dict[str, Any] | None = None
+    reason: str | None = None
+    embedding: np.ndarray | None = None
+
+
+@dataclass
+class ProjectState:
+    record: ProjectRecord
+    schema: TaskSchema
+    config: ModelConfig
+    version: VersionInfo
+
+
+class ScoringService:
+    """Per-project model state (read from the registry) and scoring. Shared by the web app and the worker."""
+
+    def __init__(self, settings: Settings, registry: Registry, encoders: EncoderPool, fetch_file: FileFetcher | None):
+        self.settings = settings
+        self.registry = registry
+        self.encoders = encoders
+        self.fetch_file = fetch_file
+        self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
+        self._caches: dict[str, EmbeddingCache] = {}
+        self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
+
+    # -- projects -------------------------------------------------------------------------------------------
+    def model_config_name(self, schema: TaskSchema, extra_params: Any = None) -> str:
+        """The project's model config: ``extra_params: {"model_config": name}`` in LS, else the default per kind."""
+        if isinstance(extra_params, dict) and isinstance(extra_params.get("model_config"), str):
+            return extra_params["model_config"]
+        return self.settings.text_model_config if schema.kind == "text" else self.settings.image_model_config
+
+    def register(self, project_key: str, label_config: str, extra_params: Any = None) -> tuple[ProjectState, bool]:
+        """Create or refresh a project from /setup; returns its state and whether it is new (needs a first scoring).
+
+        Cheap on purpose (LS gives /setup 3 s): parses the config and writes small files, never loads a model.
+        Raises UnsupportedConfig for a config we cannot learn and FileNotFoundError for an unknown model config.
+        """
+        schema = parse_label_config(label_config)
+        config_name = self.model_config_name(schema, extra_params)
+        config = load_model_config(self.settings.model_configs_dir, config_name)
+        if config.kind != schema.kind:
+            raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
+        project_id = int(str(project_key).split(".", 1)[0])
+        record = self.registry.get_project(project_id)
+        if record and record.project_key != project_key and "." in record.project_key and "." in str(project_key):
+            # same id, different creation time: the LS database was replaced; start this project afresh
+            log.warning("project %s: key %s replaces %s; archiving the old state", project_id, project_key, record.project_key)
+            self.registry.archive_project(project_id)
+            record = None
+        created = record is None
+        changed = record is not None and (record.label_config != label_config or record.model_config != config_name)
+        if created or changed:
+            record = ProjectRecord(project_id, str(project_key), label_config, config_name)
+            self.registry.save_project(record)
+        current = self.registry.current(project_id)
+        if current is None or changed:
+            # a new label set or model family starts from an untrained head (version 0 of this config)
+            number = self.registry.next_number(project_id)
+            current = self.registry.publish(
+                project_id,
+                VersionInfo(
+                    version=Registry.version_name(config.name, number), number=number,
+                    created_at=time.time(), model_config=config.model_dump(), seed=config.training.seed, trained=False, promoted=True,
+                    note="untrained: cold-start scores from representativeness",
+                ),
+                files={}, promote=True,
+            )
+            created = True
+        return ProjectState(record, schema, config, current), created
+
+    def state(self, project_id: int) -> ProjectState:
+        record = self.registry.get_project(project_id)
+        current = self.registry.current(project_id)
+        if record is None or current is None:
+            raise UnknownProject(f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
+        schema = parse_label_config(record.label_config)
+        config = load_model_config(self.settings.model_configs_dir, record.model_config)
+        return ProjectState(record, schema, config, current)
+
+    # -- models ---------------------------------------------------------------------------------------------
+    def new_classifier(self, state: ProjectState, config: ModelConfig | None = None) -> Classifier:
+        """An untrained classifier for the project's label set, on the shared encoder."""
+        config = config or state.config
+        return Classifier(self.encoders.get(config), config, len(state.schema.labels), state.schema.multilabel)
+
+    def classifier(self, state: ProjectState, version: VersionInfo | None = None) -> Classifier:
+        """The classifier of a version (default: the current one); heads are immutable, so cached by version."""
+        version = version or state.version
+        key = (state.record.project_id, version.version)
+        with self._lock:
+            if key in self._heads:
+                self._heads.move_to_end(key)
+                return self._heads[key]
+        clf = self.new_classifier(state, ModelConfig.model_validate(version.model_config))
+        if version.trained:
+            clf.load_head(self.registry.read_file(state.record.project_id, version.version, "head.pt"))
+        with self._lock:
+            self._heads[key] = clf
+            while len(self._heads) > 64:
+                self._heads.popitem(last=False)
+        return clf
+
+    def embedding_cache(self, clf: Classifier) -> EmbeddingCache:
+        fingerprint = clf.encoder.fingerprint
+        if fingerprint not in self._caches:
+            self._caches[fingerprint] = EmbeddingCache(self.settings.embeddings_dir, fingerprint)
+        return self._caches[fingerprint]
+
+    # -- inputs ---------------------------------------------------------------------------------------------
+    def _load_input(self, schema: TaskSchema, task: dict[str, Any]) -> tuple[Any, str]:
+        """(model input, content key) of a task; raises ValueError/ImageError with a reason."""
+        value = schema.task_input(task.get("data"))
+        if schema.kind == "text":
+            return value, content_key("text", value)
+        if self.fetch_file is None:
+            raise ValueError("images need LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to be downloaded")
+        path = self.fetch_file(value, task.get("id"))
+        image = load_image(path, self.settings.max_image_pixels)
+        return image, content_key("image", Path(path).read_bytes())
+
+    def embed_tasks(self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
+                    ) -> tuple[list[TaskScore], list[int], np.ndarray, list[Any]]:
+        """Embed every usable task (cache first). Returns outcomes, indices of embedded tasks, their embeddings
+        and their raw inputs (for full-network MC)."""
+        outcomes = [TaskScore(task_id=t.get("id") if isinstance(t, dict) else None) for t in tasks]
+        inputs: dict[int, Any] = {}
+        keys: dict[int, str] = {}
+        for i, task in enumerate(tasks):
+            try:
+                if not isinstance(task, dict):
+                    raise ValueError("task must be a JSON object")
+                inputs[i], keys[i] = self._load_input(schema, task)
+            except (ValueError, ImageError, OSError) as exc:
+                outcomes[i].reason = str(exc)
+            except Exception as exc:  # e.g. the LS file download failing in an unexpected way
+                outcomes[i].reason = f"cannot read task input: {type(exc).__name__}: {exc}"
+        cache = self.embedding_cache(clf)
+        cached = cache.get_many(keys.values())
+        missing = [i for i in inputs if keys[i] not in cached]
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            with self._lock:
+                try:
+                    vectors = list(clf.embed([inputs[i] for i in missing]))
+                except Exception:  # isolate the input that breaks the batch, keep the others
+                    log.exception("batch embedding failed; retrying task by task")
+                    vectors = [self._embed_one(clf, inputs[i], outcomes[i]) for i in missing]
+            for i, vec in zip(missing, vectors):
+                if vec is not None:
+                    fresh[keys[i]] = vec
+            cache.put_many(fresh)
+        ok = [i for i in inputs if keys[i] in cached or keys[i] in fresh]
+        emb = np.stack([cached.get(keys[i], fresh.get(keys[i])) for i in ok]) if ok else np.zeros((0, clf.in_dim or 0))
+        for j, i in enumerate(ok):
+            outcomes[i].embedding = emb[j]
+        return outcomes, ok, emb, [inputs[i] for i in ok]
+
+    @staticmethod
+    def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:
+        try:
+            return clf.embed([item])[0]
+        except Exception as exc:
+            outcome.reason = f"the encoder failed on this input: {type(exc).__name__}: {exc}"
+            return None
+
+    # -- scoring --------------------------------------------------------------------------------------------
+    def score(self, state: ProjectState, tasks: Sequence[dict[str, Any]], reference: np.ndarray | None = None,
+              version: VersionInfo | None = None) -> list[TaskScore]:
+        """Score tasks with a version (default: current).
+
+        ``reference``: embeddings of the whole pool (including these tasks) for cold-start scores; by default the
+        pool sample saved by the last pool scoring, plus this batch.
+        """
+        version = version or state.version
+        clf = self.classifier(state, version)
+        outcomes, ok, emb, items = self.embed_tasks(clf, state.schema, tasks)
+        if not ok:
+            return outcomes
+        keys = [outcomes[i].task_id if outcomes[i].task_id is not None else f"#{i}" for i in ok]
+        acq = clf.config.acquisition
+        if clf.trained:
+            with self._lock:
+                probs = clf.predict_proba(emb, mc=acq.mc_samples, items=items, seed=version.seed)
+            uncertainty = normalized_uncertainty(probs, get_strategy(acq.strategy), state.schema.multilabel)
+            mean = probs.mean(axis=1)
+            if state.schema.multilabel:
+                chosen = [[state.schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in mean]
+            else:
+                chosen = [[state.schema.labels[int(row.argmax())]] for row in mean]
+        else:
+            if reference is None:  # /predict: the stored sample of the pool, plus this batch
+                stored = self.registry.pool_reference(state.record.project_id)
+                reference = emb if stored is None else np.concatenate([stored, emb])
+            uncertainty = representativeness(emb, reference, acq.cold_start_neighbours)
+            chosen = [[] for _ in ok]  # no pre-annotation from an untrained head: it would be random
+        scores = to_ls_score(uncertainty, keys)
+        for j, i in enumerate(ok):
+            outcomes[i].prediction = {
+                "result": state.schema.make_result(chosen[j]),
+                "score": float(scores[j]),
+                "model_version": version.version,
+            }
+        return outcomes
