@@ -81,6 +81,16 @@ class LocalRedis:
             self._server.shutdown()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the serving process dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class WorkerSupervisor:
     """Runs ``ml-backend worker`` as a child process and restarts it (with backoff) if it dies."""
 
@@ -97,7 +107,8 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker"], env=self.env)
+            self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker"], env=self.env,
+                                         preexec_fn=_die_with_parent)
             log.info("started worker process %s", self.proc.pid)
             code = self.proc.wait()
             if self._stopping.is_set():
@@ -130,6 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not args.no_worker:
         supervisor = WorkerSupervisor(dict(os.environ))
         supervisor.start()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the cleanup below runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(),
                     timeout_keep_alive=75)
