@@ -1,0 +1,48 @@
+import os
+import signal
+import time
+
+import pytest
+
+from ml_backend.registry import ProjectRecord, Registry, VersionInfo
+
+
+def info(number, trained=True):
+    return VersionInfo(version=Registry.version_name("m", number), number=number, created_at=time.time(),
+                       model_config={"name": "m"}, seed=0, trained=trained, promoted=False)
+
+
+def test_publish_promote_and_history(tmp_path):
+    reg = Registry(tmp_path)
+    reg.save_project(ProjectRecord(7, "7.123", "<View/>", "text-minilm"))
+    assert reg.get_project(7).project_key == "7.123" and reg.project_ids() == [7]
+    v0 = reg.publish(7, info(0, trained=False), {}, promote=True)
+    v1 = reg.publish(7, info(1), {"head.pt": b"weights"}, promote=False)
+    assert reg.current(7).version == v0.version  # a version that is not promoted does not serve
+    assert [v.number for v in reg.versions(7)] == [0, 1] and reg.next_number(7) == 2
+    reg.set_current(7, v1.version)
+    assert reg.current(7).version == v1.version and reg.read_file(7, v1.version, "head.pt") == b"weights"
+    with pytest.raises(FileExistsError):
+        reg.publish(7, info(1), {}, promote=True)
+
+
+def test_version_names_are_monotonic_and_say_what_they_are():
+    assert Registry.version_name("minilm", 3).startswith("minilm-v3-")
+
+
+def test_a_crash_while_publishing_leaves_the_previous_version_serving(tmp_path):
+    reg = Registry(tmp_path)
+    v0 = reg.publish(1, info(0), {"head.pt": b"old"}, promote=True)
+    pid = os.fork()
+    if pid == 0:  # child: start publishing a huge version and get killed in the middle
+        big = {f"part{i}": os.urandom(1 << 20) for i in range(200)}
+        reg.publish(1, info(1), big, promote=True)
+        os._exit(0)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert reg.current(1).version == v0.version
+    assert [v.number for v in reg.versions(1)] in ([0], [0, 1])  # the half-written one is invisible...
+    if len(reg.versions(1)) == 1:
+        reg.cleanup_temp(1)  # ...and its temp folder is cleaned up
+        assert not list((tmp_path / "1" / "versions").glob(".tmp-*"))
