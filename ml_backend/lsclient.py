@@ -155,6 +155,8 @@ class LabelStudioClient:
 
     def fetch_file(self, url: str, task_id: int | None = None) -> Path:
         """Download (or find in the cache) a file referenced by task data: uploads, local files, cloud, http."""
+        if self.files_dir:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
         try:
             with http_session(_TimeoutSession(min(self.timeout, 30.0))):
                 path = get_local_path(

@@ -72,10 +72,13 @@ class ScoringService:
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
 
     # -- projects -------------------------------------------------------------------------------------------
-    def model_config_name(self, schema: TaskSchema, extra_params: Any = None) -> str:
-        """The project's model config: ``extra_params: {"model_config": name}`` in LS, else the default per kind."""
+    def model_config_name(self, schema: TaskSchema, extra_params: Any = None, known: ProjectRecord | None = None) -> str:
+        """The project's model config: ``extra_params: {"model_config": name}`` set in LS, else the one the project
+        already uses (LS sends no extra_params with /predict), else the default for its data kind."""
         if isinstance(extra_params, dict) and isinstance(extra_params.get("model_config"), str):
             return extra_params["model_config"]
+        if known is not None:
+            return known.model_config
         return self.settings.text_model_config if schema.kind == "text" else self.settings.image_model_config
 
     def register(self, project_key: str, label_config: str, extra_params: Any = None) -> tuple[ProjectState, bool]:
@@ -85,10 +88,6 @@ class ScoringService:
         Raises UnsupportedConfig for a config we cannot learn and FileNotFoundError for an unknown model config.
         """
         schema = parse_label_config(label_config)
-        config_name = self.model_config_name(schema, extra_params)
-        config = load_model_config(self.settings.model_configs_dir, config_name)
-        if config.kind != schema.kind:
-            raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         project_id = int(str(project_key).split(".", 1)[0])
         record = self.registry.get_project(project_id)
         if record and record.project_key != project_key and "." in record.project_key and "." in str(project_key):
@@ -96,6 +95,10 @@ class ScoringService:
             log.warning("project %s: key %s replaces %s; archiving the old state", project_id, project_key, record.project_key)
             self.registry.archive_project(project_id)
             record = None
+        config_name = self.model_config_name(schema, extra_params, record)
+        config = load_model_config(self.settings.model_configs_dir, config_name)
+        if config.kind != schema.kind:
+            raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         created = record is None
         changed = record is not None and (record.label_config != label_config or record.model_config != config_name)
         if created or changed:

@@ -87,7 +87,7 @@ def fit_head(
             loss = loss_fn(head(xt[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         losses.append(total / max(n, 1))
     head.eval()
     return losses

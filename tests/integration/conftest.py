@@ -1,0 +1,74 @@
+"""Shared fixtures: real models loaded once per session, test model configs, a local HTTP file server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml_backend.api.app import create_app
+from ml_backend.models.encoders import configure_torch
+from ml_backend.models.pool import EncoderPool
+from ml_backend.settings import Settings
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
+
+
+@pytest.fixture(scope="session")
+def encoders() -> EncoderPool:
+    configure_torch(1)
+    return EncoderPool()
+
+
+@pytest.fixture(scope="session")
+def configs_dir(tmp_path_factory) -> Path:
+    """The shipped configs plus variants the tests need (another strategy, a slow training)."""
+    folder = tmp_path_factory.mktemp("model_configs")
+    for f in REPO_CONFIGS.glob("*.yaml"):
+        shutil.copy(f, folder)
+    base = yaml.safe_load((REPO_CONFIGS / "text-minilm.yaml").read_text())
+    for strategy in ("entropy", "margin", "least_confidence"):
+        variant = {**base, "name": f"minilm-{strategy.replace('_', '')}",
+                   "acquisition": {**base["acquisition"], "strategy": strategy}}
+        (folder / f"text-minilm-{strategy}.yaml").write_text(yaml.safe_dump(variant))
+    return folder
+
+
+class FileServer:
+    def __init__(self, root: Path):
+        self.root = root
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def file_server(tmp_path_factory) -> FileServer:
+    server = FileServer(tmp_path_factory.mktemp("files"))
+    yield server
+    server.httpd.shutdown()
+
+
+@pytest.fixture()
+def make_client(tmp_path, configs_dir, encoders, file_server):
+    """A TestClient on the real app; ``label_studio_url`` points at the local file server so images download."""
+    from fastapi.testclient import TestClient
+
+    def make(**overrides) -> TestClient:
+        values = dict(data_dir=tmp_path / "data", model_configs_dir=configs_dir, redis_url="redis://127.0.0.1:6379/14",
+                      label_studio_url=file_server.url, label_studio_api_key="not-used-by-the-file-server")
+        values.update(overrides)
+        return TestClient(create_app(Settings(**values), encoders=encoders))
+
+    return make
