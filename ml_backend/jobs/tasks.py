@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -31,7 +32,7 @@ def _progress(stage: str, done: int | None = None, total: int | None = None, **e
     log.info("%s: %s%s %s", job.id if job else "-", stage, f" {done}/{total}" if total is not None else "",
              " ".join(f"{k}={v}" for k, v in extra.items()))
     if job is not None:
-        job.meta.update({"stage": stage, "done": done, "total": total, "updated": time.time(), **extra})
+        job.meta.update({"stage": stage, "done": done, "total": total, "updated": time.time(), "pid": os.getpid(), **extra})
         job.save_meta()
 
 

@@ -1,0 +1,190 @@
+"""The learning loop with a real Label Studio, a real Redis and a real `ml-backend worker` process.
+
+The web app runs in-process (the real ASGI app through TestClient); the worker is a separate process started
+with the console script, sharing DATA_DIR and Redis, exactly as in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from redis import Redis
+
+from ml_backend.datasets import rotten_tomatoes
+from ml_backend.registry import Registry
+from tests.lsserver import LabelStudioServer, stop_process_group, tail_file
+
+CONFIG = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
+REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+@pytest.fixture(scope="module")
+def ls_server():
+    server = LabelStudioServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def loop_configs(configs_dir):
+    """A deliberately slow training (many epochs) so a test can kill the worker in the middle of it."""
+    base = yaml.safe_load((configs_dir / "text-minilm.yaml").read_text())
+    slow = {**base, "name": "minilm-slow", "training": {**base["training"], "epochs": 3000}}
+    (configs_dir / "text-minilm-slow.yaml").write_text(yaml.safe_dump(slow))
+    return configs_dir
+
+
+@pytest.fixture()
+def loop(tmp_path, ls_server, loop_configs, encoders):
+    """(web client, settings env, worker process) sharing one DATA_DIR and a flushed Redis db."""
+    from fastapi.testclient import TestClient
+
+    from ml_backend.api.app import create_app
+    from ml_backend.settings import Settings
+
+    Redis.from_url(REDIS_URL).flushdb()
+    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": REDIS_URL,
+           "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
+           "MODEL_CONFIGS_DIR": str(loop_configs), "TORCH_THREADS": "1", "LOG_LEVEL": "INFO"}
+    log_path = tmp_path / "worker.log"
+    log = open(log_path, "w")
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "ml-backend"), "worker"], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    settings = Settings(data_dir=tmp_path / "data", redis_url=REDIS_URL, label_studio_url=ls_server.url,
+                        label_studio_api_key=ls_server.token, model_configs_dir=loop_configs)
+    client = TestClient(create_app(settings, encoders=encoders))
+    yield client, worker
+    stop_process_group(worker)
+    log.close()
+    # captured output is shown by pytest for failing tests only
+    print(f"--- worker log tail ({log_path})\n{tail_file(log_path, 150)}\n--- Label Studio log tail\n{ls_server.tail_log(40)}")
+
+
+def _annotation(label: str) -> dict:
+    return {"result": [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]}
+
+
+def make_project(ls_server, n_tasks: int, n_labelled: int) -> tuple[int, str, list[int], dict[int, str]]:
+    """An LS project with real review snippets; the first ``n_labelled`` tasks come with their true label."""
+    sdk = ls_server.sdk()
+    project = sdk.projects.create(title=f"loop-{time.time()}", label_config=CONFIG)
+    data = rotten_tomatoes(n=n_tasks, seed=3)
+    tasks = [{"data": {"text": t}, **({"annotations": [_annotation(label)]} if i < n_labelled else {})}
+             for i, (t, label) in enumerate(zip(data.texts, data.labels))]
+    ids = sdk.projects.import_tasks(project.id, request=tasks, return_task_ids=True).task_ids
+    labels = {tid: label for tid, label in zip(ids, data.labels)}
+    created = int(project.created_at.timestamp()) if project.created_at else 0
+    return project.id, f"{project.id}.{created}", list(ids), labels
+
+
+def wait_for(what: str, check, timeout: float = 240.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def idle(client, project_id: int) -> dict | None:
+    """The project status once no job of it is queued, scheduled or running."""
+    status = client.get(f"/projects/{project_id}/status").json()
+    busy = [j for j in status["jobs"] or [] if j["status"] in ("queued", "started", "scheduled", "deferred")]
+    return None if busy else status
+
+
+def predictions_by_task(ls_server, project_id: int) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    with ls_server.client() as c:
+        page = 1
+        while True:
+            resp = c.get("/api/tasks/", params={"project": project_id, "page": page, "page_size": 500, "fields": "all"})
+            if resp.status_code == 404:
+                break
+            body = resp.json()
+            tasks = body["tasks"] if isinstance(body, dict) else body
+            for t in tasks:
+                out[t["id"]] = t["predictions"]
+            if len(tasks) < 500:
+                break
+            page += 1
+    return out
+
+
+def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(loop, ls_server):
+    client, worker = loop
+    project_id, key, ids, labels = make_project(ls_server, n_tasks=240, n_labelled=200)
+    v0 = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+    latencies = []
+    for tid in ids[:200]:
+        t0 = time.perf_counter()
+        resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": project_id},
+                                             "task": {"id": tid}, "annotation": {"task": tid, **_annotation(labels[tid])}})
+        latencies.append(time.perf_counter() - t0)
+        assert resp.status_code == 201, resp.text
+    print(f"webhook latency p50 {sorted(latencies)[100] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
+
+    status = wait_for("the loop to settle on a trained version",
+                      lambda: (s := idle(client, project_id)) and s["trained"] and s)
+    trainings = [j for j in status["jobs"] if j["kind"] == "train"]
+    assert 1 <= len(trainings) <= 2, trainings
+    assert all(j["status"] == "finished" for j in trainings)
+    reg = Registry(Path(client.app.state.backend.settings.projects_dir))
+    current = reg.current(project_id)
+    assert current.version != v0 and current.trained
+    assert set(current.labelled_task_ids) == set(ids[:200])  # the final version saw every label
+    assert current.metrics["n_holdout"] > 0 and 0.0 <= current.metrics["accuracy"] <= 1.0
+
+    # re-scoring: exactly one prediction of the new version per unlabelled task, older versions gone
+    preds = predictions_by_task(ls_server, project_id)
+    for tid in ids[200:]:
+        assert [p["model_version"] for p in preds[tid]] == [current.version], (tid, preds[tid])
+    assert ls_server.sdk().projects.get(project_id).model_version == current.version
+    with ls_server.client() as c:
+        assert c.get(f"/api/projects/{project_id}/model-versions/").json() == {current.version: 40}
+
+
+def test_a_worker_killed_mid_training_keeps_the_old_version_and_the_retry_finishes(loop, ls_server):
+    client, worker = loop
+    project_id, key, ids, labels = make_project(ls_server, n_tasks=80, n_labelled=60)
+    v0 = client.post("/setup", json={"project": key, "schema": CONFIG,
+                                     "extra_params": {"model_config": "text-minilm-slow"}}).json()["model_version"]
+    wait_for("the first pool scoring", lambda: (s := idle(client, project_id)) and s["jobs"] and s)
+    resp = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    assert resp.status_code == 201
+    job_id = resp.json()["job"]
+
+    def training_job():
+        jobs = client.get(f"/projects/{project_id}/status").json()["jobs"]
+        job = next((j for j in jobs if j["id"] == job_id), None)
+        return job if job and job["meta"].get("stage") == "training" else None
+
+    job = wait_for("the training to start", training_job, every=0.1)
+    horse = job["meta"]["pid"]
+    assert horse != worker.pid  # rq runs each job in a forked work horse
+    os.kill(horse, signal.SIGKILL)
+
+    reg = Registry(Path(client.app.state.backend.settings.projects_dir))
+    assert reg.current(project_id).version == v0  # nothing half-trained was published
+    assert client.post("/predict", json={"tasks": [{"id": ids[70], "data": {"text": "ok"}}], "project": key,
+                                         "label_config": CONFIG}).json()["results"][0]["model_version"] == v0
+
+    def retried_and_done():
+        jobs = client.get(f"/projects/{project_id}/status").json()["jobs"]
+        job = next(j for j in jobs if j["id"] == job_id)
+        return job if job["status"] == "finished" else None
+
+    job = wait_for("the retried training to finish", retried_and_done, timeout=300)
+    assert job["retries_left"] < 3  # it was retried, not re-enqueued by someone else
+    current = reg.current(project_id)
+    assert current.trained and current.version != v0 and len(current.labelled_task_ids) == 60
+    assert worker.poll() is None  # the worker itself survived its work horse
