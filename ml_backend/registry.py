@@ -4,7 +4,7 @@ Layout under ``<data_dir>/projects/<project id>/``::
 
     project.json              label config, model config name, LS project key
     current.json              {"version": ...}: the serving version, replaced atomically (os.replace)
-    versions/<version>/       meta.json (config, seed, metrics, labelled task ids), head.pt
+    versions/<version>/       meta.json (config, seed, metrics, labelled task ids), model.pt (weights)
     pool_reference.npy        embeddings of the project's pool, the reference for cold-start scores
 
 A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle

@@ -145,10 +145,10 @@ class ScoringService:
                 return self._heads[key]
         clf = self.new_classifier(state, ModelConfig.model_validate(version.model_config))
         if version.trained:
-            clf.load_head(self.registry.read_file(state.record.project_id, version.version, "head.pt"))
+            clf.load_state(self.registry.read_file(state.record.project_id, version.version, "model.pt"))
         with self._lock:
             self._heads[key] = clf
-            while len(self._heads) > 64:
+            while len(self._heads) > 16:  # fine-tuned versions carry a whole encoder each
                 self._heads.popitem(last=False)
         return clf
 

@@ -30,7 +30,7 @@ import os
 import platform
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -478,17 +478,25 @@ def run_simulation(settings: SimulationSettings) -> dict:
     log.info("%s: X %s, %s", prep.description, prep.X.shape, "cached/embedded in %.1fs" % prep.embed_seconds)
     calls = [(full_data_run, prep, settings, seed) for seed in settings.seeds]
     calls += [(run_one, prep, settings, s, seed) for seed in settings.seeds for s in settings.strategies]
+    def report(done: dict) -> None:
+        if "strategy" in done:
+            last = done["rounds"][-1]
+            log.info("%s seed %d: accuracy %.4f at %d labels", done["strategy"], done["seed"], last["accuracy"],
+                     last["n_labels"])
+        else:
+            log.info("full data seed %d: accuracy %.4f with %d labels", done["seed"], done["accuracy"], done["n_labels"])
+
     if settings.jobs > 1:
         with ProcessPoolExecutor(settings.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
-            results = list(ex.map(_call, calls))
+            futures = [ex.submit(_call, c) for c in calls]
+            for f in as_completed(futures):
+                report(f.result())
+            results = [f.result() for f in futures]
     else:
         results = []
         for c in calls:
             results.append(_call(c))
-            if "strategy" in results[-1]:
-                last = results[-1]["rounds"][-1]
-                log.info("%s seed %d: %.4f at %d labels", results[-1]["strategy"], results[-1]["seed"],
-                         last["accuracy"], last["n_labels"])
+            report(results[-1])
     full = results[: len(settings.seeds)]
     runs = results[len(settings.seeds):]
     result = {

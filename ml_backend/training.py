@@ -109,24 +109,32 @@ class TrainOutcome:
     reason: str
 
 
-def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np.ndarray, y: np.ndarray,
-                     task_ids: Sequence[int], labels: Sequence[str], seed: int) -> TrainOutcome:
+def _features(clf: Classifier, embeddings: np.ndarray, items: Sequence[Any]) -> np.ndarray:
+    """What the classifier's head reads: the shared embeddings, or its own fine-tuned encoder's."""
+    return clf.embed(items) if clf.finetuned else embeddings
+
+
+def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np.ndarray, items: Sequence[Any],
+                     y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int) -> TrainOutcome:
     """Fit on the training split, compare with the current version on the held-out split, refit on all labels.
 
     The returned classifier is trained on *every* label (the held-out split only decides promotion and gives the
     metrics); ``promote`` is False when the new model is worse than the current one on the same held-out tasks.
+    ``items`` are the raw inputs, needed when the config fine-tunes the encoder (``training.mode: full``).
     """
     t = clf.config.training
     held = holdout_mask(task_ids, t.holdout_fraction, t.min_labels_for_holdout)
     metrics: dict[str, Any] = {"n_labels": int(len(y)), "n_holdout": int(held.sum()),
-                               "class_counts": class_counts(y, list(labels))}
+                               "class_counts": class_counts(y, list(labels)), "mode": t.mode}
     promote, reason = True, "no held-out data yet: promoted"
     if held.any() and can_train(clf.multilabel, y[~held]) is None:
-        clf.fit(embeddings[~held], y[~held], seed=seed)
-        metrics["holdout"] = evaluate(clf, embeddings[held], y[held], labels)
+        train_items = [items[i] for i in np.flatnonzero(~held)]
+        held_items = [items[i] for i in np.flatnonzero(held)]
+        clf.fit_examples(embeddings[~held], train_items, y[~held], seed=seed)
+        metrics["holdout"] = evaluate(clf, _features(clf, embeddings[held], held_items), y[held], labels)
         metrics["accuracy"], metrics["macro_f1"] = metrics["holdout"]["accuracy"], metrics["holdout"]["macro_f1"]
         if current is not None and current.trained and current.n_outputs == clf.n_outputs:
-            cur = evaluate(current, embeddings[held], y[held], labels)
+            cur = evaluate(current, _features(current, embeddings[held], held_items), y[held], labels)
             metrics["current_holdout_accuracy"] = cur["accuracy"]
             worse = metrics["accuracy"] < cur["accuracy"] - t.promote_tolerance
             if worse and t.promote_if_not_worse:
@@ -136,7 +144,6 @@ def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np
                 reason = f"held-out accuracy {metrics['accuracy']:.3f} vs current {cur['accuracy']:.3f}: promoted"
         else:
             reason = f"held-out accuracy {metrics['accuracy']:.3f}; no trained version to compare: promoted"
-    losses = clf.fit(embeddings, y, seed=seed)
+    losses = clf.fit_examples(embeddings, items, y, seed=seed)
     metrics["final_loss"] = float(losses[-1]) if losses else None
     return TrainOutcome(clf, metrics, promote, reason)
-

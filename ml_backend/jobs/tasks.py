@@ -69,7 +69,7 @@ def _train(ctx: context.WorkerContext, project_id: int) -> dict[str, Any]:
     config = state.config
     number = registry.next_number(project_id)
     clf = service.new_classifier(state, config)
-    outcomes, ok, emb, _ = service.embed_tasks(clf, state.schema, tasks)
+    outcomes, ok, emb, items = service.embed_tasks(clf, state.schema, tasks)
     skipped = {str(o.task_id): o.reason for o in outcomes if o.reason}
     if skipped:
         log.warning("project %s: %d labelled tasks could not be used: %s", project_id, len(skipped), skipped)
@@ -81,14 +81,14 @@ def _train(ctx: context.WorkerContext, project_id: int) -> dict[str, Any]:
         return {"trained": False, "reason": why_not, "labels": len(ok)}
     _progress("training", len(ok), len(tasks))
     current = service.classifier(state) if state.version.trained else None
-    outcome = train_and_decide(clf, current, emb, y, task_ids, state.schema.labels, config.training.seed)
+    outcome = train_and_decide(clf, current, emb, items, y, task_ids, state.schema.labels, config.training.seed)
     info = VersionInfo(
         version=Registry.version_name(config.name, number), number=number, created_at=time.time(),
         model_config=config.model_dump(), seed=config.training.seed, trained=True, promoted=outcome.promote,
         metrics={**outcome.metrics, "skipped_tasks": len(skipped), "ignored_labels": stats.unknown_labels},
         n_labels=len(task_ids), labelled_task_ids=sorted(task_ids), note=outcome.reason,
     )
-    registry.publish(project_id, info, {"head.pt": outcome.classifier.head_bytes()}, promote=outcome.promote)
+    registry.publish(project_id, info, {"model.pt": outcome.classifier.state_bytes()}, promote=outcome.promote)
     _progress("published", len(ok), len(tasks), version=info.version, promoted=outcome.promote,
               accuracy=outcome.metrics.get("accuracy"))
     log.info("project %s: version %s on %d labels: %s", project_id, info.version, len(task_ids), outcome.reason)

@@ -2,10 +2,18 @@
 
 One small interface (``embed``, ``predict_proba``, ``fit``) used by the web app, the worker and the simulator,
 so that what is benchmarked is exactly what serves.
+
+Two training modes (``training.mode`` in the model config):
+
+- ``head`` (default): the shared encoder stays frozen; only the head learns, on cached embeddings (seconds).
+- ``full``: a private copy of the encoder is fine-tuned together with the head. The version then owns its
+  encoder weights, and its embeddings are cached under a fingerprint of their own.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
 from typing import Any, Sequence
 
@@ -13,16 +21,20 @@ import numpy as np
 import torch
 
 from ml_backend.modelconfig import ModelConfig
-from ml_backend.models.encoders import Encoder
-from ml_backend.models.head import HeadParams, MCDropoutHead, build_head, fit_head, head_proba
+from ml_backend.models.encoders import Encoder, enable_dropout
+from ml_backend.models.head import HeadParams, MCDropoutHead, build_head, fit_head, head_proba, loss_function
 
 
 class Classifier:
-    """Encoder (shared, frozen) + head (per project version). ``head is None`` means not trained yet."""
+    """Encoder + head (per project version). ``head is None`` means not trained yet.
+
+    ``encoder=None`` with ``in_dim`` works on precomputed features (e.g. raw pixels in the simulator).
+    """
 
     def __init__(self, encoder: Encoder | None, config: ModelConfig, n_outputs: int, multilabel: bool,
                  head: MCDropoutHead | None = None, in_dim: int | None = None):
-        self.encoder = encoder
+        self.base_encoder = encoder  # the shared, frozen encoder
+        self.encoder = encoder  # the one this version uses (a fine-tuned copy in full mode)
         self.config = config
         self.n_outputs = n_outputs
         self.multilabel = multilabel
@@ -35,8 +47,13 @@ class Classifier:
     def trained(self) -> bool:
         return self.head is not None
 
+    @property
+    def finetuned(self) -> bool:
+        """True when this version has its own encoder weights (full fine-tuning)."""
+        return self.encoder is not None and self.encoder is not self.base_encoder
+
     def embed(self, items: Sequence[Any]) -> np.ndarray:
-        """Deterministic embeddings of raw inputs (texts or PIL images)."""
+        """Deterministic embeddings of raw inputs (texts or PIL images) with this version's encoder."""
         if self.encoder is None:
             raise RuntimeError("this classifier works on precomputed features; it has no encoder")
         return self.encoder.embed(items)
@@ -45,7 +62,7 @@ class Classifier:
                       seed: int = 0) -> np.ndarray:
         """Probabilities (n, mc, n_outputs).
 
-        Head-only MC (default): ``mc`` dropout passes over the head on the cached embeddings.
+        Head-only MC (default): ``mc`` dropout passes over the head on the embeddings.
         Full-network MC: pass the raw ``items`` and set ``acquisition.mc_mode: full`` in the config; each pass
         then also runs the encoder with its dropout on (``mc`` times the encoder cost).
         """
@@ -56,28 +73,97 @@ class Classifier:
             return head_proba(self.head, stochastic, mc, self.multilabel, seed=seed)
         return head_proba(self.head, embeddings, mc, self.multilabel, seed=seed)
 
-    def fit(self, embeddings: np.ndarray, y: np.ndarray, seed: int | None = None) -> list[float]:
-        """Train a fresh head (same config + data + seed => same weights); returns per-epoch losses."""
-        seed = self.config.training.seed if seed is None else seed
-        self.head = build_head(int(embeddings.shape[1]), self.n_outputs, self.params, seed)
-        self.in_dim = int(embeddings.shape[1])
-        return fit_head(self.head, embeddings, y, self.params, self.multilabel, seed)
-
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """Deterministic decisions: class indices (n,), or a 0/1 matrix (n, L) for multi-label."""
         probs = self.predict_proba(embeddings, mc=1)[:, 0]
         return (probs >= 0.5).astype(int) if self.multilabel else probs.argmax(axis=1)
 
-    def head_bytes(self) -> bytes:
+    # -- training ---------------------------------------------------------------------------------------------
+    def fit(self, embeddings: np.ndarray, y: np.ndarray, seed: int | None = None) -> list[float]:
+        """Train a fresh head on embeddings (same config + data + seed => same weights); per-epoch losses."""
+        seed = self.config.training.seed if seed is None else seed
+        self.encoder = self.base_encoder
+        self.head = build_head(int(embeddings.shape[1]), self.n_outputs, self.params, seed)
+        self.in_dim = int(embeddings.shape[1])
+        return fit_head(self.head, embeddings, y, self.params, self.multilabel, seed)
+
+    def fit_examples(self, embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, seed: int | None = None) -> list[float]:
+        """Train as the config says: the head on ``embeddings`` (head mode) or everything on ``items`` (full)."""
+        if self.config.training.mode == "full":
+            return self.finetune(items, y, seed)
+        return self.fit(embeddings, y, seed)
+
+    def finetune(self, items: Sequence[Any], y: np.ndarray, seed: int | None = None) -> list[float]:
+        """Full fine-tuning: a fresh copy of the shared encoder and a fresh head, trained end to end.
+
+        The head is first fitted on the frozen embeddings (a good start), then both are trained for
+        ``training.full_epochs`` with the encoder at ``training.encoder_lr``.
+        """
+        if self.base_encoder is None:
+            raise RuntimeError("full fine-tuning needs an encoder")
+        t = self.config.training
+        seed = t.seed if seed is None else seed
+        losses = self.fit(self.base_encoder.embed(items), y, seed)
+        encoder = copy.deepcopy(self.base_encoder)
+        head = self.head
+        loss_fn = loss_function(y, self.n_outputs, self.multilabel)
+        targets = torch.as_tensor(np.asarray(y), dtype=torch.float32 if self.multilabel else torch.long)
+        opt = torch.optim.AdamW([
+            {"params": encoder.network.parameters(), "lr": t.encoder_lr},
+            {"params": head.parameters(), "lr": t.lr},
+        ], weight_decay=t.weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        enable_dropout(encoder.network)
+        head.train()
+        for _ in range(t.full_epochs):
+            order = torch.randperm(len(items), generator=gen).tolist()
+            total = 0.0
+            for start in range(0, len(order), t.batch_size):
+                idx = order[start : start + t.batch_size]
+                opt.zero_grad()
+                loss = loss_fn(head(encoder._forward([items[i] for i in idx])), targets[idx])
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            losses.append(total / max(len(order), 1))
+        encoder.network.eval()
+        head.eval()
+        encoder.fingerprint = f"{self.base_encoder.fingerprint}-ft-{_state_hash(encoder.network)}"
+        self.encoder = encoder
+        return losses
+
+    # -- persistence ------------------------------------------------------------------------------------------
+    def state_bytes(self) -> bytes:
+        """The version's weights: the head, plus the encoder when it was fine-tuned."""
         if self.head is None:
             raise RuntimeError("nothing to save: the head is not trained")
         buf = io.BytesIO()
-        torch.save({"state": self.head.state_dict(), "in_dim": self.in_dim}, buf)
+        torch.save({
+            "state": self.head.state_dict(), "in_dim": self.in_dim,
+            "encoder": self.encoder.network.state_dict() if self.finetuned else None,
+            "encoder_fingerprint": self.encoder.fingerprint if self.finetuned else None,
+        }, buf)
         return buf.getvalue()
 
-    def load_head(self, data: bytes) -> None:
+    def load_state(self, data: bytes) -> None:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.head = build_head(int(saved["in_dim"]), self.n_outputs, self.params, seed=0)
         self.head.load_state_dict(saved["state"])
         self.head.eval()
         self.in_dim = int(saved["in_dim"])
+        if saved.get("encoder") is not None:
+            if self.base_encoder is None:
+                raise RuntimeError("this version has fine-tuned encoder weights but no encoder to load them into")
+            encoder = copy.deepcopy(self.base_encoder)
+            encoder.network.load_state_dict(saved["encoder"])
+            encoder.network.eval()
+            encoder.fingerprint = saved["encoder_fingerprint"]
+            self.encoder = encoder
+
+
+def _state_hash(network: torch.nn.Module) -> str:
+    digest = hashlib.sha1()
+    for tensor in network.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:12]

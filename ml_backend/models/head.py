@@ -58,22 +58,14 @@ def fit_head(
 ) -> list[float]:
     """Train ``head`` in place on embeddings ``x`` (n, d) and targets ``y``; returns the per-epoch mean loss.
 
-    ``y`` is class indices (n,) for single-label, or a 0/1 matrix (n, L) for multi-label. Class weights balance
-    skewed label counts, which are the rule early in active learning. Seeded: same data + seed, same weights.
+    ``y`` is class indices (n,) for single-label, or a 0/1 matrix (n, L) for multi-label (see
+    :func:`loss_function`). Seeded: same data + seed, same weights.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    if multilabel:
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
-        pos = yt.sum(0)
-        pos_weight = ((len(yt) - pos) / pos.clamp(min=1.0)).clamp(0.2, 5.0)
-        loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    else:
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-        counts = torch.bincount(yt, minlength=head.n_outputs).float()
-        weight = torch.where(counts > 0, len(yt) / (head.n_outputs * counts.clamp(min=1.0)), torch.zeros_like(counts))
-        loss_fn = nn.CrossEntropyLoss(weight=weight)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.float32 if multilabel else torch.long)
+    loss_fn = loss_function(y, head.n_outputs, multilabel)
     opt = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     head.train()
     losses = []
@@ -91,6 +83,18 @@ def fit_head(
         losses.append(total / max(n, 1))
     head.eval()
     return losses
+
+
+def loss_function(y: np.ndarray, n_outputs: int, multilabel: bool) -> nn.Module:
+    """Cross-entropy (or per-label BCE) with weights that balance skewed label counts, the rule early on."""
+    if multilabel:
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.float32)
+        pos = yt.sum(0)
+        return nn.BCEWithLogitsLoss(pos_weight=((len(yt) - pos) / pos.clamp(min=1.0)).clamp(0.2, 5.0))
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    counts = torch.bincount(yt, minlength=n_outputs).float()
+    weight = torch.where(counts > 0, len(yt) / (n_outputs * counts.clamp(min=1.0)), torch.zeros_like(counts))
+    return nn.CrossEntropyLoss(weight=weight)
 
 
 @torch.no_grad()

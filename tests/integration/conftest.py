@@ -36,6 +36,8 @@ def configs_dir(tmp_path_factory) -> Path:
         variant = {**base, "name": f"minilm-{strategy.replace('_', '')}",
                    "acquisition": {**base["acquisition"], "strategy": strategy}}
         (folder / f"text-minilm-{strategy}.yaml").write_text(yaml.safe_dump(variant))
+    full = {**base, "name": "minilm-full", "training": {**base["training"], "mode": "full", "full_epochs": 1}}
+    (folder / "text-minilm-full.yaml").write_text(yaml.safe_dump(full))
     return folder
 
 

@@ -52,13 +52,13 @@ def train_version(client, project_id: int, texts: list[str], labels: list[list[s
     state = service.state(project_id)
     clf = service.new_classifier(state)
     tasks = [{"id": i + 1, "data": {state.schema.value_key: t}} for i, t in enumerate(texts)]
-    _, ok, emb, _ = service.embed_tasks(clf, state.schema, tasks)
+    _, ok, emb, items = service.embed_tasks(clf, state.schema, tasks)
     y = encode_targets(state.schema, [labels[i] for i in ok])
-    outcome = train_and_decide(clf, None, emb, y, [t["id"] for t in tasks], state.schema.labels, 0)
+    train_and_decide(clf, None, emb, items, y, [t["id"] for t in tasks], state.schema.labels, 0)
     number = service.registry.next_number(project_id)
     info = VersionInfo(version=Registry.version_name(state.config.name, number), number=number, created_at=time.time(),
                        model_config=state.config.model_dump(), seed=0, trained=True, promoted=True)
-    service.registry.publish(project_id, info, {"head.pt": clf.head_bytes()}, promote=True)
+    service.registry.publish(project_id, info, {"model.pt": clf.state_bytes()}, promote=True)
     return info.version
 
 
@@ -209,3 +209,18 @@ def test_basic_auth_protects_every_route(make_client):
     assert resp.status_code == 401 and "Basic" in resp.headers["www-authenticate"]
     assert client.get("/health", auth=("ls", "secret")).status_code == 200
     assert client.get("/health", auth=("ls", "wrong")).status_code == 401
+
+
+def test_full_fine_tuning_version_owns_its_encoder_and_reloads_identically(make_client, tmp_path):
+    client = make_client()
+    setup(client, "10.1", TEXT, model_config="text-minilm-full")
+    data = rotten_tomatoes(n=24, seed=4)
+    version = train_version(client, 10, data.texts[:16], [[label] for label in data.labels[:16]])
+    tasks = [{"id": i, "data": {"text": t}} for i, t in enumerate(data.texts[16:])]
+    first = predict(client, "10.1", TEXT, tasks)
+    assert_valid(first, version, n_ok=8)
+    clf = client.app.state.backend.service.classifier(client.app.state.backend.service.state(10))
+    assert clf.finetuned and clf.encoder.fingerprint != clf.base_encoder.fingerprint
+    # a new process (here: a new app on the same data folder) loads the fine-tuned weights from the version
+    again = predict(make_client(), "10.1", TEXT, tasks)
+    assert [r["score"] for r in again] == pytest.approx([r["score"] for r in first], abs=1e-6)
