@@ -19,6 +19,7 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.results import Result
 
 TRAIN = "ml_backend.jobs.tasks.train_project"
 RESCORE = "ml_backend.jobs.tasks.rescore_project"
@@ -117,7 +118,8 @@ class JobQueue:
         for job in Job.fetch_many(ids, connection=self.redis):
             if job is None:
                 continue
-            exc = job.latest_result().exc_string if job.get_status() == JobStatus.FAILED and job.latest_result() else None
+            result = job.latest_result()  # the last attempt: a failure shows here while a retry is scheduled
+            exc = result.exc_string if result is not None and result.type == Result.Type.FAILED else None
             jobs.append({
                 "id": job.id,
                 "kind": job.meta.get("kind"),

@@ -42,29 +42,41 @@ def loop_configs(configs_dir):
 
 
 @pytest.fixture()
-def loop(tmp_path, ls_server, loop_configs, encoders):
-    """(web client, settings env, worker process) sharing one DATA_DIR and a flushed Redis db."""
+def start_loop(tmp_path, ls_server, loop_configs, encoders):
+    """start_loop(**env) -> (web client, worker process) sharing one DATA_DIR, a flushed Redis db and the settings."""
     from fastapi.testclient import TestClient
 
     from ml_backend.api.app import create_app
     from ml_backend.settings import Settings
 
-    Redis.from_url(REDIS_URL).flushdb()
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": REDIS_URL,
-           "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
-           "MODEL_CONFIGS_DIR": str(loop_configs), "TORCH_THREADS": "1", "LOG_LEVEL": "INFO"}
-    log_path = tmp_path / "worker.log"
-    log = open(log_path, "w")
-    worker = subprocess.Popen([str(Path(sys.executable).parent / "ml-backend"), "worker"], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    settings = Settings(data_dir=tmp_path / "data", redis_url=REDIS_URL, label_studio_url=ls_server.url,
-                        label_studio_api_key=ls_server.token, model_configs_dir=loop_configs)
-    client = TestClient(create_app(settings, encoders=encoders))
-    yield client, worker
-    stop_process_group(worker)
-    log.close()
-    # captured output is shown by pytest for failing tests only
-    print(f"--- worker log tail ({log_path})\n{tail_file(log_path, 150)}\n--- Label Studio log tail\n{ls_server.tail_log(40)}")
+    started: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(**worker_env: str):
+        Redis.from_url(REDIS_URL).flushdb()
+        env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": REDIS_URL,
+               "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
+               "MODEL_CONFIGS_DIR": str(loop_configs), "TORCH_THREADS": "1", "LOG_LEVEL": "INFO", **worker_env}
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        with open(log_path, "w") as log:
+            worker = subprocess.Popen([str(Path(sys.executable).parent / "ml-backend"), "worker"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        started.append((worker, log_path))
+        settings = Settings(**{"data_dir": tmp_path / "data", "redis_url": REDIS_URL, "label_studio_url": ls_server.url,
+                               "label_studio_api_key": ls_server.token, "model_configs_dir": loop_configs,
+                               **{k.lower(): v for k, v in worker_env.items()}})  # the web app enqueues: same knobs
+        return TestClient(create_app(settings, encoders=encoders)), worker
+
+    yield start
+    for worker, log_path in started:
+        stop_process_group(worker)
+        # captured output is shown by pytest for failing tests only
+        print(f"--- worker log tail ({log_path})\n{tail_file(log_path, 150)}")
+    print(f"--- Label Studio log tail\n{ls_server.tail_log(40)}")
+
+
+@pytest.fixture()
+def loop(start_loop):
+    return start_loop()
 
 
 def _annotation(label: str) -> dict:
@@ -188,3 +200,38 @@ def test_a_worker_killed_mid_training_keeps_the_old_version_and_the_retry_finish
     current = reg.current(project_id)
     assert current.trained and current.version != v0 and len(current.labelled_task_ids) == 60
     assert worker.poll() is None  # the worker itself survived its work horse
+
+
+def test_new_tasks_are_scored_with_the_current_version(loop, ls_server):
+    client, _ = loop
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+    wait_for("the first pool scoring", lambda: (s := idle(client, project_id)) and s["jobs"] and s)
+    sdk = ls_server.sdk()
+    new_ids = sdk.projects.import_tasks(project_id, request=[{"text": f"A brand new review number {i}."} for i in range(5)],
+                                        return_task_ids=True).task_ids
+    tasks = [{"id": tid, "data": {"text": f"A brand new review number {i}."}, "annotations": [], "predictions": []}
+             for i, tid in enumerate(new_ids)]
+    resp = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": project_id}, "tasks": tasks})
+    assert resp.status_code == 201 and resp.json()["tasks"] == 5
+    wait_for("the new tasks to be scored", lambda: (s := idle(client, project_id)) and len(s["jobs"]) >= 2 and s)
+    preds = predictions_by_task(ls_server, project_id)
+    for tid in list(ids) + list(new_ids):
+        assert [p["model_version"] for p in preds[tid]] == [version], (tid, preds[tid])
+        assert 0.0 <= preds[tid][0]["score"] <= 1.0
+
+
+def test_label_studio_refusing_the_token_fails_the_job_clearly_and_keeps_the_version(start_loop, ls_server):
+    client, _ = start_loop(LABEL_STUDIO_API_KEY="0" * 40, JOB_RETRIES="1")
+    project_id, key, _, _ = make_project(ls_server, n_tasks=20, n_labelled=10)
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+    job_id = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}}).json()["job"]
+
+    def failed_for_good():
+        jobs = client.get(f"/projects/{project_id}/status").json()["jobs"]
+        job = next((j for j in jobs if j["id"] == job_id), None)
+        return job if job and job["status"] == "failed" else None
+
+    job = wait_for("the training to fail after its retry", failed_for_good, timeout=120)
+    assert job["retries_left"] == 0 and "401" in job["error"] and "LABEL_STUDIO_API_KEY" in job["error"]
+    assert client.get(f"/projects/{project_id}/status").json()["current_version"] == version
