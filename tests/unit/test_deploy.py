@@ -38,3 +38,14 @@ def test_docker_compose_config_validates():
     cmd = _compose_command()
     result = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert not missing, f"settings missing from the README's configuration table: {missing}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make test" in (ROOT / ".ci" / "run").read_text()
