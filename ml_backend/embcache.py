@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -23,6 +24,8 @@ class EmbeddingCache:
     def __init__(self, folder: Path, fingerprint: str):
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.path = Path(folder) / f"{fingerprint}.sqlite"
+        # one connection per process, shared by the web app's threads: serialise its use
+        self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
@@ -33,19 +36,21 @@ class EmbeddingCache:
         found: dict[str, np.ndarray] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            rows = self._conn.execute(
-                f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall()
             found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
         return found
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         if items:
-            with self._conn:
+            with self._lock, self._conn:
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
                     [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
                 )
 
     def __len__(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM emb").fetchone()[0])
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM emb").fetchone()[0])

@@ -100,8 +100,9 @@ class ScoringService:
         if config.kind != schema.kind:
             raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         created = record is None
-        changed = record is not None and (record.label_config != label_config or record.model_config != config_name)
-        if created or changed:
+        # a new label set or model family invalidates the trained heads; a layout-only edit of the config does not
+        changed = record is not None and (parse_label_config(record.label_config) != schema or record.model_config != config_name)
+        if created or changed or record.label_config != label_config:
             record = ProjectRecord(project_id, str(project_key), label_config, config_name)
             self.registry.save_project(record)
         current = self.registry.current(project_id)

@@ -224,3 +224,16 @@ def test_full_fine_tuning_version_owns_its_encoder_and_reloads_identically(make_
     # a new process (here: a new app on the same data folder) loads the fine-tuned weights from the version
     again = predict(make_client(), "10.1", TEXT, tasks)
     assert [r["score"] for r in again] == pytest.approx([r["score"] for r in first], abs=1e-6)
+
+
+def test_config_edits_keep_the_model_unless_the_label_set_changes(client):
+    v0 = setup(client, "11.1", TEXT)
+    data = rotten_tomatoes(n=12, seed=5)
+    v1 = train_version(client, 11, data.texts, [[label] for label in data.labels])
+    relaid = TEXT.replace("<View>", '<View style="padding: 4px"><Header value="Review"/>')
+    assert setup(client, "11.1", relaid) == v1  # layout-only edit: the trained version keeps serving
+    relabelled = TEXT.replace('<Choice value="rotten"/>', '<Choice value="rotten"/><Choice value="mixed"/>')
+    v2 = setup(client, "11.1", relabelled)
+    assert v2 not in (v0, v1) and "-v2-" in v2  # a new label set starts from an untrained head, never resets numbering
+    results = predict(client, "11.1", relabelled, [{"id": 1, "data": {"text": data.texts[0]}}])
+    assert results[0]["model_version"] == v2 and results[0]["result"] == []
