@@ -107,9 +107,12 @@ def wait_initial_predictions(api: LSApi, backend, conn: Connected, task_ids: set
         s = pool_state(api, backend, conn.pid, task_ids)
         return converged(s, conn.setup_version), s
 
+    t0 = time.monotonic()
     state = wait_for(lambda: _summarised(check), PREDICTIONS_TIMEOUT,
                      f"every task to get one prediction of {conn.setup_version} and the project to point at it",
                      interval=2.0, stable_for=2)
+    print(f"[e2e] project {conn.pid}: {len(task_ids)} tasks scored by {conn.setup_version} "
+          f"{time.monotonic() - t0:.1f} s after connecting")
     return state
 
 
@@ -180,8 +183,12 @@ def wait_retrained(api: LSApi, backend, pid: int, old_version: str, all_tasks: s
             s.problems.insert(0, f"backend still at {old_version}")
         return ok, s
 
+    t0 = time.monotonic()
     state = wait_for(lambda: _summarised(check), RETRAIN_TIMEOUT,
                      f"a version newer than {old_version} to replace it in project {pid}", interval=2.0, stable_for=2)
+    print(f"[e2e] project {pid}: {state.backend_version} replaced {old_version} on {len(unlabelled)} unlabelled "
+          f"tasks {time.monotonic() - t0:.1f} s after the last annotation; jobs: "
+          f"{[(j.get('kind'), j.get('status')) for j in state.jobs]}")
     return state, unlabelled
 
 
