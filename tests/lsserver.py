@@ -362,7 +362,8 @@ class LabelStudioServer:
                 rt = s.get("/api/current-user/token")
                 if rt.status_code == 200 and rt.json().get("token"):
                     self.token = rt.json()["token"]
-            r = self.client().get("/api/current-user/whoami")
+            with self.client() as c2:
+                r = c2.get("/api/current-user/whoami")
             if r.status_code != 200:
                 raise LabelStudioError(f"the admin token is rejected: first {first}; after repair "
                                        f"{r.status_code} {r.text[:300]}")

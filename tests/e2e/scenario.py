@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,14 +189,3 @@ def wait_retrained(api: LSApi, backend, pid: int, old_version: str, all_tasks: s
           f"tasks {time.monotonic() - t0:.1f} s after the last annotation; jobs: "
           f"{[(j.get('kind'), j.get('status')) for j in state.jobs]}")
     return state, unlabelled
-
-
-def by_task_label(tasks: list[dict], key) -> dict[int, str]:
-    return {t["id"]: key(t) for t in tasks}
-
-
-def counts(labels) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for label in labels:
-        out[label] += 1
-    return dict(out)
