@@ -147,6 +147,11 @@ def rescore_project(project_id: int, version: str) -> dict[str, Any]:
                                                   ctx.settings.score_batch_size, "rescore", whole_pool=True)
         _progress("importing predictions", 0, len(predictions))
         created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
+        if version not in ctx.ls.model_versions(project_id):
+            # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
+            # version without predictions, and the older predictions are all the queue has
+            _progress("done: no unlabelled task to score", 0, len(tasks), skipped=len(skipped))
+            return {"version": version, "unlabelled": len(tasks), "imported": 0, "skipped": skipped}
         _progress("pointing the project at the new version", created, len(predictions))
         ctx.ls.set_model_version(project_id, version)
         deleted = _delete_older_versions(ctx, project_id, version)

@@ -235,3 +235,14 @@ def test_label_studio_refusing_the_token_fails_the_job_clearly_and_keeps_the_ver
     job = wait_for("the training to fail after its retry", failed_for_good, timeout=120)
     assert job["retries_left"] == 0 and "401" in job["error"] and "LABEL_STUDIO_API_KEY" in job["error"]
     assert client.get(f"/projects/{project_id}/status").json()["current_version"] == version
+
+
+def test_a_fully_labelled_project_trains_and_rescoring_finishes_without_a_version_to_point_at(loop, ls_server):
+    client, _ = loop
+    project_id, key, _, _ = make_project(ls_server, n_tasks=12, n_labelled=12)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    status = wait_for("training and rescoring to settle",
+                      lambda: (s := idle(client, project_id)) and s["trained"] and len(s["jobs"]) >= 3 and s)
+    assert [j["status"] for j in status["jobs"]] == ["finished"] * len(status["jobs"]), status["jobs"]
+    assert status["jobs"][0]["meta"]["stage"] == "done: no unlabelled task to score"
