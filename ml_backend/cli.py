@@ -1,4 +1,4 @@
-"""``ml-backend``: serve (web app + worker [+ a local Redis]), worker, simulate.
+"""``ml-backend``: serve (web app + worker [+ a local Redis]), worker, simulate (active-learning simulator).
 
 ``ml-backend serve`` alone gives a working loop on one machine: with no REDIS_URL it starts a local Redis
 (``redis-server`` when installed, else fakeredis's embedded TCP server) and one worker process next to the web
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from ml_backend.settings import Settings
+from ml_backend.simulation import add_simulate_parser
 
 log = logging.getLogger("ml_backend")
 
@@ -181,15 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--no-preload", action="store_true", help="load models on first use instead of at start")
     worker.set_defaults(func=cmd_worker)
-    try:
-        from ml_backend.simulation import add_simulate_parser
-    except ImportError:
-        add_simulate_parser = None
-    if add_simulate_parser is not None:
-        add_simulate_parser(sub)
+    add_simulate_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(Settings().log_level)
-    args.func(args)
+    sys.exit(args.func(args) or 0)
 
 
 if __name__ == "__main__":
