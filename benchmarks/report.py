@@ -1,0 +1,121 @@
+"""Collect every benchmark result in ``benchmarks/results/`` into ``README-benchmarks.md``.
+
+    python benchmarks/report.py [benchmarks/results]
+
+Reads each simulation folder's ``simulation.json`` / ``summary.md`` / ``learning_curves.png``, ``speed.json`` /
+``speed.md`` and ``server.md`` when present, checks the stated targets against the measured numbers, and appends
+``benchmarks/notes.md`` (the hand-written interpretation). Missing parts are listed as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+SIMULATIONS = [
+    ("digits-features", "Digits (8x8 pixels, MLP head with MC dropout on the raw 64 pixels)", "95% accuracy"),
+    ("digits-images", "Digits as PNG images (EfficientNet-Lite0 embeddings + MC-dropout head)", "95% accuracy"),
+    ("rotten-tomatoes", "Rotten Tomatoes review snippets (MiniLM embeddings + MC-dropout head)", None),
+]
+
+
+def _ratio_line(summary: dict, target: str) -> str:
+    rnd = summary.get("random", {}).get("labels_to_reach", {}).get(target)
+    parts = []
+    for name in ("bald", "margin"):
+        e = summary.get(name)
+        if not e or rnd is None:
+            continue
+        ratio = e.get("ratio_to_random", {}).get(target)
+        if ratio is None:
+            parts.append(f"{name}: not reached by both within the budget")
+        else:
+            verdict = "meets" if ratio <= 0.6 else "misses"
+            parts.append(f"{name} needs {e['labels_to_reach'][target]:.0f} vs random {rnd:.0f} labels = "
+                         f"**{ratio:.2f}x** ({verdict} the <= 0.6x target)")
+    return f"Target check ({target}): " + "; ".join(parts) + "." if parts else ""
+
+
+def simulation_section(results: Path, folder: str, title: str, target: str | None) -> str:
+    d = results / folder
+    if not (d / "simulation.json").is_file():
+        return f"### {title}\n\nNot run (`{folder}`).\n"
+    result = json.loads((d / "simulation.json").read_text())
+    s, m = result["settings"], result["machine"]
+    lines = [f"### {title}", ""]
+    lines.append(
+        f"`python -m ml_backend.simulation --dataset {s['dataset']} --seeds {','.join(map(str, s['seeds']))} "
+        f"--initial {s['initial']} --batch {s['batch']} --rounds {s['rounds']}"
+        + (f" --target-accuracy {s['target_accuracy']}" if s.get("target_accuracy") else "")
+        + (f" --n {s['n']}" if s.get("n") else "") + "`: "
+        f"{result['dataset_description']}; test split {s['test_fraction']:.0%}; model config "
+        f"`{result['model_config']['name']}` (head {result['model_config']['head']['hidden']} hidden, dropout "
+        f"{result['model_config']['head']['dropout']}, {result['model_config']['training']['epochs']} epochs); "
+        f"{m['cores']} cores, {m['torch_threads']} torch thread per process, {s['jobs']} process(es); "
+        f"wall time {result['wall_seconds'] / 60:.1f} min."
+    )
+    lines += ["", f"![learning curves]({folder}/learning_curves.png)", ""]
+    lines.append((d / "summary.md").read_text().split("\n", 2)[2].strip())
+    if target:
+        check = _ratio_line(result["summary"], target)
+        if check:
+            lines += ["", check]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    results = Path(argv[0]) if argv else HERE / "results"
+    parts = [
+        "# Benchmarks",
+        "",
+        "Regenerate everything with `bash benchmarks/run_all.sh` (see the top of that script). All numbers come "
+        "from this repository's own code paths: the simulator calls `Classifier.fit`, `Classifier.predict_proba` "
+        "and `normalized_uncertainty` -> `to_ls_score` exactly as the worker does; the speed benchmark times the "
+        "service's scoring path from raw inputs; the server benchmark drives a real Label Studio. The machine is "
+        "stated with every figure.",
+        "",
+        "## Active learning: labels saved by each acquisition strategy",
+        "",
+        "Pool-based simulation: the simulated annotator reveals the true label of the tasks the strategy puts first "
+        "(lowest Label Studio score). `random` is the baseline. \"labels to X% of full\" = fewest labels at which "
+        "test accuracy first reaches X% of the accuracy of the same head trained on the whole training pool (same "
+        "seed); \"x random\" = that number divided by random's (below 1 = fewer labels than random); AULC = area "
+        "under the learning curve divided by the label range (= mean test accuracy over the budget).",
+        "",
+    ]
+    for folder, title, target in SIMULATIONS:
+        parts.append(simulation_section(results, folder, title, target))
+    parts += ["## Scoring speed", ""]
+    if (results / "speed.md").is_file():
+        parts.append((results / "speed.md").read_text().strip())
+        speed = json.loads((results / "speed.json").read_text())["results"]
+        checks = []
+        for r in speed:
+            if r["mode"].startswith("head MC"):
+                checks.append(f"{r['model']} head-only MC (T={r['mc']}) costs **{r['cost_vs_deterministic']:.2f}x** a "
+                              f"deterministic pass at {r['threads']} thread(s) (target <= 1.3x)")
+            if r["model"] == "minilm" and r["mode"] == "deterministic":
+                checks.append(f"MiniLM pool scoring {r['tokens_per_s']:,.0f} tokens/s at {r['threads']} thread(s) "
+                              f"(target >= 5,000)")
+        parts += ["", "Target checks: " + "; ".join(checks) + "."]
+    else:
+        parts.append("Not run (`python benchmarks/speed.py`).")
+    parts += ["", "## Server latency and retrain-to-Label-Studio time", ""]
+    if (results / "server.md").is_file():
+        parts.append((results / "server.md").read_text().strip())
+    else:
+        parts.append("Not run (`python benchmarks/server.py`: needs Label Studio, installed on first use).")
+    notes = HERE / "notes.md"
+    if notes.is_file():
+        parts += ["", notes.read_text().strip()]
+    (results / "README-benchmarks.md").write_text("\n".join(parts) + "\n")
+    print(f"wrote {results / 'README-benchmarks.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
