@@ -21,8 +21,8 @@ class LockTimeout(TimeoutError):
 
 
 class ProjectLock:
-    def __init__(self, redis: Redis, name: str, owner: str, ttl: float = 15.0, wait: float = 3600.0):
-        self.redis, self.key, self.owner = redis, f"al:lock:{name}", owner
+    def __init__(self, redis: Redis, key: str, owner: str, ttl: float = 15.0, wait: float = 3600.0):
+        self.redis, self.key, self.owner = redis, key, owner
         self.ttl_ms, self.wait = int(ttl * 1000), wait
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None

@@ -5,8 +5,10 @@ no retry. So the web process only records the event and enqueues; per project at
 most one waits. The waiting job has not fetched labels yet, so a label that arrives while a training runs is
 picked up by it: nothing is lost, and a burst of N webhooks costs at most two trainings.
 
-Redis keys (prefix ``al:``): ``train:pending:<p>`` = id of the waiting training job (cleared by that job when it
-starts), ``labels:<p>`` = new labels since the last training started, ``jobs:<p>`` = recent job ids.
+Redis keys, namespaced by queue name so that several deployments (or test sessions) can share one Redis:
+``al:<queue>:pending:<p>`` = id of the waiting training job (cleared by that job when it starts),
+``al:<queue>:labels:<p>`` = new labels since the last training started, ``al:<queue>:jobs:<p>`` = recent job ids,
+``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
 """
 
 from __future__ import annotations
@@ -29,14 +31,6 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
 
 
-def pending_key(project_id: int) -> str:
-    return f"al:train:pending:{project_id}"
-
-
-def labels_key(project_id: int) -> str:
-    return f"al:labels:{project_id}"
-
-
 def connect(redis_url: str) -> Redis:
     """A Redis client that fails fast: /webhook must answer 503 at once when Redis is down, not hang."""
     return Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=30)
@@ -52,6 +46,10 @@ class JobQueue:
         self.retry = Retry(max=retries, interval=[5, 30, 120][:retries]) if retries > 0 else None
         self.retrain_every = retrain_every
 
+    def key(self, kind: str, project_id: int) -> str:
+        """A Redis key of this queue's namespace: ``pending``, ``labels``, ``jobs``, ``lock:train``, ``lock:score``."""
+        return f"al:{self.queue.name}:{kind}:{project_id}"
+
     def _enqueue(self, func: str, project_id: int, *args: Any, job_id: str | None = None) -> Job:
         kind = _KIND[func]
         job = self.queue.enqueue(
@@ -62,8 +60,8 @@ class JobQueue:
             description=f"{kind} project {project_id}",
         )
         with self.redis.pipeline() as pipe:
-            pipe.lpush(f"al:jobs:{project_id}", job.id)
-            pipe.ltrim(f"al:jobs:{project_id}", 0, _RECENT_JOBS - 1)
+            pipe.lpush(self.key("jobs", project_id), job.id)
+            pipe.ltrim(self.key("jobs", project_id), 0, _RECENT_JOBS - 1)
             pipe.execute()
         return job
 
@@ -71,14 +69,14 @@ class JobQueue:
     def add_labels(self, project_id: int, n: int, force: bool = False) -> str | None:
         """Count ``n`` new labels; enqueue a training when enough arrived (or ``force``). Returns the job id
         that will include these labels (a new or an already-waiting one), or None if it is not yet time."""
-        count = int(self.redis.incrby(labels_key(project_id), max(n, 0)))
+        count = int(self.redis.incrby(self.key("labels", project_id), max(n, 0)))
         if not force and count < self.retrain_every:
             return None
         return self.request_training(project_id)
 
     def request_training(self, project_id: int) -> str:
         """The id of the waiting training job of the project, enqueuing one if none waits."""
-        key = pending_key(project_id)
+        key = self.key("pending", project_id)
         for _ in range(3):
             job_id = f"train-{project_id}-{uuid.uuid4().hex[:12]}"
             if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
@@ -113,7 +111,7 @@ class JobQueue:
     # -- status -----------------------------------------------------------------------------------------------
     def recent_jobs(self, project_id: int) -> list[dict[str, Any]]:
         """The project's recent jobs, newest first: id, kind, status, stage and progress (rq job meta)."""
-        ids = [i.decode() for i in self.redis.lrange(f"al:jobs:{project_id}", 0, _RECENT_JOBS - 1)]
+        ids = [i.decode() for i in self.redis.lrange(self.key("jobs", project_id), 0, _RECENT_JOBS - 1)]
         jobs = []
         for job in Job.fetch_many(ids, connection=self.redis):
             if job is None:

@@ -18,7 +18,6 @@ from rq import get_current_job
 
 from ml_backend.jobs import context
 from ml_backend.jobs.lock import ProjectLock
-from ml_backend.jobs.queue import labels_key, pending_key
 from ml_backend.registry import Registry, VersionInfo
 from ml_backend.service import ProjectState, ScoringService
 from ml_backend.training import can_train, encode_targets, is_labelled, labelled_examples, train_and_decide
@@ -46,14 +45,15 @@ def train_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
     job_id = _job_id(f"train-{project_id}-local")
     _progress("waiting for the project's training lock")
-    with ProjectLock(ctx.redis, f"train:{project_id}", job_id, wait=ctx.settings.job_timeout):
+    pending = ctx.queue.key("pending", project_id)
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:train", project_id), job_id, wait=ctx.settings.job_timeout):
         # from here on we are the running training: later labels must go to a new waiting job
         pipe = ctx.redis.pipeline()
-        pipe.get(pending_key(project_id))
-        pipe.set(labels_key(project_id), 0)
+        pipe.get(pending)
+        pipe.set(ctx.queue.key("labels", project_id), 0)
         waiting, _ = pipe.execute()
         if waiting is not None and waiting.decode() == job_id:
-            ctx.redis.delete(pending_key(project_id))
+            ctx.redis.delete(pending)
         ctx.registry.cleanup_temp(project_id)
         return _train(ctx, project_id)
 
@@ -133,7 +133,8 @@ def _score_and_collect(service: ScoringService, state: ProjectState, tasks: list
 
 def rescore_project(project_id: int, version: str) -> dict[str, Any]:
     ctx = context.current()
-    with ProjectLock(ctx.redis, f"score:{project_id}", _job_id(f"rescore-{project_id}-local"), wait=ctx.settings.job_timeout):
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), _job_id(f"rescore-{project_id}-local"),
+                     wait=ctx.settings.job_timeout):
         state = ctx.service.state(project_id)
         if state.version.version != version:
             _progress("skipped: a newer version is current", current=state.version.version)
@@ -174,7 +175,8 @@ def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: st
 
 def score_new_tasks(project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     ctx = context.current()
-    with ProjectLock(ctx.redis, f"score:{project_id}", _job_id(f"score-{project_id}-local"), wait=ctx.settings.job_timeout):
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), _job_id(f"score-{project_id}-local"),
+                     wait=ctx.settings.job_timeout):
         state = ctx.service.state(project_id)
         todo = [t for t in tasks if isinstance(t, dict) and "id" in t and not is_labelled(t)
                 and not any(p.get("model_version") == state.version.version for p in t.get("predictions") or [])]

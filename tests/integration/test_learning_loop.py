@@ -11,11 +11,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
-from redis import Redis
 
 from ml_backend.datasets import rotten_tomatoes
 from ml_backend.registry import Registry
@@ -43,7 +43,7 @@ def loop_configs(configs_dir):
 
 @pytest.fixture()
 def start_loop(tmp_path, ls_server, loop_configs, encoders):
-    """start_loop(**env) -> (web client, worker process) sharing one DATA_DIR, a flushed Redis db and the settings."""
+    """start_loop(**env) -> (web client, worker process) sharing one DATA_DIR, a fresh queue and the settings."""
     from fastapi.testclient import TestClient
 
     from ml_backend.api.app import create_app
@@ -52,8 +52,8 @@ def start_loop(tmp_path, ls_server, loop_configs, encoders):
     started: list[tuple[subprocess.Popen, Path]] = []
 
     def start(**worker_env: str):
-        Redis.from_url(REDIS_URL).flushdb()
         env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": REDIS_URL,
+               "QUEUE_NAME": f"test-loop-{uuid.uuid4().hex[:8]}",  # own queue and keys: no leftovers, no neighbours
                "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
                "MODEL_CONFIGS_DIR": str(loop_configs), "TORCH_THREADS": "1", "LOG_LEVEL": "INFO", **worker_env}
         log_path = tmp_path / f"worker-{len(started)}.log"
@@ -61,7 +61,8 @@ def start_loop(tmp_path, ls_server, loop_configs, encoders):
             worker = subprocess.Popen([str(Path(sys.executable).parent / "ml-backend"), "worker"], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         started.append((worker, log_path))
-        settings = Settings(**{"data_dir": tmp_path / "data", "redis_url": REDIS_URL, "label_studio_url": ls_server.url,
+        settings = Settings(**{"data_dir": tmp_path / "data", "redis_url": REDIS_URL, "queue_name": env["QUEUE_NAME"],
+                               "label_studio_url": ls_server.url,
                                "label_studio_api_key": ls_server.token, "model_configs_dir": loop_configs,
                                **{k.lower(): v for k, v in worker_env.items()}})  # the web app enqueues: same knobs
         return TestClient(create_app(settings, encoders=encoders)), worker
