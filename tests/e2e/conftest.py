@@ -7,8 +7,8 @@
   started (process group) after the test.
 * on a failure the tails of every server log (LS, each backend) and the last LS API calls are added to the report.
 
-Redis: ``E2E_REDIS_URL`` (default ``redis://127.0.0.1:6379/5``) is flushed before each backend start. When no Redis
-answers there, REDIS_URL is left unset and ``ml-backend serve`` starts its own local one.
+Redis: ``E2E_REDIS_URL`` (default ``redis://127.0.0.1:6379/5``), with a fresh QUEUE_NAME (and so key namespace) per
+backend. When no Redis answers there, REDIS_URL is left unset and ``ml-backend serve`` starts its own local one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,10 +149,10 @@ def start_backend(ls_server, tmp_path, request):
             env.pop(k, None)
         redis_url = _redis_url()
         if redis_url:
-            from redis import Redis
-
-            Redis.from_url(redis_url).flushdb()
             env["REDIS_URL"] = redis_url
+            # a queue (and Redis key namespace) of its own: no leftovers of earlier runs, no clash with a
+            # concurrent test session on the same Redis
+            env["QUEUE_NAME"] = f"e2e-{name}-{uuid.uuid4().hex[:8]}"
         no_proxy = ",".join(x for x in (env.get("NO_PROXY"), "127.0.0.1,localhost") if x)
         env.update({
             "DATA_DIR": str(data_dir),
