@@ -1,0 +1,352 @@
+"""Server-level benchmarks against a real Label Studio and a real ``ml-backend serve`` (web app + worker + Redis).
+
+    python benchmarks/server.py                         # pools of 1,000 and 10,000 texts
+    python benchmarks/server.py --pools 1000 --repeats 2
+
+Starts Label Studio 1.23.2 with ``tests/lsserver.py`` (its own virtualenv, installed on first use) and
+``ml-backend serve --host 127.0.0.1 --port P`` with DATA_DIR, LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set (no
+REDIS_URL: serve starts a local Redis and one worker). Everything runs on 127.0.0.1 and is stopped at the end.
+
+For each pool size N (Rotten Tomatoes review snippets, text classification fresh/rotten, default MiniLM model):
+
+1. create an LS project, import N tasks, connect the backend (LS calls /setup, the backend scores the pool);
+   measured: connect -> every task has a cold-start prediction in LS (includes embedding the whole pool once);
+2. annotate a few tasks (both classes) and wait until a trained version's predictions are all in LS;
+3. **retrain-to-LS latency**: annotate one more task (LS sends the webhook) and time until the new model
+   version is current *and* LS holds N predictions of that version (``/api/projects/{id}/model-versions/``);
+   repeated ``--repeats`` times;
+4. on the first pool only, with the server warm and the model trained: ``/predict`` latency (p50/p95) for 1 and
+   100 tasks, both for pool tasks whose embeddings are cached and for texts never seen; and ``/webhook``
+   latency (p50/p95/p99) of ANNOTATION_CREATED payloads as LS sends them.
+
+Writes ``server.json`` and ``server.md`` into ``--out``. The machine (cores, torch threads) is in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ml_backend import datasets  # noqa: E402
+
+LABEL_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Choices name="sentiment" toName="text" choice="single">
+    <Choice value="fresh"/>
+    <Choice value="rotten"/>
+  </Choices>
+</View>"""
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1000.0
+    return {"n": len(values), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``check()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+class Backend:
+    """``ml-backend serve`` as a child process in its own process group (stopped by that group only)."""
+
+    def __init__(self, data_dir: Path, ls_url: str, ls_token: str, log_path: Path):
+        from tests.lsserver import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
+        env.update(DATA_DIR=str(data_dir), LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=ls_token,
+                   TORCH_THREADS="1", LOG_LEVEL="INFO")
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
+                                      "--port", str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.http = httpx.Client(base_url=self.url, timeout=120.0, trust_env=False)
+        wait_for(lambda: self.http.get("/health").status_code == 200, 120, "the backend's /health", 0.5)
+
+    def status(self, pid: int) -> dict:
+        r = self.http.get(f"/projects/{pid}/status")
+        return r.json() if r.status_code == 200 else {}
+
+    def stop(self) -> None:
+        from tests.lsserver import stop_process_group
+
+        self.http.close()
+        stop_process_group(self.proc, timeout=30)
+        self.log.close()
+
+
+class LS:
+    """The few Label Studio API calls the benchmark needs (legacy token auth)."""
+
+    def __init__(self, url: str, token: str):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=300.0,
+                                 trust_env=False)
+
+    def call(self, method: str, path: str, expect: tuple[int, ...] = (200,), **kw) -> Any:
+        r = self.http.request(method, path, **kw)
+        if r.status_code not in expect:
+            raise RuntimeError(f"Label Studio: {method} {path} -> {r.status_code}: {r.text[:500]}")
+        return r.json() if r.content else None
+
+    def create_project(self, title: str) -> dict:
+        return self.call("POST", "/api/projects/", (201,), json={"title": title, "label_config": LABEL_CONFIG})
+
+    def import_tasks(self, pid: int, texts: list[str], batch: int = 2000) -> list[int]:
+        ids: list[int] = []
+        for i in range(0, len(texts), batch):
+            body = self.call("POST", f"/api/projects/{pid}/import", (201,), params={"return_task_ids": "true"},
+                             json=[{"text": t} for t in texts[i : i + batch]])
+            ids.extend(body.get("task_ids") or [])
+        return ids
+
+    def task(self, task_id: int) -> dict:
+        return self.call("GET", f"/api/tasks/{task_id}/")
+
+    def connect(self, pid: int, url: str) -> dict:
+        return self.call("POST", "/api/ml/", (200, 201),
+                         json={"project": pid, "url": url, "title": "al-backend", "is_interactive": False})
+
+    def model_versions(self, pid: int) -> dict[str, int]:
+        return self.call("GET", f"/api/projects/{pid}/model-versions/") or {}
+
+    def annotate(self, task_id: int, label: str) -> dict:
+        result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
+        return self.call("POST", f"/api/tasks/{task_id}/annotations/", (201,),
+                         json={"result": result, "was_cancelled": False, "lead_time": 1.0})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _versions_count(ls: LS, pid: int, version: str) -> int:
+    counts = ls.model_versions(pid)
+    if isinstance(counts, dict):
+        return int(counts.get(version, 0))
+    return 0
+
+
+def wait_all_predictions(ls: LS, be: Backend, pid: int, n_unlabelled: int, timeout: float,
+                         not_version: str | None = None, min_labels: int = 0) -> tuple[str, float]:
+    """Wait until the backend's current version, trained on at least ``min_labels`` labels (0: the untrained
+    cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS."""
+    t0 = time.perf_counter()
+
+    def check():
+        st = be.status(pid)
+        version = st.get("current_version")
+        if not version or version == not_version:
+            return None
+        if min_labels and (not st.get("trained") or int(st.get("n_labels") or 0) < min_labels):
+            return None
+        return version if _versions_count(ls, pid, version) >= n_unlabelled else None
+
+    version = wait_for(check, timeout, f"all {n_unlabelled} predictions of a new version in LS", 0.25)
+    return version, time.perf_counter() - t0
+
+
+def bench_pool(ls: LS, be: Backend, texts: list[str], labels: list[str], n: int, repeats: int, timeout: float,
+               extra: dict) -> dict:
+    out: dict[str, Any] = {"pool": n}
+    project = ls.create_project(f"bench pool {n}")
+    pid = project["id"]
+    t0 = time.perf_counter()
+    ids = ls.import_tasks(pid, texts[:n])
+    out["import_seconds"] = time.perf_counter() - t0
+    assert len(ids) == n, f"imported {len(ids)} of {n} tasks"
+    t0 = time.perf_counter()
+    ls.connect(pid, be.url)
+    version, _ = wait_all_predictions(ls, be, pid, n, timeout)
+    out["connect_to_cold_start_predictions_seconds"] = time.perf_counter() - t0
+    print(f"  pool {n}: cold-start predictions of {version} for all tasks "
+          f"{out['connect_to_cold_start_predictions_seconds']:.1f} s after connecting", file=sys.stderr)
+
+    # a few labels of both classes, then wait for the trained version to be fully in LS
+    by_class = {c: [i for i, label in zip(ids, labels[:n]) if label == c] for c in ("fresh", "rotten")}
+    order = [x for pair in zip(by_class["fresh"], by_class["rotten"]) for x in pair]
+    labelled = 0
+    for task_id in order[:6]:
+        ls.annotate(task_id, labels[ids.index(task_id)])
+        labelled += 1
+    previous, _ = wait_all_predictions(ls, be, pid, n - labelled, timeout, not_version=version, min_labels=labelled)
+    out["first_trained_version"] = previous
+    out["retrain_to_ls_seconds"] = []
+    for k in range(repeats):
+        task_id = order[6 + k]
+        t0 = time.perf_counter()
+        ls.annotate(task_id, labels[ids.index(task_id)])
+        labelled += 1
+        # rows of the new version land for unlabelled tasks only: the labelled ones are skipped by the rescore
+        new, _ = wait_all_predictions(ls, be, pid, n - labelled, timeout, not_version=previous, min_labels=labelled)
+        out["retrain_to_ls_seconds"].append(time.perf_counter() - t0)
+        print(f"  pool {n}: annotation -> all {n - labelled} predictions of {new} in LS: "
+              f"{out['retrain_to_ls_seconds'][-1]:.1f} s", file=sys.stderr)
+        previous = new
+    if extra.get("latency"):
+        out.update(latency_benchmarks(be, ls, pid, ids, texts, labels, extra))
+        wait_idle(be, pid, timeout)  # the webhooks queued trainings: let them finish before the next pool
+    return out
+
+
+def wait_idle(be: Backend, pid: int, timeout: float) -> None:
+    """Wait until none of the project's recent jobs is queued, started, deferred or scheduled."""
+    busy = {"queued", "started", "deferred", "scheduled"}
+
+    def idle():
+        jobs = be.status(pid).get("jobs")
+        return jobs is not None and not any(j.get("status") in busy for j in jobs)
+
+    wait_for(idle, timeout, f"project {pid}'s jobs to finish", 1.0)
+
+
+def latency_benchmarks(be: Backend, ls: LS, pid: int, ids: list[int], texts: list[str], labels: list[str],
+                       extra: dict) -> dict:
+    """/predict (1 and 100 tasks; cached pool tasks and never-seen texts) and /webhook, on the warm server."""
+    n_pool = len(ids)
+    unseen = texts[len(texts) - 2000 :]  # texts not imported into this pool
+    key = str(pid)
+    res: dict[str, Any] = {}
+
+    def predict(tasks: list[dict]) -> float:
+        t0 = time.perf_counter()
+        r = be.http.post("/predict", json={"tasks": tasks, "project": key, "label_config": LABEL_CONFIG})
+        dt = time.perf_counter() - t0
+        body = r.json()
+        assert r.status_code == 200 and len(body["results"]) == len(tasks), r.text[:300]
+        assert all(isinstance(x, dict) and "score" in x for x in body["results"]), body["results"][:2]
+        return dt
+
+    pool_tasks = [{"id": i, "project": pid, "data": {"text": t}} for i, t in zip(ids, texts[:n_pool])]
+    new_tasks = [{"id": 10_000_000 + j, "project": pid, "data": {"text": t}} for j, t in enumerate(unseen)]
+    rng = np.random.default_rng(0)
+    r1 = extra["predict_repeats"]
+    for _ in range(3):  # warm-up: the web process loads the encoder and the current head on first use
+        predict([pool_tasks[0]])
+        predict(new_tasks[-100:])
+    res["predict_1_cached"] = percentiles([predict([pool_tasks[int(rng.integers(n_pool))]]) for _ in range(r1)])
+    res["predict_100_cached"] = percentiles(
+        [predict([pool_tasks[int(i)] for i in rng.choice(n_pool, 100, replace=False)]) for _ in range(r1 // 3)])
+    res["predict_1_new"] = percentiles([predict([new_tasks[j]]) for j in range(r1)])
+    res["predict_100_new"] = percentiles(
+        [predict(new_tasks[r1 + 100 * j : r1 + 100 * (j + 1)]) for j in range(min(r1 // 3, (len(new_tasks) - r1) // 100))])
+
+    def webhook(task_id: int, text: str, label: str) -> float:
+        payload = {"action": "ANNOTATION_CREATED", "project": {"id": pid},
+                   "task": {"id": task_id, "project": pid, "data": {"text": text}},
+                   "annotation": {"id": 1, "task": task_id, "project": pid, "was_cancelled": False,
+                                  "result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
+                                              "value": {"choices": [label]}}]}}
+        t0 = time.perf_counter()
+        r = be.http.post("/webhook", json=payload)
+        dt = time.perf_counter() - t0
+        assert r.status_code in (200, 201), r.text[:300]
+        return dt
+
+    res["webhook"] = percentiles([webhook(ids[j % n_pool], texts[j % n_pool], labels[j % n_pool])
+                                  for j in range(extra["webhook_repeats"])])
+    for name, v in res.items():
+        print(f"  {name}: p50 {v['p50_ms']:.1f} ms, p95 {v['p95_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms (n={v['n']})",
+              file=sys.stderr)
+    return res
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = ["| measurement | pool | n | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
+    names = {"predict_1_cached": "/predict, 1 task (pool task, embedding cached)",
+             "predict_100_cached": "/predict, 100 tasks (pool tasks, embeddings cached)",
+             "predict_1_new": "/predict, 1 task (text never seen)",
+             "predict_100_new": "/predict, 100 tasks (texts never seen)",
+             "webhook": "/webhook ANNOTATION_CREATED (enqueue only)"}
+    for pool in result["pools"]:
+        for key, label in names.items():
+            if key in pool:
+                v = pool[key]
+                lines.append(f"| {label} | {pool['pool']:,} | {v['n']} | {v['p50_ms']:.0f} ms | {v['p95_ms']:.0f} ms "
+                             f"| {v['p99_ms']:.0f} ms |")
+    lines += ["", "| pool | connect -> cold-start predictions of all tasks in LS | annotation -> all predictions of the "
+              "new version in LS (each run) | median |", "|---|---|---|---|"]
+    for pool in result["pools"]:
+        runs = pool["retrain_to_ls_seconds"]
+        lines.append(f"| {pool['pool']:,} | {pool['connect_to_cold_start_predictions_seconds']:.1f} s | "
+                     f"{', '.join(f'{x:.1f} s' for x in runs)} | {statistics.median(runs):.1f} s |")
+    lines += ["", f"Machine: {m['cores']} cores, no GPU, torch threads 1 in the web app and the worker (TORCH_THREADS=1); "
+              f"Label Studio {result['ls_version']} (SQLite) on the same machine. Default text model (MiniLM), "
+              f"Rotten Tomatoes review snippets."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pools", default="1000,10000", help="pool sizes (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="retrain-to-LS measurements per pool (default: %(default)s)")
+    p.add_argument("--predict-repeats", type=int, default=60, help="/predict requests of 1 task (default: %(default)s)")
+    p.add_argument("--webhook-repeats", type=int, default=300, help="/webhook requests (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for each stage (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args(argv)
+
+    from tests.lsserver import LabelStudioServer
+
+    pools = [int(x) for x in args.pools.split(",")]
+    data = datasets.rotten_tomatoes(full=max(pools) + 2000 > 4800, seed=0)
+    texts, labels = data.texts, data.labels
+    if max(pools) + 2000 > len(texts):
+        raise SystemExit(f"at most {len(texts) - 2000} tasks per pool with this corpus")
+    result: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "torch_threads": 1}, "pools": []}
+    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    print(f"work dir {work}", file=sys.stderr)
+    with LabelStudioServer() as ls_server:
+        result["ls_version"] = ls_server.version
+        ls = LS(ls_server.url, ls_server.token)
+        be = Backend(work / "data", ls_server.url, ls_server.token, work / "backend.log")
+        try:
+            for k, n in enumerate(pools):
+                result["pools"].append(bench_pool(ls, be, texts, labels, n, args.repeats, args.timeout,
+                                                  {"latency": k == 0, "predict_repeats": args.predict_repeats,
+                                                   "webhook_repeats": args.webhook_repeats}))
+        except BaseException:
+            print(f"backend log tail:\n{Path(work / 'backend.log').read_text()[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            be.stop()
+            ls.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "server.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    (args.out / "server.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the cleanup (stop LS and the backend) on SIGTERM
+    raise SystemExit(main())
