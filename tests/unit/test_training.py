@@ -1,0 +1,98 @@
+"""From LS annotations to a version decision, with the real head on synthetic features."""
+
+import numpy as np
+import pytest
+
+from ml_backend.labelconfig import parse_label_config
+from ml_backend.modelconfig import ModelConfig
+from ml_backend.models.classifier import Classifier
+from ml_backend.training import (
+    can_train, encode_targets, holdout_mask, labelled_examples, latest_annotation, train_and_decide,
+)
+
+SCHEMA = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/></Choices></View>')
+MULTI = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t" choice="multiple"><Choice value="a"/><Choice value="b"/></Choices></View>')
+
+
+def ann(label, *, id, updated, cancelled=False):
+    result = [{"from_name": "c", "to_name": "t", "type": "choices", "value": {"choices": [label]}}] if label else []
+    return {"id": id, "updated_at": updated, "was_cancelled": cancelled, "result": result}
+
+
+def test_latest_non_skipped_annotation_wins_and_skips_are_not_labels():
+    tasks = [
+        {"id": 1, "annotations": [ann("a", id=1, updated="2026-01-01"), ann("b", id=2, updated="2026-01-02")]},
+        {"id": 2, "annotations": [ann(None, id=3, updated="2026-01-03", cancelled=True)]},
+        {"id": 3, "annotations": [ann("b", id=4, updated="2026-01-01"), ann("a", id=5, updated="2026-01-05", cancelled=True)]},
+        {"id": 4, "annotations": [ann("zzz", id=6, updated="2026-01-01")]},
+        {"id": 5, "annotations": []},
+    ]
+    kept, labels, stats = labelled_examples(SCHEMA, tasks)
+    assert [t["id"] for t in kept] == [1, 3] and labels == [["b"], ["b"]]
+    assert stats.cancelled_only == 1 and stats.unknown_labels == {"zzz": 1} and stats.no_known_label == 1
+    assert latest_annotation(tasks[4]) is None
+
+
+def test_targets_and_trainability():
+    assert encode_targets(SCHEMA, [["b"], ["a"]]).tolist() == [1, 0]
+    assert encode_targets(MULTI, [["a", "b"], ["b"]]).tolist() == [[1, 1], [0, 1]]
+    assert "same class" in can_train(False, np.array([1, 1, 1]))
+    assert can_train(True, np.array([[1, 0]])) is None and can_train(False, np.array([])) == "no labelled tasks yet"
+
+
+def test_holdout_is_stable_per_task_as_labels_grow():
+    small = holdout_mask(range(5), 0.2, min_labels=10)
+    assert not small.any()  # too few labels to hold any out
+    a = holdout_mask(range(100), 0.2, min_labels=10)
+    b = holdout_mask(range(300), 0.2, min_labels=10)
+    assert np.array_equal(a, b[:100]) and 0.1 < a.mean() < 0.3
+
+
+def _config(**training):
+    return ModelConfig.model_validate({"name": "t", "kind": "text", "encoder": {"pretrained": "none"},
+                                       "training": {"epochs": 40, "min_labels_for_holdout": 10, **training}})
+
+
+def _blobs(n, seed, noise=0.3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(0, noise, (n, 8)) + np.where(y[:, None] == 1, 1.0, -1.0)
+    return x.astype(np.float32), y
+
+
+def test_a_better_model_is_promoted_and_trained_on_every_label():
+    x, y = _blobs(80, 0)
+    clf = Classifier(None, _config(), 2, False, in_dim=8)
+    outcome = train_and_decide(clf, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    assert outcome.promote and outcome.metrics["accuracy"] > 0.9
+    assert outcome.metrics["n_labels"] == 80 and 0 < outcome.metrics["n_holdout"] < 80
+    again = Classifier(None, _config(), 2, False, in_dim=8)
+    train_and_decide(again, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    assert np.array_equal(again.predict_proba(x, mc=5), clf.predict_proba(x, mc=5))  # same data + seed, same model
+
+
+def test_a_worse_model_is_not_promoted_unless_configured():
+    x, y = _blobs(80, 1)
+    current = Classifier(None, _config(), 2, False, in_dim=8)
+    current.fit(x, y, seed=0)
+    held = holdout_mask(range(80), 0.2, min_labels=10)
+    flipped = np.where(held, y, 1 - y)  # wrong labels to train on, right ones to evaluate on: the new model is worse
+    worse = train_and_decide(Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), flipped,
+                             list(range(80)), ["a", "b"], seed=0)
+    assert not worse.promote and "kept the current version" in worse.reason
+    anyway = train_and_decide(Classifier(None, _config(promote_if_not_worse=False), 2, False, in_dim=8), current, x,
+                              list(x), flipped, list(range(80)), ["a", "b"], seed=0)
+    assert anyway.promote
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_head_probabilities_have_the_documented_shape(multilabel):
+    x, y = _blobs(30, 2)
+    clf = Classifier(None, _config(), 2, multilabel, in_dim=8)
+    clf.fit(x, np.stack([y, 1 - y], 1) if multilabel else y, seed=0)
+    p = clf.predict_proba(x[:4], mc=20)
+    assert p.shape == (4, 20, 2) and np.all((p >= 0) & (p <= 1))
+    if not multilabel:
+        assert np.allclose(p.sum(-1), 1.0)
+    assert not np.allclose(p[:, 0], p[:, 1])  # dropout varies across MC passes
+    assert np.array_equal(clf.predict_proba(x[:4], mc=1), clf.predict_proba(x[:4], mc=1))  # deterministic pass
