@@ -84,6 +84,29 @@ def tail_file(path: Path | str | None, n: int = 40) -> str:
         return "".join(deque(f, maxlen=n))
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, what: str, log_path: Path | str | None, timeout: float,
+                 error: type[Exception] = AssertionError, expect: str = "") -> None:
+    """Poll ``url`` until it answers 200 (with ``expect`` in the body); fail early if ``proc`` exits, and always
+    say what the server last answered and the tail of its log."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with httpx.Client(timeout=3.0, trust_env=False) as c:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise error(f"{what} exited with code {proc.returncode} before it was ready; "
+                            f"tail of {log_path}:\n{tail_file(log_path, 60)}")
+            try:
+                r = c.get(url)
+                if r.status_code == 200 and expect in r.text:
+                    return
+                last = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as e:
+                last = repr(e)
+            time.sleep(0.25)
+    raise error(f"{what} did not answer {url} within {timeout:.0f} s (last: {last}); "
+                f"tail of {log_path}:\n{tail_file(log_path, 60)}")
+
+
 def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
     """SIGTERM the process group led by ``proc`` (started with start_new_session=True), SIGKILL after ``timeout``.
 
@@ -320,7 +343,8 @@ class LabelStudioServer:
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.run_dir, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            self._wait_healthy(t0)
+            wait_healthy(f"{self.url}/health", self.proc, "Label Studio", self.log_path,
+                         self.startup_timeout - (time.monotonic() - t0), LabelStudioError, expect="UP")
             self._ensure_token()
         except BaseException:
             self.stop()
@@ -328,24 +352,6 @@ class LabelStudioServer:
         print(f"[lsserver] Label Studio {self.version} up at {self.url} in {time.monotonic() - t0:.1f} s "
               f"(PID {self.proc.pid}, log {self.log_path})", file=sys.stderr)
         return self
-
-    def _wait_healthy(self, t0: float) -> None:
-        last = "no answer yet"
-        with httpx.Client(timeout=3.0, trust_env=False) as c:
-            while time.monotonic() - t0 < self.startup_timeout:
-                if self.proc.poll() is not None:
-                    raise LabelStudioError(f"Label Studio exited with code {self.proc.returncode} before it was "
-                                           f"ready; tail of {self.log_path}:\n{self.tail_log(60)}")
-                try:
-                    r = c.get(f"{self.url}/health")
-                    if r.status_code == 200 and "UP" in r.text:
-                        return
-                    last = f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as e:
-                    last = repr(e)
-                time.sleep(0.25)
-        raise LabelStudioError(f"Label Studio did not answer /health within {self.startup_timeout:.0f} s "
-                               f"(last: {last}); tail of {self.log_path}:\n{self.tail_log(60)}")
 
     def _ensure_token(self) -> None:
         """Make sure ``Token <token>`` works; enable legacy tokens as the logged-in admin if they are off."""

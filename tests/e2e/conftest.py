@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:  # make `tests.lsserver` importable however pytest
     sys.path.insert(0, str(ROOT))
 
 from tests.e2e.lsapi import LSApi  # noqa: E402
-from tests.lsserver import LabelStudioServer, free_port, stop_process_group, tail_file  # noqa: E402
+from tests.lsserver import LabelStudioServer, free_port, stop_process_group, tail_file, wait_healthy  # noqa: E402
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
 LOG_TAIL_LINES = int(os.environ.get("E2E_LOG_TAIL", "80"))
@@ -172,7 +172,8 @@ def start_backend(ls_server, tmp_path, request):
         backend = Backend(name, f"http://127.0.0.1:{port}", proc, log_path, data_dir, env)
         started.append(backend)
         _LOG_SOURCES[f"{name} log tail"] = lambda b=backend: f"{b.log_path}\n{b.tail_log()}"
-        _wait_backend_health(backend, timeout=float(os.environ.get("E2E_BACKEND_STARTUP_TIMEOUT", "120")))
+        wait_healthy(f"{backend.url}/health", backend.proc, "`ml-backend serve`", backend.log_path,
+                     timeout=float(os.environ.get("E2E_BACKEND_STARTUP_TIMEOUT", "120")))
         return backend
 
     yield start
@@ -180,23 +181,3 @@ def start_backend(ls_server, tmp_path, request):
         b.stop()
         _LOG_SOURCES.pop(f"{b.name} log tail", None)
         shutil.rmtree(b.data_dir, ignore_errors=True)
-
-
-def _wait_backend_health(backend: Backend, timeout: float) -> None:
-    t0 = time.monotonic()
-    last = "no answer yet"
-    with backend.client() as c:
-        while time.monotonic() - t0 < timeout:
-            if backend.proc.poll() is not None:
-                raise AssertionError(f"`ml-backend serve` exited with {backend.proc.returncode} before answering "
-                                     f"/health; tail of {backend.log_path}:\n{backend.tail_log()}")
-            try:
-                r = c.get("/health", timeout=2.0)
-                if r.status_code == 200:
-                    return
-                last = f"{r.status_code} {r.text[:300]}"
-            except httpx.HTTPError as e:
-                last = repr(e)
-            time.sleep(0.3)
-    raise AssertionError(f"backend at {backend.url} did not answer /health within {timeout:.0f} s (last: {last}); "
-                         f"tail of {backend.log_path}:\n{backend.tail_log()}")
