@@ -74,9 +74,20 @@ class Encoder(ABC):
                 self.network.eval()
         return np.stack(passes, axis=1) if passes else np.zeros((len(items), 0, self.dim), np.float32)
 
+    def _batch_order(self, items: Sequence[Any]) -> np.ndarray:
+        """The order in which items are batched (results come back in input order); see TextEncoder."""
+        return np.arange(len(items))
+
     def _run(self, items: Sequence[Any]) -> np.ndarray:
-        out = [self._forward(items[i : i + self.batch_size]).float().numpy() for i in range(0, len(items), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        order = self._batch_order(items)
+        ordered = [items[i] for i in order]
+        out = np.concatenate([self._forward(ordered[i : i + self.batch_size]).float().numpy()
+                              for i in range(0, len(ordered), self.batch_size)])
+        result = np.empty_like(out)
+        result[order] = out
+        return result
 
 
 def fingerprint_of(*parts: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
@@ -24,6 +25,11 @@ class TextEncoder(Encoder):
         self.batch_size = config.batch_size
         self.dim = int(self.network.config.hidden_size)
         self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length)
+
+    def _batch_order(self, items: Sequence[str]) -> np.ndarray:
+        """Batch texts of similar length together: padding to the longest text of a batch is wasted compute,
+        and sorting roughly doubles pool-scoring throughput on review-length texts (see the speed benchmark)."""
+        return np.argsort([len(t) for t in items], kind="stable")
 
     def _forward(self, batch: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(
