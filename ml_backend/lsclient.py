@@ -86,13 +86,15 @@ class LabelStudioClient:
         self.update_project(project_id, sampling=UNCERTAINTY_SAMPLING)
 
     # -- tasks ----------------------------------------------------------------------------------------------
-    def iter_tasks(self, project_id: int, page_size: int = 500) -> Iterator[dict[str, Any]]:
-        """Every task of the project as a plain dict (id, data, annotations), page by page."""
+    def iter_tasks(self, project_id: int, only_annotated: bool = False, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Every task of the project (or only those with annotations) as a plain dict (id, data, annotations,
+        predictions), page by page. LS spends ~5 ms per task on this list, so ask only for what is needed."""
         page = 1
         while True:
             resp = self._call(
                 f"list tasks of project {project_id} (page {page})",
-                self.sdk.tasks.list, project=project_id, fields="all", page=page, page_size=page_size,
+                self.sdk.tasks.list, project=project_id, fields="all", only_annotated=only_annotated or None,
+                page=page, page_size=page_size,
             )
             items = list(resp.items or [])
             for task in items:
