@@ -39,7 +39,7 @@ $PY benchmarks/speed.py --threads 1,2 --out "$OUT"
 
 # 3. server latency and annotation -> predictions-in-LS time (real Label Studio + ml-backend serve)
 if [ "$SERVER" = 1 ]; then
-  $PY benchmarks/server.py --pools 1000,10000 --out "$OUT"
+  $PY benchmarks/server.py --pools 1001,10001 --out "$OUT"
 fi
 
 # 4. collect everything into README-benchmarks.md

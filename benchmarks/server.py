@@ -1,6 +1,6 @@
 """Server-level benchmarks against a real Label Studio and a real ``ml-backend serve`` (web app + worker + Redis).
 
-    python benchmarks/server.py                         # pools of 1,000 and 10,000 texts
+    python benchmarks/server.py                         # pools of 1,001 and 10,001 texts
     python benchmarks/server.py --pools 1000 --repeats 2
 
 Starts Label Studio 1.23.2 with ``tests/lsserver.py`` (its own virtualenv, installed on first use) and
@@ -159,9 +159,16 @@ def wait_all_predictions(ls: LS, be: Backend, pid: int, n_unlabelled: int, timeo
     """Wait until the backend's current version, trained on at least ``min_labels`` labels (0: the untrained
     cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS."""
     t0 = time.perf_counter()
+    seen_errors: set = set()
 
     def check():
         st = be.status(pid)
+        for job in st.get("jobs") or []:
+            if job.get("error") and job.get("id") not in seen_errors:
+                seen_errors.add(job.get("id"))
+                print(f"  backend job {job.get('id')} ({job.get('status')}): {job['error']}", file=sys.stderr)
+                if job.get("status") == "failed":
+                    raise RuntimeError(f"backend job {job.get('id')} failed: {job['error']}")
         version = st.get("current_version")
         if not version or version == not_version:
             return None
@@ -306,7 +313,9 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pools", default="1000,10000", help="pool sizes (default: %(default)s)")
+    p.add_argument("--pools", default="1001,10001",
+                   help="pool sizes (default: %(default)s; not multiples of 500: the worker's task listing then "
+                        "asks LS for a page past the end, see README-benchmarks)")
     p.add_argument("--repeats", type=int, default=3, help="retrain-to-LS measurements per pool (default: %(default)s)")
     p.add_argument("--predict-repeats", type=int, default=60, help="/predict requests of 1 task (default: %(default)s)")
     p.add_argument("--webhook-repeats", type=int, default=300, help="/webhook requests (default: %(default)s)")
