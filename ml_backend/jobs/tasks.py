@@ -62,7 +62,7 @@ def _train(ctx: context.WorkerContext, project_id: int) -> dict[str, Any]:
     service, registry = ctx.service, ctx.registry
     state = service.state(project_id)
     _progress("fetching labelled tasks from Label Studio")
-    tasks, labels, stats = labelled_examples(state.schema, ctx.ls.iter_tasks(project_id, only_annotated=True))
+    tasks, labels, stats = labelled_examples(state.schema, ctx.ls.iter_tasks(project_id, labelled_only=True))
     if stats.unknown_labels:
         log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
     _progress("embedding labelled tasks", 0, len(tasks), skipped_cancelled=stats.cancelled_only)

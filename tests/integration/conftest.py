@@ -20,6 +20,16 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 
 
 @pytest.fixture(scope="session")
+def ls_server():
+    """A real Label Studio 1.23.2 for the whole integration session (tests.lsserver installs it on first use)."""
+    from tests.lsserver import LabelStudioServer
+
+    server = LabelStudioServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def encoders() -> EncoderPool:
     configure_torch(1)
     return EncoderPool()

@@ -19,17 +19,10 @@ import yaml
 
 from ml_backend.datasets import rotten_tomatoes
 from ml_backend.registry import Registry
-from tests.lsserver import LabelStudioServer, stop_process_group, tail_file
+from tests.lsserver import stop_process_group, tail_file
 
 CONFIG = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
 REDIS_URL = "redis://127.0.0.1:6379/11"
-
-
-@pytest.fixture(scope="module")
-def ls_server():
-    server = LabelStudioServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
