@@ -10,9 +10,9 @@ Label Studio scores: ``Classifier.embed`` (tokenise + encoder, or decode PNG + C
 * ``deterministic``: mc=1, entropy of the single softmax (what a non-Bayesian backend would cost);
 * ``head MC``: the encoder once, then T=20 dropout passes over the head only, BALD (the default);
 * ``full MC``: ``acquisition.mc_mode: full`` and the raw items passed: T=20 passes through encoder + head, BALD;
-* text only, ``deterministic, pool sorted by length``: the same texts ordered by token count, so each batch of 32
-  pads to similar lengths (what length-bucketing inside the encoder would give; the encoder pads every batch to
-  its longest text, and short reviews in random order waste about half the computed positions on padding).
+* text only, ``deterministic, pool sorted by length``: the same texts handed over already ordered by token count.
+  This row found that padding short reviews in random order wasted about half the encoder's work; the text
+  encoder now batches by length itself, so this row should match ``deterministic`` (a regression check).
 
 The head is first fitted on a few labelled examples (predict_proba needs a trained head). Each figure is the
 median of ``--repeats`` timed runs after one warm-up run; the machine's cores, torch threads and load average are
@@ -102,7 +102,7 @@ def bench_model(kind: str, items: list, labels: np.ndarray, n_classes: int, n_fu
         (f"head MC T={mc}", clf, items, mc, "bald"),
         (f"full MC T={mc}", clf_full, items[:n_full], mc, "bald"),
     ]
-    if tokens_of is not None:  # what length-bucketing in the encoder would give: same texts, sorted by length
+    if tokens_of is not None:  # pre-sorted texts: equal to deterministic now that the encoder batches by length
         by_length = sorted(items, key=lambda x: len(encoder.tokenizer(x, truncation=True, max_length=256)["input_ids"]))
         modes.insert(1, ("deterministic, pool sorted by length", clf, by_length, 1, "entropy"))
     for mode, model, batch, t, strategy in modes:
