@@ -48,7 +48,6 @@ class TaskScore:
     task_id: int | None
     prediction: dict[str, Any] | None = None
     reason: str | None = None
-    embedding: np.ndarray | None = None
 
 
 @dataclass
@@ -204,8 +203,6 @@ class ScoringService:
             cache.put_many(fresh)
         ok = [i for i in inputs if keys[i] in cached or keys[i] in fresh]
         emb = np.stack([cached.get(keys[i], fresh.get(keys[i])) for i in ok]) if ok else np.zeros((0, clf.in_dim or 0))
-        for j, i in enumerate(ok):
-            outcomes[i].embedding = emb[j]
         return outcomes, ok, emb, [inputs[i] for i in ok]
 
     @staticmethod
