@@ -159,35 +159,47 @@ class ScoringService:
         return self._caches[fingerprint]
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _load_input(self, schema: TaskSchema, task: dict[str, Any]) -> tuple[Any, str]:
-        """(model input, content key) of a task; raises ValueError/ImageError with a reason."""
+    def _locate_input(self, schema: TaskSchema, task: dict[str, Any]) -> tuple[str, Callable[[], Any]]:
+        """(content key, loader of the model input) of a task; raises ValueError/OSError with a reason.
+
+        Images are fetched (file cache) and hashed here, but decoded only by the loader: a re-scoring whose
+        embeddings are cached never decodes an image again.
+        """
         value = schema.task_input(task.get("data"))
         if schema.kind == "text":
-            return value, content_key("text", value)
+            return content_key("text", value), lambda: value
         if self.fetch_file is None:
             raise ValueError("images need LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to be downloaded")
         path = self.fetch_file(value, task.get("id"))
-        image = load_image(path, self.settings.max_image_pixels)
-        return image, content_key("image", Path(path).read_bytes())
+        return content_key("image", Path(path).read_bytes()), lambda: load_image(path, self.settings.max_image_pixels)
 
     def embed_tasks(self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
                     ) -> tuple[list[TaskScore], list[int], np.ndarray, list[Any]]:
         """Embed every usable task (cache first). Returns outcomes, indices of embedded tasks, their embeddings
-        and their raw inputs (for full-network MC)."""
+        and their raw inputs; the raw inputs are loaded (and listed) only when the config needs them (full-network
+        MC or full fine-tuning), else the list holds None."""
         outcomes = [TaskScore(task_id=t.get("id") if isinstance(t, dict) else None) for t in tasks]
-        inputs: dict[int, Any] = {}
+        loaders: dict[int, Callable[[], Any]] = {}
         keys: dict[int, str] = {}
         for i, task in enumerate(tasks):
             try:
                 if not isinstance(task, dict):
                     raise ValueError("task must be a JSON object")
-                inputs[i], keys[i] = self._load_input(schema, task)
-            except (ValueError, ImageError, OSError) as exc:
+                keys[i], loaders[i] = self._locate_input(schema, task)
+            except (ValueError, OSError) as exc:
                 outcomes[i].reason = str(exc)
             except Exception as exc:  # e.g. the LS file download failing in an unexpected way
                 outcomes[i].reason = f"cannot read task input: {type(exc).__name__}: {exc}"
         cache = self.embedding_cache(clf)
         cached = cache.get_many(keys.values())
+        need_raw = clf.config.acquisition.mc_mode == "full" or clf.config.training.mode == "full"
+        inputs: dict[int, Any] = {}
+        for i in loaders:
+            if need_raw or keys[i] not in cached:
+                try:
+                    inputs[i] = loaders[i]()
+                except (ValueError, ImageError, OSError) as exc:
+                    outcomes[i].reason = str(exc)
         missing = [i for i in inputs if keys[i] not in cached]
         fresh: dict[str, np.ndarray] = {}
         if missing:
@@ -201,9 +213,9 @@ class ScoringService:
                 if vec is not None:
                     fresh[keys[i]] = vec
             cache.put_many(fresh)
-        ok = [i for i in inputs if keys[i] in cached or keys[i] in fresh]
+        ok = [i for i in loaders if outcomes[i].reason is None and (keys[i] in cached or keys[i] in fresh)]
         emb = np.stack([cached.get(keys[i], fresh.get(keys[i])) for i in ok]) if ok else np.zeros((0, clf.in_dim or 0))
-        return outcomes, ok, emb, [inputs[i] for i in ok]
+        return outcomes, ok, emb, [inputs.get(i) for i in ok]
 
     @staticmethod
     def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:
