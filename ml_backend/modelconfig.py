@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ml_backend.core.selection import WEIGHT_TERMS
 from ml_backend.core.strategies import STRATEGIES
 
 
@@ -49,8 +50,10 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of labelled tasks held out for evaluation.")
     min_labels_for_holdout: int = Field(10, ge=2, description="Below this many labels, train on all and skip the comparison.")
-    promote_if_not_worse: bool = Field(True, description="Keep the current version if the new one is worse on the held-out data.")
+    promote_if_not_worse: bool = Field(True, description="Keep the current version if the new one is significantly worse on held-out tasks neither was trained on.")
     promote_tolerance: float = Field(0.0, ge=0.0, description="Accuracy the new version may lose and still be promoted.")
+    promote_min_fair: int = Field(10, ge=1, description="Fewer fair held-out tasks than this: promote (no evidence either way).")
+    promote_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Keep the current version only if the new one is worse with this significance (one-sided sign test).")
     seed: int = 0
 
 
@@ -58,13 +61,24 @@ class AcquisitionConfig(_Strict):
     strategy: str = "bald"
     mc_samples: int = Field(20, ge=1)
     mc_mode: Literal["head", "full"] = Field("head", description="head: T passes over the head only; full: T passes through the whole network")
-    cold_start_neighbours: int = Field(10, ge=1)
+    cold_start_neighbours: int = Field(10, ge=1, description="Neighbours for density and the coverage kernel's bandwidth.")
+    front_size: int = Field(100, ge=0, description="Queue positions ordered batch-aware (coverage-greedy); 0 = plain top-k.")
+    weights: dict[str, float] = Field(default_factory=lambda: {"uncertainty": 1.0},
+                                      description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).")
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; choose one of {sorted(STRATEGIES)}")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(WEIGHT_TERMS)
+        if unknown or any(w < 0 for w in value.values()) or not any(w > 0 for w in value.values()):
+            raise ValueError(f"weights take non-negative numbers for {list(WEIGHT_TERMS)}, at least one positive; got {value}")
         return value
 
 
@@ -77,6 +91,15 @@ class ModelConfig(_Strict):
     head: HeadConfig = HeadConfig()
     training: TrainingConfig = TrainingConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
+
+    @model_validator(mode="after")
+    def _mc_strategies_need_dropout(self) -> "ModelConfig":
+        """BALD and variation ratio measure disagreement between MC-dropout passes: without two passes and some
+        dropout every task scores 0 and the queue is ordered by noise. Refuse such a config at load time."""
+        if STRATEGIES[self.acquisition.strategy].needs_mc and (self.acquisition.mc_samples < 2 or self.head.dropout <= 0):
+            raise ValueError(f"strategy {self.acquisition.strategy!r} needs acquisition.mc_samples >= 2 and "
+                             f"head.dropout > 0 (got {self.acquisition.mc_samples} and {self.head.dropout})")
+        return self
 
 
 def load_model_config(configs_dir: Path, name: str) -> ModelConfig:

@@ -4,8 +4,10 @@ Layout under ``<data_dir>/projects/<project id>/``::
 
     project.json              label config, model config name, LS project key
     current.json              {"version": ...}: the serving version, replaced atomically (os.replace)
-    versions/<version>/       meta.json (config, seed, metrics, labelled task ids), model.pt (weights)
-    pool_reference.npy        embeddings of the project's pool, the reference for cold-start scores
+    versions/<version>/       meta.json (config, seed, metrics, labelled task ids), model.pt (weights),
+                              labelled.npy (embeddings of the labelled tasks: novelty and coverage are measured
+                              against them), ranking.npz (the pool order of the version's last pool scoring)
+    pool_reference.npy        a sample of the project's pool embeddings: the one reference for density
 
 A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle
 of publishing leaves the previous versions and the current pointer untouched. Every process (web, workers)
@@ -23,8 +25,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import io
+
 import numpy as np
 
+
+def embeddings_bytes(embeddings: np.ndarray) -> bytes:
+    """Embeddings as .npy bytes in float16: half the disk, far below the precision the ranking needs."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(embeddings, dtype=np.float16))
+    return buf.getvalue()
+
+
+@dataclass
+class StoredRanking:
+    """The pool order a version's pool scoring produced: /predict serves these very scores (one score per task per
+    version), and tasks outside it are scored above ``rest_floor`` like the rest of the pool."""
+
+    scores: dict[int, float]
+    reasons: dict[int, str]
+    rest_floor: float
 
 
 @dataclass
@@ -162,6 +182,26 @@ class Registry:
     def pool_reference(self, project_id: int) -> np.ndarray | None:
         path = self._dir(project_id) / "pool_reference.npy"
         return np.load(path) if path.is_file() else None
+
+    def labelled_embeddings(self, project_id: int, version: str) -> np.ndarray | None:
+        path = self._dir(project_id) / "versions" / version / "labelled.npy"
+        return np.load(path).astype(np.float32) if path.is_file() else None
+
+    def save_ranking(self, project_id: int, version: str, task_ids: list[int], scores: np.ndarray,
+                     reasons: list[str], rest_floor: float) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, task_ids=np.asarray(task_ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64),
+                 reasons=np.asarray(reasons, dtype=str), rest_floor=np.float64(rest_floor))
+        _write_atomic(self._dir(project_id) / "versions" / version / "ranking.npz", buf.getvalue())
+
+    def ranking(self, project_id: int, version: str) -> StoredRanking | None:
+        path = self._dir(project_id) / "versions" / version / "ranking.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            ids = data["task_ids"].tolist()
+            return StoredRanking(dict(zip(ids, data["scores"].tolist())), dict(zip(ids, data["reasons"].tolist())),
+                                 float(data["rest_floor"]))
 
     def cleanup_temp(self, project_id: int) -> None:
         """Remove half-written versions left by a crashed job (they were never visible)."""

@@ -20,13 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ml_backend.core.coldstart import representativeness
-from ml_backend.core.strategies import get_strategy, normalized_uncertainty, to_ls_score
+from ml_backend.core.selection import rest_score
 from ml_backend.embcache import EmbeddingCache, content_key
 from ml_backend.labelconfig import TaskSchema, parse_label_config
 from ml_backend.modelconfig import ModelConfig, load_model_config
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.image import ImageError, load_image
 from ml_backend.models.pool import EncoderPool
+from ml_backend.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.registry import ProjectRecord, Registry, VersionInfo
 from ml_backend.settings import Settings
 
@@ -226,12 +227,29 @@ class ScoringService:
             return None
 
     # -- scoring --------------------------------------------------------------------------------------------
-    def score(self, state: ProjectState, tasks: Sequence[dict[str, Any]], reference: np.ndarray | None = None,
-              version: VersionInfo | None = None) -> list[TaskScore]:
-        """Score tasks with a version (default: current).
+    def _decisions(self, schema: TaskSchema, probs: np.ndarray | None, n: int) -> list[list[str]]:
+        """Pre-annotations from the MC mean; none from an untrained head (it would be random)."""
+        if probs is None:
+            return [[] for _ in range(n)]
+        mean = probs.mean(axis=1)
+        if schema.multilabel:
+            return [[schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in mean]
+        return [[schema.labels[int(row.argmax())]] for row in mean]
 
-        ``reference``: embeddings of the whole pool (including these tasks) for cold-start scores; by default the
-        pool sample saved by the last pool scoring, plus this batch.
+    def _predictions(self, state: ProjectState, version: VersionInfo, outcomes: list[TaskScore], ok: list[int],
+                     scores: Sequence[float], chosen: list[list[str]]) -> list[TaskScore]:
+        for j, i in enumerate(ok):
+            outcomes[i].prediction = {"result": state.schema.make_result(chosen[j]), "score": float(scores[j]),
+                                      "model_version": version.version}
+        return outcomes
+
+    def score(self, state: ProjectState, tasks: Sequence[dict[str, Any]], version: VersionInfo | None = None
+              ) -> list[TaskScore]:
+        """Score a few tasks with a version (default: current): /predict, new tasks, filling gaps.
+
+        A task the version's last pool scoring ranked gets exactly that score (one score per task per version,
+        whoever asks); any other task is placed among the rest of the pool by its own value (uncertainty, or density
+        against the project's pool reference without a model), above the batch-aware front.
         """
         version = version or state.version
         clf = self.classifier(state, version)
@@ -239,27 +257,58 @@ class ScoringService:
         if not ok:
             return outcomes
         keys = [outcomes[i].task_id if outcomes[i].task_id is not None else f"#{i}" for i in ok]
-        acq = clf.config.acquisition
+        probs = None
         if clf.trained:
             with self._lock:
-                probs = clf.predict_proba(emb, mc=acq.mc_samples, items=items, seed=version.seed)
-            uncertainty = normalized_uncertainty(probs, get_strategy(acq.strategy), state.schema.multilabel)
-            mean = probs.mean(axis=1)
-            if state.schema.multilabel:
-                chosen = [[state.schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in mean]
-            else:
-                chosen = [[state.schema.labels[int(row.argmax())]] for row in mean]
+                probs = mc_probabilities(clf, emb, version.seed, items)
+            value = uncertainty_of(clf, probs)
         else:
-            if reference is None:  # /predict: the stored sample of the pool, plus this batch
-                stored = self.registry.pool_reference(state.record.project_id)
-                reference = emb if stored is None else np.concatenate([stored, emb])
-            uncertainty = representativeness(emb, reference, acq.cold_start_neighbours)
-            chosen = [[] for _ in ok]  # no pre-annotation from an untrained head: it would be random
-        scores = to_ls_score(uncertainty, keys)
-        for j, i in enumerate(ok):
-            outcomes[i].prediction = {
-                "result": state.schema.make_result(chosen[j]),
-                "score": float(scores[j]),
-                "model_version": version.version,
-            }
-        return outcomes
+            stored = self.registry.pool_reference(state.record.project_id)
+            reference = emb if stored is None else stored
+            value = representativeness(emb, reference, clf.config.acquisition.cold_start_neighbours)
+        ranked = self.registry.ranking(state.record.project_id, version.version)
+        scores = rest_score(value, ranked.rest_floor if ranked else 0.0, keys)
+        if ranked is not None:
+            scores = np.array([ranked.scores.get(k, s) if isinstance(k, int) else s for k, s in zip(keys, scores)])
+        return self._predictions(state, version, outcomes, ok, scores, self._decisions(state.schema, probs, len(ok)))
+
+    def score_pool(self, state: ProjectState, tasks: Sequence[dict[str, Any]], version: VersionInfo | None = None,
+                   batch_size: int = 64, progress: Callable[..., None] | None = None) -> list[TaskScore]:
+        """Rank the whole unlabelled pool with a version and score every task (the worker's re-score).
+
+        Embeds in batches (cached), refreshes the project's pool reference (the one density reference /predict
+        uses too), computes the version's uncertainty, orders the pool batch-aware (see ``core.selection``) and
+        stores the order with the version, so that /predict later answers with the same scores.
+        """
+        report = progress or (lambda *a, **k: None)
+        version = version or state.version
+        project_id = state.record.project_id
+        clf = self.classifier(state, version)
+        outcomes: list[TaskScore] = []
+        ok: list[int] = []
+        chunks: list[np.ndarray] = []
+        probs: list[np.ndarray] = []
+        for start in range(0, len(tasks), batch_size):
+            part, part_ok, emb, items = self.embed_tasks(clf, state.schema, tasks[start : start + batch_size])
+            outcomes.extend(part)
+            ok.extend(start + i for i in part_ok)
+            chunks.append(emb)
+            if clf.trained and len(emb):
+                with self._lock:
+                    probs.append(mc_probabilities(clf, emb, version.seed, items))
+            report("scoring: embedding", min(start + batch_size, len(tasks)), len(tasks),
+                   skipped=sum(1 for o in outcomes if o.reason))
+        if not ok:
+            return outcomes
+        emb = np.concatenate([c for c in chunks if len(c)])
+        sample = np.sort(np.random.default_rng(0).permutation(len(emb))[:5000])
+        self.registry.save_pool_reference(project_id, emb[sample])
+        keys = [int(outcomes[i].task_id) if outcomes[i].task_id is not None else -i for i in ok]
+        report("scoring: ordering the pool", len(ok), len(tasks))
+        view = rank_version(clf, emb, keys, version.seed, labelled=self.registry.labelled_embeddings(project_id, version.version),
+                            reference=emb[sample], explore=bool(version.metrics.get("unseen_classes")),
+                            probs=np.concatenate(probs) if probs else None)
+        self.registry.save_ranking(project_id, version.version, keys, view.ranking.scores, view.ranking.reasons,
+                                   view.ranking.rest_floor)
+        return self._predictions(state, version, outcomes, ok, view.ranking.scores,
+                                 self._decisions(state.schema, view.probs, len(ok)))

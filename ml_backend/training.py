@@ -7,8 +7,10 @@ same split / fit / evaluate steps.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -16,6 +18,8 @@ from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
 from ml_backend.labelconfig import TaskSchema
 from ml_backend.models.classifier import Classifier
+from ml_backend.registry import Registry, VersionInfo, embeddings_bytes
+from ml_backend.service import ProjectState, ScoringService
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +118,54 @@ def _features(clf: Classifier, embeddings: np.ndarray, items: Sequence[Any]) -> 
     return clf.embed(items) if clf.finetuned else embeddings
 
 
-def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np.ndarray, items: Sequence[Any],
-                     y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int) -> TrainOutcome:
-    """Fit on the training split, compare with the current version on the held-out split, refit on all labels.
+def _correct(clf: Classifier, embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray) -> np.ndarray:
+    """Per task: did the classifier get it right (multi-label: every label)?"""
+    pred = clf.predict(_features(clf, embeddings, items))
+    return np.all(pred == y, axis=1) if y.ndim == 2 else pred == y
 
-    The returned classifier is trained on *every* label (the held-out split only decides promotion and gives the
-    metrics); ``promote`` is False when the new model is worse than the current one on the same held-out tasks.
-    ``items`` are the raw inputs, needed when the config fine-tunes the encoder (``training.mode: full``).
+
+def sign_test_p(worse: int, better: int) -> float:
+    """One-sided exact sign test: P(at least ``worse`` of ``worse + better`` discordant tasks go against the new
+    model if both models were equally good). Small = the new model is really worse."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    return float(sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n)
+
+
+def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min_fair: int, alpha: float,
+                       tolerance: float) -> tuple[bool, str, dict[str, Any]]:
+    """Promote unless the new model is significantly worse on tasks *neither* model was trained on.
+
+    A model refitted on every label scores ~100 % on its own training tasks, so comparing a fresh model with it on
+    held-out tasks it trained on would reject nearly every new model. On fair tasks the two are paired: only the
+    tasks where exactly one is right carry evidence (sign test). Too few fair tasks: promote, the newer model has
+    seen more labels."""
+    n = len(new_correct)
+    new_acc = float(np.mean(new_correct)) if n else float("nan")
+    cur_acc = float(np.mean(current_correct)) if n else float("nan")
+    worse = int(np.sum(current_correct & ~new_correct))
+    better = int(np.sum(new_correct & ~current_correct))
+    p = sign_test_p(worse, better)
+    figures = {"fair_n": n, "fair_accuracy": new_acc, "fair_current_accuracy": cur_acc, "fair_new_wrong_only": worse,
+               "fair_current_wrong_only": better, "fair_p_worse": p}
+    if n < min_fair:
+        return True, f"{n} fair held-out tasks (< {min_fair}): promoted", figures
+    if p < alpha and new_acc < cur_acc - tolerance:
+        return False, (f"worse than the current version on {n} fair held-out tasks ({new_acc:.3f} vs {cur_acc:.3f}, "
+                       f"p={p:.3g}): kept the current version"), figures
+    return True, f"fair held-out accuracy {new_acc:.3f} vs current {cur_acc:.3f} on {n} tasks: promoted", figures
+
+
+def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np.ndarray, items: Sequence[Any],
+                     y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int,
+                     current_task_ids: Collection[int] = ()) -> TrainOutcome:
+    """Fit on the training split, evaluate on the held-out split, decide promotion fairly, refit on all labels.
+
+    The returned classifier is trained on *every* label (the held-out split only gives the metrics and the
+    decision). ``current_task_ids`` are the tasks the current version was trained on: the comparison with it uses
+    only held-out tasks outside that set (see :func:`promotion_decision`). ``items`` are the raw inputs, needed when
+    the config fine-tunes the encoder (``training.mode: full``).
     """
     t = clf.config.training
     held = holdout_mask(task_ids, t.holdout_fraction, t.min_labels_for_holdout)
@@ -129,21 +174,112 @@ def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np
     promote, reason = True, "no held-out data yet: promoted"
     if held.any() and can_train(clf.multilabel, y[~held]) is None:
         train_items = [items[i] for i in np.flatnonzero(~held)]
-        held_items = [items[i] for i in np.flatnonzero(held)]
         clf.fit_examples(embeddings[~held], train_items, y[~held], seed=seed)
+        held_idx = np.flatnonzero(held)
+        held_items = [items[i] for i in held_idx]
         metrics["holdout"] = evaluate(clf, _features(clf, embeddings[held], held_items), y[held], labels)
         metrics["accuracy"], metrics["macro_f1"] = metrics["holdout"]["accuracy"], metrics["holdout"]["macro_f1"]
         if current is not None and current.trained and current.n_outputs == clf.n_outputs:
-            cur = evaluate(current, _features(current, embeddings[held], held_items), y[held], labels)
-            metrics["current_holdout_accuracy"] = cur["accuracy"]
-            worse = metrics["accuracy"] < cur["accuracy"] - t.promote_tolerance
-            if worse and t.promote_if_not_worse:
-                promote = False
-                reason = f"held-out accuracy {metrics['accuracy']:.3f} < current {cur['accuracy']:.3f}: kept the current version"
-            else:
-                reason = f"held-out accuracy {metrics['accuracy']:.3f} vs current {cur['accuracy']:.3f}: promoted"
+            seen = set(current_task_ids)
+            fair = np.array([int(task_ids[i]) not in seen for i in held_idx], dtype=bool)
+            fair_idx = held_idx[fair]
+            fair_items = [items[i] for i in fair_idx]
+            promote, reason, figures = promotion_decision(
+                _correct(clf, embeddings[fair_idx], fair_items, y[fair_idx]),
+                _correct(current, embeddings[fair_idx], fair_items, y[fair_idx]),
+                t.promote_min_fair, t.promote_alpha, t.promote_tolerance)
+            metrics.update(figures)
+            if not promote and not t.promote_if_not_worse:
+                promote, reason = True, reason.replace("kept the current version", "promoted anyway (promote_if_not_worse: false)")
         else:
             reason = f"held-out accuracy {metrics['accuracy']:.3f}; no trained version to compare: promoted"
+    metrics["decision"] = reason
     losses = clf.fit_examples(embeddings, items, y, seed=seed)
     metrics["final_loss"] = float(losses[-1]) if losses else None
     return TrainOutcome(clf, metrics, promote, reason)
+
+
+# -- the worker's training step ---------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What one training job did: the version it published (None: nothing), and why."""
+
+    version: VersionInfo | None
+    promoted: bool
+    trained: bool
+    reason: str
+    labels: int
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def unseen_classes(schema: TaskSchema, y: np.ndarray) -> list[str]:
+    """Classes of the label config with no labelled example yet (the model cannot predict them)."""
+    counts = class_counts(y, list(schema.labels)) if len(y) else {label: 0 for label in schema.labels}
+    return [label for label, n in counts.items() if n == 0]
+
+
+def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[dict[str, Any]], *,
+                  still_owner: Callable[[], bool] = lambda: True,
+                  progress: Callable[..., None] | None = None) -> TrainResult:
+    """Labelled LS tasks -> a published version: trained (promoted if not significantly worse), or, when no model
+    can be trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what
+    is labelled, so the missing classes surface and the queue never freezes.
+
+    ``still_owner`` is asked right before publishing (the job's project lock): a training that lost its lock
+    publishes nothing. Nothing is published either when a version trained on at least as many labels appeared
+    meanwhile. The labelled embeddings are stored with the version: the pool order measures novelty against them.
+    """
+    report = progress or (lambda *a, **k: None)
+    registry, project_id = service.registry, state.record.project_id
+    started = time.time()
+    kept, labels, stats = labelled_examples(state.schema, tasks)
+    if stats.unknown_labels:
+        log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
+    report("embedding labelled tasks", 0, len(kept), skipped_cancelled=stats.cancelled_only)
+    config = state.config
+    clf = service.new_classifier(state, config)
+    outcomes, ok, emb, items = service.embed_tasks(clf, state.schema, kept)
+    skipped = {str(o.task_id): o.reason or "" for o in outcomes if o.reason}
+    if skipped:
+        log.warning("project %s: %d labelled tasks could not be used: %s", project_id, len(skipped), skipped)
+    y = encode_targets(state.schema, [labels[i] for i in ok])
+    task_ids = sorted(int(kept[i]["id"]) for i in ok)
+    order = np.argsort([int(kept[i]["id"]) for i in ok], kind="stable")  # rows in task-id order, like task_ids
+    emb, y, items = emb[order], y[order], [items[i] for i in order]
+    why_not = can_train(state.schema.multilabel, y)
+    metrics: dict[str, Any] = {"n_labels": len(task_ids), "class_counts": class_counts(y, list(state.schema.labels)),
+                               "unseen_classes": unseen_classes(state.schema, y), "skipped_tasks": len(skipped),
+                               "ignored_labels": stats.unknown_labels}
+    if why_not:
+        if not task_ids or task_ids == sorted(state.version.labelled_task_ids):
+            report("not trained", len(ok), len(kept), reason=why_not)
+            return TrainResult(None, False, False, why_not, len(ok), skipped)
+        note = f"exploration ({why_not}): the queue moves away from the {len(task_ids)} labelled tasks"
+        files: dict[str, bytes] = {}
+        trained, promote = False, True
+    else:
+        report("training", len(ok), len(kept))
+        current = service.classifier(state) if state.version.trained else None
+        outcome = train_and_decide(clf, current, emb, items, y, task_ids, state.schema.labels, config.training.seed,
+                                   current_task_ids=state.version.labelled_task_ids)
+        metrics.update(outcome.metrics)
+        note, files, trained, promote = outcome.reason, {"model.pt": outcome.classifier.state_bytes()}, True, outcome.promote
+    if not still_owner():
+        report("stopped: the project lock was lost", len(ok), len(kept))
+        return TrainResult(None, False, trained, "the training lost its project lock; nothing published", len(ok), skipped)
+    newer = [v for v in registry.versions(project_id) if v.created_at >= started and v.n_labels >= len(task_ids)]
+    if newer:
+        reason = f"version {newer[-1].version} on {newer[-1].n_labels} labels appeared meanwhile; nothing published"
+        report("not published", len(ok), len(kept), reason=reason)
+        return TrainResult(None, False, trained, reason, len(ok), skipped)
+    number = registry.next_number(project_id)
+    info = VersionInfo(
+        version=Registry.version_name(config.name, number), number=number, created_at=time.time(),
+        model_config=config.model_dump(), seed=config.training.seed, trained=trained, promoted=promote,
+        metrics=metrics, n_labels=len(task_ids), labelled_task_ids=task_ids, note=note,
+    )
+    files["labelled.npy"] = embeddings_bytes(emb)
+    registry.publish(project_id, info, files, promote=promote)
+    report("published", len(ok), len(kept), version=info.version, promoted=promote, accuracy=metrics.get("accuracy"))
+    log.info("project %s: version %s on %d labels: %s", project_id, info.version, len(task_ids), note)
+    return TrainResult(info, promote, trained, note, len(ok), skipped)

@@ -12,7 +12,8 @@ import numpy as np
 _CHUNK = 1024
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (cosine similarity becomes a dot product); zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
@@ -25,12 +26,12 @@ def representativeness(embeddings: np.ndarray, reference: np.ndarray, k: int = 1
     information). Values do not depend on which other tasks are scored in the same call, so scores computed in
     different batches or processes order consistently. Memory stays bounded: rows are processed in chunks.
     """
-    emb = _unit(embeddings)
+    emb = unit_rows(embeddings)
     if len(emb) == 0:
         return np.zeros(0)
     if reference is None or len(reference) == 0:
         return np.full(len(emb), 0.5)
-    ref = _unit(reference)
+    ref = unit_rows(reference)
     kk = min(k + 1, len(ref))
     out = np.empty(len(emb))
     for start in range(0, len(emb), _CHUNK):

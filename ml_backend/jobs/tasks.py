@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from rq import get_current_job
 
 from ml_backend.jobs import context
@@ -100,34 +99,21 @@ def _train(ctx: context.WorkerContext, project_id: int) -> dict[str, Any]:
 # -- scoring ----------------------------------------------------------------------------------------------------
 def _score_and_collect(service: ScoringService, state: ProjectState, tasks: list[dict[str, Any]], version: VersionInfo,
                        batch_size: int, stage: str, whole_pool: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """Predictions ready for LS import for ``tasks`` (batched, with progress) and the reasons of skipped tasks.
+    """Predictions ready for LS import for ``tasks`` and the reasons of skipped tasks.
 
-    ``whole_pool``: ``tasks`` are all unlabelled tasks, so cold-start scores use them all as the reference (and
-    a sample is saved for later /predict calls); otherwise the saved sample is the reference.
+    ``whole_pool``: ``tasks`` are all unlabelled tasks, ranked together (the batch-aware pool order); otherwise
+    each task is scored on its own, placed among the version's stored order (new tasks, filling gaps).
     """
-    predictions: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
-    reference = None
-    if whole_pool and not version.trained:
-        # cold start ranks by representativeness in the whole pool: embed everything first
-        clf = service.classifier(state, version)
-        embedded = []
+    if whole_pool:
+        outcomes = service.score_pool(state, tasks, version, batch_size,
+                                      progress=lambda what, *a, **k: _progress(f"{stage}: {what}", *a, **k))
+    else:
+        outcomes = []
         for start in range(0, len(tasks), batch_size):
-            _, _, emb, _ = service.embed_tasks(clf, state.schema, tasks[start : start + batch_size])
-            embedded.append(emb)
-            _progress(f"{stage}: embedding", min(start + batch_size, len(tasks)), len(tasks))
-        reference = np.concatenate(embedded) if embedded else None
-        if reference is not None and len(reference):
-            sample = np.random.default_rng(0).permutation(len(reference))[:5000]
-            service.registry.save_pool_reference(state.record.project_id, reference[np.sort(sample)])
-    for start in range(0, len(tasks), batch_size):
-        batch = tasks[start : start + batch_size]
-        for task, outcome in zip(batch, service.score(state, batch, reference=reference, version=version)):
-            if outcome.prediction is None:
-                skipped[str(task.get("id"))] = outcome.reason or "unknown"
-            else:
-                predictions.append({"task": task["id"], **outcome.prediction})
-        _progress(f"{stage}: scoring", min(start + batch_size, len(tasks)), len(tasks), skipped=len(skipped))
+            outcomes.extend(service.score(state, tasks[start : start + batch_size], version=version))
+            _progress(f"{stage}: scoring", min(start + batch_size, len(tasks)), len(tasks))
+    predictions = [{"task": task["id"], **o.prediction} for task, o in zip(tasks, outcomes) if o.prediction is not None]
+    skipped = {str(task.get("id")): o.reason or "unknown" for task, o in zip(tasks, outcomes) if o.prediction is None}
     return predictions, skipped
 
 

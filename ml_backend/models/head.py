@@ -97,29 +97,44 @@ def loss_function(y: np.ndarray, n_outputs: int, multilabel: bool) -> nn.Module:
     return nn.CrossEntropyLoss(weight=weight)
 
 
+def mc_masks(head: MCDropoutHead, mc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """T fixed dropout masks (input and hidden layer), already scaled by 1 / (1 - p), drawn from ``seed`` alone.
+
+    Every task is scored with the same T thinned networks ("consistent MC dropout", as in BatchBALD): a task's
+    probabilities then depend only on the task and the version, never on which other tasks share its batch, so
+    /predict, a pool re-score and new-task scoring give the same task the same score.
+    """
+    keep = 1.0 - head.dropout
+    gen = torch.Generator().manual_seed(int(seed))
+    m_in = torch.bernoulli(torch.full((mc, head.in_dim), keep), generator=gen) / keep
+    m_hidden = torch.bernoulli(torch.full((mc, head.hidden), keep), generator=gen) / keep
+    return m_in, m_hidden
+
+
 @torch.no_grad()
 def head_proba(head: MCDropoutHead, x: np.ndarray, mc: int, multilabel: bool, seed: int = 0) -> np.ndarray:
     """Probabilities of shape (n, mc, n_outputs).
 
     ``x`` is (n, d): the same embedding for every pass, dropout varies (head-only MC); or (n, mc, d): one
     stochastic embedding per pass (full-network MC). ``mc=1`` on (n, d) is the deterministic prediction (eval mode).
-    All passes run as one batched forward: T=20 costs one matmul on a 20x larger batch, not 20 calls.
+    The T passes use the fixed masks of :func:`mc_masks` and run as batched matmuls (T=20 costs one matmul on a 20x
+    larger batch, not 20 calls).
     """
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    n = xt.shape[0]
-    if xt.ndim == 2:
-        if mc <= 1:
-            head.eval()
-            logits = head(xt).unsqueeze(1)
-            return _activate(logits, multilabel)
-        xt = xt.unsqueeze(1).expand(n, mc, xt.shape[-1])
-    with torch.random.fork_rng(devices=[]):  # seeded masks: the same task gets the same score in every process
-        torch.manual_seed(seed)
-        head.train()  # dropout on; the head has no batch-norm, so train() changes nothing else
-        try:
-            logits = head(xt.reshape(-1, xt.shape[-1])).reshape(n, xt.shape[1], -1)
-        finally:
-            head.eval()
+    head.eval()
+    if xt.ndim == 2 and mc <= 1:
+        return _activate(head(xt).unsqueeze(1), multilabel)
+    # float64: the same task must get bit-for-bit the same probabilities in a batch of 1 and in a batch of 64
+    xt = xt.double()
+    w1, b1, w2, b2 = (t.detach().double() for t in (head.net[1].weight, head.net[1].bias,
+                                                     head.net[4].weight, head.net[4].bias))
+    m_in, m_hidden = (m.double() for m in mc_masks(head, mc, seed))
+    if xt.ndim == 2:  # (x * m_t) W1^T = x (W1 * m_t)^T: one (n, d) x (d, T*h) matmul for all passes
+        w1_t = (w1.unsqueeze(0) * m_in.unsqueeze(1)).reshape(mc * head.hidden, head.in_dim)
+        hidden = (xt @ w1_t.T).reshape(len(xt), mc, head.hidden) + b1
+    else:
+        hidden = torch.einsum("ntd,hd->nth", xt * m_in.unsqueeze(0), w1) + b1
+    logits = (torch.relu(hidden) * m_hidden.unsqueeze(0)) @ w2.T + b2
     return _activate(logits, multilabel)
 
 

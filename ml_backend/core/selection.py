@@ -1,0 +1,222 @@
+"""Which tasks to label next: the order of the whole unlabelled pool, batch-aware at its front.
+
+Label Studio serves the lowest score first and a new model version arrives only every few labels, so the front of
+the queue is a *batch*: it must be informative **and** varied. Taking the top-k of a per-task uncertainty fills it
+with near-duplicates of one region (the known failure of batch-mode BALD), and ordering an untrained project by
+density serves one dense cluster first. One greedy rule fixes both:
+
+    pick next  argmax_i  value_i * gain_i / max_j gain_j
+
+``gain_i`` is the *facility-location coverage gain* of task ``i``: how much the coverage of a reference sample of
+the pool rises if ``i`` is labelled, given everything labelled or picked before it, ``sum_j max(0, k(i, j) -
+cover_j)`` with the kernel ``k = exp(-cosine distance / bandwidth)`` (bandwidth: the pool's median distance to its
+k-th neighbour). It is large for tasks in dense regions that nothing labelled covers yet and
+drops to ~0 for a near-duplicate of a task already labelled or picked: representative, diverse and novel at once,
+with no distance threshold to tune (the objective is submodular, so greedy is within 1 - 1/e of the best cover).
+``value_i`` is what the phase cares about:
+
+- ``cold start`` (no label): 1, pure coverage: the first tasks span the pool's clusters, densest first;
+- ``explore`` (training impossible, or a class in the config has no label yet): coverage with the labelled set
+  counted as covered, so the next tasks come from the regions the labels have not reached; with a trained model,
+  explore picks alternate with learn picks;
+- ``learn``: the normalised uncertainty of the acquisition strategy, optionally mixed with novelty and density
+  (the hybrid ``weights``); ``gain`` then only spreads the batch.
+
+Only the first ``front_size`` positions are chosen greedily (what annotators see before the next version); the
+rest of the pool follows in order of ``value`` (or density when there is no model). Scores are Label Studio
+scores: finite, in [0, 1], strictly increasing along the order, so LS serves exactly this order. Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ml_backend.core.coldstart import representativeness, unit_rows
+from ml_backend.core.strategies import to_ls_score
+
+#: phases of the pool order, recorded per task as the reason it was ranked where it is
+COLD_START, EXPLORE, LEARN, REST = "cold start", "explore", "learn", "rest"
+#: the terms of the hybrid ``learn`` value, weighted by ``acquisition.weights``
+WEIGHT_TERMS = ("uncertainty", "novelty", "density")
+
+_MAX_CANDIDATES = 4000  # greedy front: at most this many candidates ...
+_MAX_REFERENCE = 1500  # ... and this many reference tasks whose coverage is measured (bounded memory and time)
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """Knobs of the pool order (``acquisition`` in the model config)."""
+
+    front_size: int = 100
+    weights: dict[str, float] = field(default_factory=lambda: {"uncertainty": 1.0})
+    neighbours: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Ranking:
+    """A pool order: ``order[r]`` is the position (in the input) of the task served r-th; ``scores`` (input order)
+    are the LS scores; ``reasons`` (input order) say which phase placed each task; ``rest_floor`` is the lowest score
+    a task outside the front can get (scores of tasks scored later, e.g. new tasks, are mapped above it)."""
+
+    order: np.ndarray
+    scores: np.ndarray
+    reasons: list[str]
+    rest_floor: float
+
+
+def _percentile(x: np.ndarray) -> np.ndarray:
+    """Rank-normalise to (0, 1]: terms of different scales (uncertainty, distance, density) become comparable."""
+    if len(x) == 0:
+        return x.astype(float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    # ties share their mean rank, so equal values stay equal
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse] / len(x)
+
+
+def novelty(embeddings: np.ndarray, labelled: np.ndarray | None) -> np.ndarray:
+    """Cosine distance of each task to its nearest labelled task, in [0, 1] (1 when nothing is labelled)."""
+    emb = unit_rows(embeddings)
+    if labelled is None or len(labelled) == 0:
+        return np.ones(len(emb))
+    lab = unit_rows(labelled)
+    out = np.empty(len(emb))
+    for start in range(0, len(emb), 2048):
+        out[start : start + 2048] = 1.0 - (emb[start : start + 2048] @ lab.T).max(axis=1)
+    return np.clip(out, 0.0, 1.0)
+
+
+def hybrid_value(uncertainty: np.ndarray, novelty_: np.ndarray, density: np.ndarray,
+                 weights: dict[str, float]) -> np.ndarray:
+    """The ``learn`` value: a weighted mean of rank-normalised uncertainty, novelty and density, in [0, 1].
+
+    With the default weights (uncertainty only) this is the uncertainty itself, unnormalised, so the pool order
+    and the scores keep the strategy's meaning."""
+    terms = dict(zip(WEIGHT_TERMS, (uncertainty, novelty_, density)))
+    unknown = set(weights) - set(terms)
+    if unknown:
+        raise ValueError(f"unknown selection weights {sorted(unknown)}; use {sorted(terms)}")
+    active = {k: float(w) for k, w in weights.items() if w > 0}
+    if not active:
+        raise ValueError("selection weights must have at least one positive weight")
+    if list(active) == ["uncertainty"]:
+        return np.clip(np.nan_to_num(uncertainty, nan=1.0), 0.0, 1.0)
+    total = sum(active.values())
+    return sum(w * _percentile(np.nan_to_num(terms[k], nan=1.0)) for k, w in active.items()) / total
+
+
+def _sample(n: int, k: int, seed: int, must: np.ndarray | None = None) -> np.ndarray:
+    """Up to ``k`` sorted positions out of ``n``: all of ``must`` first, then a seeded uniform sample."""
+    if n <= k:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, n])
+    chosen = np.zeros(n, dtype=bool)
+    if must is not None:
+        chosen[must[:k]] = True
+    rest = np.flatnonzero(~chosen)
+    chosen[rng.choice(rest, k - int(chosen.sum()), replace=False)] = True
+    return np.flatnonzero(chosen)
+
+
+def _bandwidth(dist: np.ndarray, neighbours: int) -> float:
+    """The pool's own distance scale: the median distance from a task to its ``neighbours``-th nearest neighbour.
+
+    Coverage uses the kernel ``exp(-distance / bandwidth)``, so "close" means close *for this encoder and data*
+    (sentence embeddings and CNN features live at very different cosine scales), with nothing to tune."""
+    k = min(neighbours + 1, dist.shape[1])  # +1: a candidate is usually in the reference itself, at distance 0
+    kth = np.partition(dist, k - 1, axis=1)[:, k - 1]
+    return max(float(np.median(kth)), 1e-3)
+
+
+def greedy_front(embeddings: np.ndarray, value: np.ndarray | None, labelled: np.ndarray | None, size: int,
+                 explore_every: int = 0, seed: int = 0, neighbours: int = 10) -> tuple[np.ndarray, list[str]]:
+    """The first ``size`` positions of the order, chosen greedily by ``value * coverage gain`` (see module doc).
+
+    ``value=None`` is pure coverage (cold start, exploration). ``explore_every=2`` makes every 2nd pick a pure
+    coverage pick (a class is still unseen although a model exists). Returns positions and each pick's reason.
+    """
+    n = len(embeddings)
+    size = min(size, n)
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64), []
+    emb = unit_rows(embeddings)
+    top = None if value is None else np.argsort(-value, kind="stable")[: _MAX_CANDIDATES // 2]
+    cand = _sample(n, _MAX_CANDIDATES, seed, must=top)
+    ref = _sample(n, _MAX_REFERENCE, seed + 1)
+    dist = 1.0 - emb[cand] @ emb[ref].T  # cosine distances (candidates, reference)
+    bandwidth = _bandwidth(dist, neighbours)
+    sim = np.exp(-np.clip(dist, 0.0, None) / bandwidth)
+    cover = np.zeros(len(ref))
+    if labelled is not None and len(labelled):
+        cover = np.exp(-np.clip(1.0 - unit_rows(labelled) @ emb[ref].T, 0.0, None) / bandwidth).max(axis=0)
+    val = np.ones(len(cand)) if value is None else np.clip(value[cand], 0.0, None) + 1e-9
+    available = np.ones(len(cand), dtype=bool)
+    picked: list[int] = []
+    reasons: list[str] = []
+    for step in range(min(size, len(cand))):
+        gain = np.maximum(sim - cover, 0.0).sum(axis=1)
+        gain = gain / max(float(gain[available].max()), 1e-12)
+        explore = value is None or (explore_every > 0 and step % explore_every == explore_every - 1)
+        objective = np.where(available, (gain if explore else val * gain) + 1e-12 * val, -np.inf)
+        best = int(np.argmax(objective))
+        available[best] = False
+        cover = np.maximum(cover, sim[best])
+        picked.append(int(cand[best]))
+        reasons.append(EXPLORE if explore else LEARN)
+    return np.array(picked, dtype=np.int64), reasons
+
+
+def rank_pool(embeddings: np.ndarray, keys: Sequence[str | int], params: SelectionParams, *,
+              uncertainty: np.ndarray | None = None, labelled: np.ndarray | None = None,
+              reference: np.ndarray | None = None, explore: bool = False) -> Ranking:
+    """Order the whole unlabelled pool (see module doc) and give every task its LS score.
+
+    ``uncertainty``: normalised uncertainty per task from the current version, or None when there is no trained
+    model. ``labelled``: embeddings of the labelled tasks. ``reference``: the pool sample density is measured
+    against (default: the pool itself). ``explore``: a class has no label yet (only matters with a model).
+    """
+    n = len(embeddings)
+    if len(keys) != n or (uncertainty is not None and len(uncertainty) != n):
+        raise ValueError("one key (and one uncertainty) per task is needed")
+    if n == 0:
+        return Ranking(np.zeros(0, dtype=np.int64), np.zeros(0), [], 0.0)
+    density = representativeness(embeddings, embeddings if reference is None else reference, params.neighbours)
+    if uncertainty is None:
+        value, rest_value = None, density
+    else:
+        value = rest_value = hybrid_value(uncertainty, novelty(embeddings, labelled), density, params.weights)
+    front, reasons = greedy_front(embeddings, value, labelled, params.front_size, 2 if explore else 0, params.seed,
+                                  params.neighbours)
+    if uncertainty is None and (labelled is None or len(labelled) == 0):
+        reasons = [COLD_START] * len(front)
+    floor = rest_floor(len(front), n)
+    in_front = np.zeros(n, dtype=bool)
+    in_front[front] = True
+    rest = np.flatnonzero(~in_front)
+    rest_scores = rest_score(rest_value[rest], floor, [keys[i] for i in rest])
+    rest = rest[np.argsort(rest_scores, kind="stable")]
+    scores = np.empty(n)
+    scores[front] = floor * (np.arange(len(front)) + 0.5) / max(len(front), 1)  # evenly spaced below the floor
+    scores[np.flatnonzero(~in_front)] = rest_scores
+    why = [REST] * n
+    for pos, reason in zip(front, reasons):
+        why[pos] = reason
+    return Ranking(np.concatenate([front, rest]).astype(np.int64), scores, why, floor)
+
+
+def rest_floor(n_front: int, n: int) -> float:
+    """Scores of the greedy front lie below this value, every other task's above it."""
+    return 0.0 if n_front == 0 else min(0.2, n_front / max(n, 1))
+
+
+def rest_score(value: np.ndarray, floor: float, keys: Sequence[str | int]) -> np.ndarray:
+    """The score of a task outside the front: its certainty ``1 - value`` squeezed into [floor, 1], plus a tiny
+    stable tie-break from its key. Pure per task: tasks scored later (new tasks, /predict) land where they belong."""
+    return floor + (1.0 - floor) * to_ls_score(value, keys)

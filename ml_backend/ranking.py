@@ -1,0 +1,52 @@
+"""One version's view of the pool: probabilities -> uncertainty -> the batch-aware order and LS scores.
+
+The glue between a classifier (torch) and the pure selection core, shared by the worker's pool scoring and the
+simulator, so that the simulator measures the very order Label Studio serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ml_backend.core.selection import Ranking, SelectionParams, rank_pool
+from ml_backend.core.strategies import get_strategy, normalized_uncertainty
+from ml_backend.modelconfig import AcquisitionConfig
+from ml_backend.models.classifier import Classifier
+
+
+@dataclass
+class PoolView:
+    """The ranking of a pool and, with a trained model, the MC probabilities (n, T, C) behind it."""
+
+    ranking: Ranking
+    probs: np.ndarray | None
+
+
+def selection_params(acq: AcquisitionConfig, seed: int) -> SelectionParams:
+    return SelectionParams(front_size=acq.front_size, weights=dict(acq.weights), neighbours=acq.cold_start_neighbours,
+                           seed=seed)
+
+
+def mc_probabilities(clf: Classifier, embeddings: np.ndarray, seed: int, items: Sequence | None = None) -> np.ndarray:
+    """The version's MC-dropout probabilities (fixed masks from the version seed: same task, same numbers)."""
+    return clf.predict_proba(embeddings, mc=clf.config.acquisition.mc_samples, items=items, seed=seed)
+
+
+def uncertainty_of(clf: Classifier, probs: np.ndarray) -> np.ndarray:
+    return normalized_uncertainty(probs, get_strategy(clf.config.acquisition.strategy), clf.multilabel)
+
+
+def rank_version(clf: Classifier, embeddings: np.ndarray, keys: Sequence[int | str], seed: int, *,
+                 labelled: np.ndarray | None, reference: np.ndarray | None, explore: bool,
+                 probs: np.ndarray | None = None) -> PoolView:
+    """Order the unlabelled pool for one version: uncertainty-led when its head is trained, coverage (cold start,
+    exploration) when not. ``probs`` may be passed when already computed (batched scoring of a large pool)."""
+    if clf.trained and probs is None:
+        probs = mc_probabilities(clf, embeddings, seed)
+    uncertainty = uncertainty_of(clf, probs) if clf.trained else None
+    ranking = rank_pool(embeddings, keys, selection_params(clf.config.acquisition, seed), uncertainty=uncertainty,
+                        labelled=labelled, reference=reference, explore=explore and clf.trained)
+    return PoolView(ranking, probs if clf.trained else None)

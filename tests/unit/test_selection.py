@@ -1,0 +1,106 @@
+"""The pool order: cold start covers the clusters, exploration finds unlabelled regions, batches are not duplicates."""
+
+import numpy as np
+import pytest
+
+from ml_backend.core.selection import (
+    COLD_START, EXPLORE, LEARN, REST, SelectionParams, hybrid_value, novelty, rank_pool, rest_score,
+)
+
+
+def _clusters(sizes, dim=16, spread=0.15, seed=0):
+    """Gaussian blobs around orthogonal-ish random centres; returns points and their cluster index."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(sizes), dim)) * 3
+    x = np.concatenate([c + rng.normal(0, spread * 3, size=(n, dim)) for c, n in zip(centres, sizes)])
+    return x.astype(np.float32), np.repeat(np.arange(len(sizes)), sizes)
+
+
+def _check_scores_follow_order(ranking):
+    s = ranking.scores
+    assert np.all(np.isfinite(s)) and s.min() >= 0.0 and s.max() <= 1.0
+    assert np.all(np.diff(s[ranking.order]) > 0), "LS sorts by score: it must serve exactly our order"
+    assert sorted(ranking.order.tolist()) == list(range(len(s)))
+
+
+def test_cold_start_covers_a_sparse_cluster_next_to_a_ten_times_denser_one():
+    x, cluster = _clusters([300, 30])
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=50))
+    first = cluster[ranking.order[:10]]
+    assert set(first.tolist()) == {0, 1}, first
+    assert cluster[ranking.order[0]] == 0  # the densest region comes first
+    assert ranking.reasons[ranking.order[0]] == COLD_START
+    _check_scores_follow_order(ranking)
+
+
+def test_with_one_class_labelled_the_next_tasks_come_from_the_unlabelled_cluster():
+    x, cluster = _clusters([200, 200, 200], seed=1)
+    labelled = x[cluster == 0][:8]
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=20), labelled=labelled)
+    first = cluster[ranking.order[:2]]
+    assert set(first.tolist()) == {1, 2}, first  # each unlabelled region before anything near the labels
+    assert ranking.reasons[ranking.order[0]] == EXPLORE
+    x, cluster = _clusters([300, 300], seed=1)
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=20), labelled=x[cluster == 0][:8])
+    assert cluster[ranking.order[0]] == 1
+
+
+def test_a_pool_of_exact_duplicates_gives_no_two_copies_in_the_first_ten():
+    rng = np.random.default_rng(2)
+    distinct = rng.normal(size=(40, 12)).astype(np.float32)
+    x = np.repeat(distinct, 5, axis=0)  # every item 5 times
+    item = np.repeat(np.arange(40), 5)
+    uncertainty = np.repeat(rng.uniform(size=40), 5)  # copies are equally uncertain, as they would be
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=30), uncertainty=uncertainty)
+    first = item[ranking.order[:10]]
+    assert len(set(first.tolist())) == 10, first
+    # plain top-k of the uncertainty would take the 5 copies of the most uncertain item first
+    assert len(set(item[np.argsort(-uncertainty, kind="stable")[:10]].tolist())) == 2
+    assert ranking.reasons[ranking.order[0]] == LEARN and ranking.reasons[ranking.order[-1]] == REST
+    _check_scores_follow_order(ranking)
+
+
+def test_the_front_prefers_uncertain_tasks_and_the_rest_is_ordered_by_uncertainty():
+    x, _ = _clusters([100, 100, 100], seed=3)
+    u = np.random.default_rng(3).uniform(size=len(x))
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=20), uncertainty=u)
+    front, rest = ranking.order[:20], ranking.order[20:]
+    assert u[front].mean() > np.quantile(u, 0.75)
+    assert np.all(np.diff(u[rest]) <= 1e-5)
+    _check_scores_follow_order(ranking)
+
+
+def test_exploration_alternates_with_learning_while_a_class_is_unseen():
+    x, cluster = _clusters([150, 150, 150], seed=4)
+    labelled = np.concatenate([x[cluster == 0][:5], x[cluster == 1][:5]])
+    u = np.where(cluster == 2, 0.05, 0.9)  # the model is sure about the cluster it has never seen
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=10), uncertainty=u, labelled=labelled,
+                        explore=True)
+    reasons = [ranking.reasons[i] for i in ranking.order[:4]]
+    assert reasons == [LEARN, EXPLORE, LEARN, EXPLORE]
+    assert 2 in cluster[ranking.order[:4]].tolist()  # the unseen region surfaces at once
+
+
+def test_rest_scores_are_certainties_above_the_floor_and_pure_per_task():
+    s = rest_score(np.array([0.0, 0.5, 1.0, np.nan]), 0.1, [1, 2, 3, 4])
+    assert s[0] == pytest.approx(1.0, abs=1e-5) and s[2] == pytest.approx(0.1, abs=1e-5) and s[3] == s[3]
+    assert np.all(s >= 0.1) and np.all(s <= 1.0)
+    assert rest_score(np.array([0.5]), 0.1, [2])[0] == s[1]
+
+
+def test_hybrid_weights_and_novelty():
+    u, nov, dens = np.array([0.1, 0.9, 0.5]), np.array([0.9, 0.1, 0.5]), np.array([0.2, 0.2, 0.9])
+    assert np.array_equal(hybrid_value(u, nov, dens, {"uncertainty": 1.0}), u)
+    mixed = hybrid_value(u, nov, dens, {"uncertainty": 1.0, "novelty": 1.0})
+    assert mixed[0] == pytest.approx(mixed[1])
+    with pytest.raises(ValueError):
+        hybrid_value(u, nov, dens, {"curiosity": 1.0})
+    x = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert novelty(x, None).tolist() == [1.0, 1.0]
+    assert novelty(x, x[:1]) == pytest.approx([0.0, 1.0])
+
+
+def test_empty_pool_and_bad_input():
+    assert len(rank_pool(np.zeros((0, 4)), [], SelectionParams()).order) == 0
+    with pytest.raises(ValueError):
+        rank_pool(np.zeros((3, 4)), [1, 2], SelectionParams())
