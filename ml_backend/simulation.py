@@ -1,20 +1,27 @@
-"""Pool-based active-learning simulator: the real training and scoring code, a simulated annotator.
+"""Pool-based active-learning simulator that runs the product's own path, with a simulated annotator.
 
-Each (strategy, seed) run starts from the same initial labelled set (random, or the most representative tasks
-under cold start), then repeats for ``rounds`` rounds:
+Each (strategy, seed) run replays what a Label Studio project goes through:
 
-1. fit a fresh head on the labelled embeddings with :meth:`Classifier.fit` (what the worker's training job does);
-2. measure accuracy and macro-F1 on a held-out test split;
-3. score the unlabelled pool with :meth:`Classifier.predict_proba` (``mc`` dropout passes over the head) and
-   :func:`normalized_uncertainty` -> :func:`to_ls_score`, and "label" the ``batch`` tasks with the lowest score
-   (batch-mode acquisition: the top-k of one scoring pass, exactly what Label Studio's uncertainty sampling shows
-   an annotator next); ``random`` picks ``batch`` pool tasks uniformly at random instead.
+1. version 0 is untrained: the queue is the product's cold-start order (``ranking.rank_version``: coverage of the
+   pool's clusters); ``random`` serves tasks in random order instead (LS's default sampling);
+2. the annotator labels the next ``lag`` tasks of the queue (the labels that arrive before the next version);
+3. the worker's training step runs (``training.decide_next``: train on 80 %, fair promotion test against the
+   served version, refit on every label; or an exploration version while no model can be trained); a promoted
+   version re-orders the pool exactly as the worker's re-score does (batch-aware front, stored order); a rejected
+   one leaves the queue as it was;
+4. every ``batch`` labels a round is recorded: the accuracy of the **served** version on a held-out test split
+   (what pre-annotates and orders the queue), the accuracy of the newest fit, whether it was promoted, and how many
+   classes have been labelled.
 
 The annotator reveals the true label. Embeddings are computed once per dataset with the frozen encoder and
 cached as ``.npy`` in ``<out>/embeddings``. The baseline "full-data accuracy" is a head trained on the whole
 training pool with the same seeds. Outputs in ``--out``: ``simulation.json`` and ``simulation.csv`` (per round),
-``learning_curves.png`` (median and interquartile band per strategy) and ``summary.md`` (labels needed to reach
-90 % / 95 % of full-data accuracy, and the normalised area under each learning curve).
+``summary.md`` (labels to reach 90 % / 95 % of full-data accuracy, the worst round against random, labels until
+every class was seen, AULC) and ``learning_curves.png`` when matplotlib is installed (``pip install '.[bench]'``).
+
+Strategies: ``random``; ``default`` (the dataset's default model config, exactly what the product serves); an
+acquisition function name (``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk``
+for the same without the batch-aware front (plain top-k, the behaviour before it existed).
 
 Run it as ``ml-backend simulate ...`` or ``python -m ml_backend.simulation ...`` (``--help`` lists the options).
 """
@@ -39,15 +46,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ml_backend import datasets
-from ml_backend.core.coldstart import representativeness
-from ml_backend.core.metrics import accuracy, macro_f1
-from ml_backend.core.strategies import STRATEGIES, normalized_uncertainty, to_ls_score
+from ml_backend.core.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
-ALL_STRATEGIES = [RANDOM, *STRATEGIES]
-DATASETS = ("digits-features", "digits-images", "rotten-tomatoes", "csv:<path>", "folder:<path>")
+DEFAULT = "default"
+TOPK = "+topk"
+ALL_STRATEGIES = [RANDOM, DEFAULT, *STRATEGIES]
+DATASETS = ("digits-features", "digits-images", "rotten-tomatoes", "rotten-tomatoes-3", "csv:<path>", "folder:<path>")
 RELATIVE_TARGETS = (0.90, 0.95)
 
 
@@ -61,10 +68,12 @@ class SimulationSettings:
     configs_dir: Path | None = None
     strategies: list[str] = field(default_factory=lambda: list(ALL_STRATEGIES))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    initial: int = 20
-    batch: int = 10
+    initial: int | None = None  # labels before the first training (default: lag)
+    batch: int = 10  # labels per recorded round
+    lag: int | None = None  # labels between versions (default: batch)
     rounds: int = 30
-    cold_start: str = "random"  # or "representativeness"
+    cold_start: str = "product"  # the product's cold-start queue, or "random" initial labels
+    duplicates: int = 1  # every pool item this many times (a pool with duplicated items)
     test_fraction: float = 0.25
     mc: int | None = None  # MC dropout passes for scoring; default: the model config's acquisition.mc_samples
     n: int | None = None  # class-balanced subsample of the dataset
@@ -74,13 +83,15 @@ class SimulationSettings:
     image_size: int = 64  # digits-images: size of the PNGs written
 
     def validate(self) -> None:
-        unknown = [s for s in self.strategies if s not in ALL_STRATEGIES]
+        unknown = [s for s in self.strategies if s.removesuffix(TOPK) not in ALL_STRATEGIES or s == RANDOM + TOPK]
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; choose from {ALL_STRATEGIES}")
-        if self.cold_start not in ("random", "representativeness"):
-            raise ValueError("cold_start must be 'random' or 'representativeness'")
-        if self.initial < 1 or self.batch < 1 or self.rounds < 1:
-            raise ValueError("initial, batch and rounds must be >= 1")
+            raise ValueError(f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k)")
+        if self.cold_start not in ("product", "random"):
+            raise ValueError("cold_start must be 'product' or 'random'")
+        if any(v is not None and v < 1 for v in (self.initial, self.lag)) or self.batch < 1 or self.rounds < 1:
+            raise ValueError("initial, lag, batch and rounds must be >= 1")
+        if self.duplicates < 1:
+            raise ValueError("duplicates must be >= 1")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError("test_fraction must be in (0, 1)")
 
@@ -111,6 +122,8 @@ def load_dataset(spec: str, work_dir: Path, n: int | None = None, seed: int = 0,
         return datasets.digits_png(Path(work_dir) / "digits-png", n=n, size=image_size, seed=seed), "image"
     if spec == "rotten-tomatoes":
         return datasets.rotten_tomatoes(n=n, seed=seed), "text"
+    if spec == "rotten-tomatoes-3":  # plot summaries, fresh and rotten reviews: 3 classes, 1,000 each by default
+        return datasets.rotten_tomatoes(n=n or 3000, seed=seed, full=True, categories=("plot", "fresh", "rotten")), "text"
     if spec.startswith("csv:"):
         data = datasets.text_csv(spec[4:])
     elif spec.startswith("folder:"):
@@ -131,6 +144,8 @@ def _model_config(settings: SimulationSettings, kind: str):
     config = load_model_config(configs_dir, name)
     if settings.epochs:
         config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": settings.epochs})})
+    if settings.mc:
+        config = config.model_copy(update={"acquisition": config.acquisition.model_copy(update={"mc_samples": settings.mc})})
     return config
 
 
@@ -199,24 +214,46 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return rng.permutation(np.array(train)), np.sort(np.array(test))
 
 
-def initial_labels(X_pool: np.ndarray, k: int, cold_start: str, seed: int, neighbours: int = 10) -> np.ndarray:
-    """Positions in the pool of the first ``k`` labels: random, or the most representative (cold start)."""
-    k = min(k, len(X_pool))
-    if cold_start == "representativeness":
-        u = representativeness(X_pool, X_pool, neighbours)  # what the service scores an untrained project with
-        return np.argsort(to_ls_score(u, range(len(X_pool))), kind="stable")[:k]
-    return np.random.default_rng([seed, 11]).choice(len(X_pool), k, replace=False)
+def strategy_config(config: Any, strategy: str) -> Any:
+    """The model config a strategy runs with: the default as is, or its acquisition function swapped (and the
+    batch-aware front switched off for ``<name>+topk``)."""
+    name = strategy.removesuffix(TOPK)
+    update: dict[str, Any] = {}
+    if name not in (RANDOM, DEFAULT):
+        update["strategy"] = name
+    if strategy.endswith(TOPK):
+        update["front_size"] = 0
+    if not update:
+        return config
+    return config.model_copy(update={"acquisition": config.acquisition.model_copy(update=update)})
 
 
-def _classifier(prep: Prepared):
+def _classifier(prep: Prepared, config: Any = None):
     from ml_backend.models.classifier import Classifier
 
-    return Classifier(None, prep.config, len(prep.classes), multilabel=False, in_dim=prep.X.shape[1])
+    return Classifier(None, config or prep.config, len(prep.classes), multilabel=False, in_dim=prep.X.shape[1])
 
 
-def _evaluate(clf, X: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[float, float]:
-    pred = clf.predict(X)
-    return accuracy(y, pred), macro_f1(y, pred, n_classes)
+@dataclass
+class _Served:
+    """The version the simulated project serves: its classifier (untrained at first), the tasks it was trained
+    on and its pool order."""
+
+    clf: Any
+    task_ids: list[int]
+    unseen: list[str]
+    queue: np.ndarray
+    cursor: int = 0
+
+
+def _queue(prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, unseen: list[str], seed: int) -> np.ndarray:
+    """The order the worker's re-score gives the unlabelled pool (pool positions, first served first)."""
+    from ml_backend.ranking import rank_version
+
+    todo = np.flatnonzero(~labelled)
+    view = rank_version(clf, X_pool[todo], [int(i) for i in todo], seed, labelled=X_pool[labelled],
+                        reference=None, explore=bool(unseen))
+    return todo[view.ranking.order]
 
 
 # ------------------------------------------------------------------------------------------------ one run
@@ -230,52 +267,93 @@ def _init_worker() -> None:
 
 
 def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: int) -> dict:
-    """One learning curve: ``rounds`` rounds of fit -> evaluate -> acquire, for one strategy and seed."""
+    """One learning curve of the product for one strategy and seed (see the module doc)."""
+    from ml_backend.training import decide_next, evaluate
+
     _init_worker()
-    mc = settings.mc or prep.config.acquisition.mc_samples
+    config = strategy_config(prep.config, strategy)
     train, test = stratified_split(prep.y, settings.test_fraction, seed)
+    train = np.repeat(train, settings.duplicates)  # duplicated items: several pool tasks with the same content
     X_pool, y_pool = prep.X[train], prep.y[train]
     X_test, y_test = prep.X[test], prep.y[test]
+    n_classes = len(prep.classes)
     labelled = np.zeros(len(train), dtype=bool)
-    labelled[initial_labels(X_pool, settings.initial, settings.cold_start, seed,
-                            prep.config.acquisition.cold_start_neighbours)] = True
-    keys = [int(i) for i in train]  # dataset row = the task id, for the stable tie-break
     rng = np.random.default_rng([seed, 13])
-    rounds = []
-    for r in range(settings.rounds):
-        clf = _classifier(prep)
-        t0 = time.perf_counter()
-        clf.fit(X_pool[labelled], y_pool[labelled], seed=seed)
-        fit_s = time.perf_counter() - t0
-        acc, f1 = _evaluate(clf, X_test, y_test, len(prep.classes))
-        record = {"round": r, "n_labels": int(labelled.sum()), "accuracy": acc, "macro_f1": f1,
-                  "fit_seconds": fit_s, "score_seconds": 0.0}
-        rounds.append(record)
-        if r == settings.rounds - 1 or labelled.all():
+    random_order = rng.permutation(len(train))
+    lag = settings.lag or settings.batch
+    first = settings.initial or lag
+    untrained = _classifier(prep, config)
+    if settings.cold_start == "random":
+        labelled[np.random.default_rng([seed, 11]).choice(len(train), min(first, len(train)), replace=False)] = True
+    served = _Served(untrained, [], list(prep.classes), np.zeros(0, dtype=np.int64))
+    if strategy != RANDOM:
+        served.queue = _queue(prep, untrained, X_pool, labelled, served.unseen, seed)
+    budget = min(len(train), (first if settings.cold_start == "random" else 0) + settings.rounds * settings.batch)
+    next_training = first
+    rounds: list[dict] = []
+    fit = {"accuracy": float("nan"), "promoted": None, "decision": "no training yet"}
+    timing = {"fit": 0.0, "score": 0.0}
+    while True:
+        n = int(labelled.sum())
+        if n >= next_training:
+            next_training = n + lag
+            ids = np.flatnonzero(labelled)
+            clf = _classifier(prep, config)
+            t0 = time.perf_counter()
+            current = served.clf if served.clf.trained else None
+            decision = decide_next(clf, current, served.task_ids, X_pool[ids], list(X_pool[ids]), y_pool[ids],
+                                   [int(i) for i in ids], prep.classes, config.training.seed)
+            timing["fit"] += time.perf_counter() - t0
+            if decision is not None:
+                new_clf = decision.outcome.classifier if decision.outcome else untrained
+                if decision.outcome:
+                    fit = {"accuracy": evaluate(new_clf, X_test, y_test, prep.classes)["accuracy"],
+                           "promoted": decision.promote, "decision": decision.note}
+                if decision.promote:
+                    t0 = time.perf_counter()
+                    unseen = decision.metrics["unseen_classes"]
+                    queue = (_queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM
+                             else served.queue)
+                    served = _Served(new_clf, [int(i) for i in ids], unseen, queue)
+                    timing["score"] += time.perf_counter() - t0
+        if n > 0 and (n % settings.batch == 0 or n == budget):
+            scores = evaluate(served.clf, X_test, y_test, prep.classes) if served.clf.trained else {}
+            acc = scores.get("accuracy", float("nan"))
+            rounds.append({"round": len(rounds), "n_labels": n, "accuracy": acc,
+                           "macro_f1": scores.get("macro_f1", float("nan")), "served_accuracy": acc,
+                           "fit_accuracy": fit["accuracy"], "promoted": fit["promoted"],
+                           "served_trained_on": len(served.task_ids),
+                           "classes_seen": int(len(np.unique(y_pool[labelled]))),
+                           "fit_seconds": timing["fit"], "score_seconds": timing["score"]})
+            timing = {"fit": 0.0, "score": 0.0}
+        if n >= budget:
             break
-        unlabelled = np.flatnonzero(~labelled)
-        k = min(settings.batch, len(unlabelled))
-        t0 = time.perf_counter()
-        if strategy == RANDOM:
-            picked = rng.choice(unlabelled, k, replace=False)
-        else:
-            probs = clf.predict_proba(X_pool[unlabelled], mc=mc, seed=seed)  # the service seeds MC with the version seed
-            u = normalized_uncertainty(probs, strategy)
-            score = to_ls_score(u, [keys[i] for i in unlabelled])
-            picked = unlabelled[np.argsort(score, kind="stable")[:k]]  # lowest LS score = label first
-        record["score_seconds"] = time.perf_counter() - t0
-        labelled[picked] = True
+        labelled[_next_task(strategy, served, random_order, labelled)] = True
     return {"strategy": strategy, "seed": seed, "rounds": rounds}
+
+
+def _next_task(strategy: str, served: _Served, random_order: np.ndarray, labelled: np.ndarray) -> int:
+    """The task LS serves next: the first unlabelled one of the served version's queue (or of a random order)."""
+    queue = random_order if strategy == RANDOM else served.queue
+    while served.cursor < len(queue) and labelled[queue[served.cursor]]:
+        served.cursor += 1
+    if served.cursor < len(queue):
+        return int(queue[served.cursor])
+    # the served queue is used up (a version was rejected for long): LS serves any unlabelled task
+    return int(random_order[np.flatnonzero(~labelled[random_order])[0]])
 
 
 def full_data_run(prep: Prepared, settings: SimulationSettings, seed: int) -> dict:
     """The ceiling: a head trained on the whole training pool, same seed and split."""
+    from ml_backend.training import evaluate
+
     _init_worker()
     train, test = stratified_split(prep.y, settings.test_fraction, seed)
     clf = _classifier(prep)
     t0 = time.perf_counter()
     clf.fit(prep.X[train], prep.y[train], seed=seed)
-    acc, f1 = _evaluate(clf, prep.X[test], prep.y[test], len(prep.classes))
+    scores = evaluate(clf, prep.X[test], prep.y[test], prep.classes)
+    acc, f1 = scores["accuracy"], scores["macro_f1"]
     return {"seed": seed, "n_labels": int(len(train)), "accuracy": acc, "macro_f1": f1,
             "fit_seconds": time.perf_counter() - t0, "n_test": int(len(test))}
 
@@ -295,16 +373,31 @@ def labels_to_reach(n_labels: np.ndarray, acc: np.ndarray, threshold: float) -> 
 
 
 def normalised_aulc(n_labels: np.ndarray, acc: np.ndarray) -> float:
-    """Area under the learning curve divided by its label range: the mean accuracy over the label budget."""
-    n_labels, acc = np.asarray(n_labels, float), np.asarray(acc, float)
+    """Area under the learning curve divided by its label range: the mean accuracy over the label budget.
+    A round without a trained model (NaN) counts as 0: it pre-annotates nothing."""
+    n_labels, acc = np.asarray(n_labels, float), np.nan_to_num(np.asarray(acc, float), nan=0.0)
     if len(n_labels) < 2 or n_labels[-1] == n_labels[0]:
         return float(acc.mean())
     area = float(np.sum((acc[1:] + acc[:-1]) / 2.0 * np.diff(n_labels)))
     return area / float(n_labels[-1] - n_labels[0])
 
 
-def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None = None) -> dict:
-    """Per strategy: median labels to reach each target (and how many seeds got there), AULC, final accuracy."""
+def _labels_to_all_classes(run: dict, n_classes: int) -> float:
+    hit = [x["n_labels"] for x in run["rounds"] if x["classes_seen"] >= n_classes]
+    return float(hit[0]) if hit else float("inf")
+
+
+def median_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, median accuracy over seeds) on the rounds every run has; no model counts as 0 accuracy."""
+    length = min(len(r["rounds"]) for r in runs)
+    n = np.array([x["n_labels"] for x in runs[0]["rounds"][:length]])
+    acc = np.nan_to_num(np.array([[x["accuracy"] for x in r["rounds"][:length]] for r in runs]), nan=0.0)
+    return n, np.median(acc, axis=0)
+
+
+def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None = None, n_classes: int = 2) -> dict:
+    """Per strategy: median labels to reach each target (and how many seeds got there), the worst round against
+    random (median curves, after the first round), labels until every class was seen, AULC, final accuracy."""
     full_acc = {f["seed"]: f["accuracy"] for f in full}
     targets: list[tuple[str, float | None]] = [(f"{int(t * 100)}% of full", t) for t in RELATIVE_TARGETS]
     if target_accuracy is not None:
@@ -329,10 +422,21 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
         entry["aulc_per_seed"] = aulc
         entry["final_accuracy"] = float(np.median(final))
         entry["final_labels"] = int(mine[0]["rounds"][-1]["n_labels"])
+        entry["labels_to_all_classes"] = float(np.median([_labels_to_all_classes(r, n_classes) for r in mine]))
+        decided = [x["promoted"] for r in mine for x in r["rounds"] if x.get("promoted") is not None]
+        entry["promoted_share"] = float(np.mean(decided)) if decided else None
         entry["mean_fit_seconds"] = float(np.mean([x["fit_seconds"] for r in mine for x in r["rounds"]]))
         entry["mean_score_seconds"] = float(np.mean([x["score_seconds"] for r in mine for x in r["rounds"][:-1]] or [0]))
         out[strategy] = entry
     if RANDOM in out:  # how many labels each strategy needs relative to random (< 1: fewer than random)
+        n_random, acc_random = median_curve([r for r in runs if r["strategy"] == RANDOM])
+        for strategy, entry in out.items():
+            n, acc = median_curve([r for r in runs if r["strategy"] == strategy])
+            common = min(len(n), len(n_random))
+            diff = (acc[:common] - acc_random[:common])[1:]
+            worst = int(np.argmin(diff)) + 1 if len(diff) else 0
+            entry["worst_vs_random"] = float(diff.min()) if len(diff) else 0.0
+            entry["worst_vs_random_at"] = int(n[worst]) if len(diff) else None
         for entry in out.values():
             entry["ratio_to_random"] = {
                 name: (entry["labels_to_reach"][name] / out[RANDOM]["labels_to_reach"][name]
@@ -364,14 +468,20 @@ def markdown_table(result: dict) -> str:
     has_ratio = RANDOM in summary
     if has_ratio:
         header.append(f"x random ({names[-1]})")
-    header += ["AULC (mean acc.)", f"acc. @ {next(iter(summary.values()))['final_labels']} labels"]
+    if has_ratio:
+        header.append("worst round vs random")
+    header += ["labels until every class seen", "promoted", "AULC (mean acc.)",
+               f"acc. @ {next(iter(summary.values()))['final_labels']} labels"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for strategy, e in summary.items():
         row = [strategy] + [_fmt_labels(e["labels_to_reach"][n], e["reached"][n], e["seeds"], e["final_labels"]) for n in names]
         if has_ratio:
             ratio = e.get("ratio_to_random", {}).get(names[-1])
             row.append("-" if ratio is None else f"{ratio:.2f}")
-        row += [f"{e['aulc']:.4f}", f"{e['final_accuracy']:.4f}"]
+            row.append(f"{100 * e['worst_vs_random']:+.1f} pts at {e['worst_vs_random_at']}")
+        share = e.get("promoted_share")
+        row += [f"{e['labels_to_all_classes']:.0f}", "-" if share is None else f"{100 * share:.0f} %",
+                f"{e['aulc']:.4f}", f"{e['final_accuracy']:.4f}"]
         lines.append("| " + " | ".join(row) + " |")
     full = result["full_data"]
     m = result["machine"]
@@ -380,9 +490,9 @@ def markdown_table(result: dict) -> str:
         f"Full-data accuracy (head on all {full[0]['n_labels']} training items, test n={full[0]['n_test']}): "
         f"median {np.median([f['accuracy'] for f in full]):.4f} over seeds {[f['seed'] for f in full]}. "
         f"Medians over {len(full)} seeds; labels counted as first reaching the target. "
-        f"Initial {settings['initial']} labels ({settings['cold_start']}), batch-mode acquisition of "
-        f"{settings['batch']} per round (top-{settings['batch']} of one scoring pass), {result['mc']} MC-dropout "
-        f"passes over the head. Machine: {m['cores']} cores, {m['torch_threads']} torch thread(s) per process, "
+        f"Accuracy is the served version's (no model yet counts as 0). Cold start: {settings['cold_start']}; "
+        f"a new version every {settings['lag'] or settings['batch']} labels (lag), a round every {settings['batch']}; "
+        f"each pool item {settings['duplicates']}x; {result['mc']} MC-dropout passes over the head. Machine: {m['cores']} cores, {m['torch_threads']} torch thread(s) per process, "
         f"{settings['jobs']} process(es)."
     )
     return "\n".join(lines)
@@ -399,12 +509,13 @@ def plot_learning_curves(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=110)
-    colours = {s: c for s, c in zip(ALL_STRATEGIES, plt.get_cmap("tab10").colors)}
-    for strategy in dict.fromkeys(r["strategy"] for r in result["runs"]):
+    names = list(dict.fromkeys(r["strategy"] for r in result["runs"]))
+    colours = {s: c for s, c in zip(names, plt.get_cmap("tab10").colors)}
+    for strategy in names:
         runs = [r for r in result["runs"] if r["strategy"] == strategy]
         length = min(len(r["rounds"]) for r in runs)
         n = np.array([x["n_labels"] for x in runs[0]["rounds"][:length]])
-        acc = np.array([[x["accuracy"] for x in r["rounds"][:length]] for r in runs])
+        acc = np.nan_to_num(np.array([[x["accuracy"] for x in r["rounds"][:length]] for r in runs]), nan=0.0)
         q25, med, q75 = np.percentile(acc, [25, 50, 75], axis=0)
         style = "--" if strategy == RANDOM else "-"
         ax.plot(n, med, style, color=colours.get(strategy), label=strategy, lw=2 if strategy == RANDOM else 1.6)
@@ -423,8 +534,7 @@ def plot_learning_curves(result: dict, path: Path) -> None:
         f"T={result['mc']}; {m['cores']} cores, {m['torch_threads']} torch thread/process",
         fontsize=9,
     )
-    lo = float(np.min([x["accuracy"] for r in result["runs"] for x in r["rounds"]]))
-    ax.set_ylim(max(0.0, lo - 0.02), min(1.0, full + 0.03))
+    ax.set_ylim(0.0, min(1.0, full + 0.03))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -440,15 +550,22 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     with open(paths["csv"], "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["strategy", "seed", "round", "n_labels", "accuracy", "macro_f1", "fit_seconds", "score_seconds"])
+        w.writerow(["strategy", "seed", "round", "n_labels", "accuracy", "macro_f1", "fit_seconds", "score_seconds",
+                    "fit_accuracy", "promoted", "classes_seen"])
         for run in result["runs"]:
             for x in run["rounds"]:
                 w.writerow([run["strategy"], run["seed"], x["round"], x["n_labels"], f"{x['accuracy']:.6f}",
-                            f"{x['macro_f1']:.6f}", f"{x['fit_seconds']:.4f}", f"{x['score_seconds']:.4f}"])
+                            f"{x['macro_f1']:.6f}", f"{x['fit_seconds']:.4f}", f"{x['score_seconds']:.4f}",
+                            f"{x['fit_accuracy']:.6f}", x["promoted"], x["classes_seen"]])
         for f in result["full_data"]:
             w.writerow(["full_data", f["seed"], "", f["n_labels"], f"{f['accuracy']:.6f}", f"{f['macro_f1']:.6f}",
                         f"{f['fit_seconds']:.4f}", ""])
-    plot_learning_curves(result, paths["png"])
+    try:
+        plot_learning_curves(result, paths["png"])
+    except ImportError:
+        log.warning("matplotlib is not installed: no learning_curves.png (pip install '.[bench]'); the JSON, CSV "
+                    "and summary are written")
+        del paths["png"]
     paths["md"].write_text(f"### {result['dataset_description']}\n\n{markdown_table(result)}\n")
     return paths
 
@@ -503,12 +620,12 @@ def run_simulation(settings: SimulationSettings) -> dict:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "dataset_description": prep.description,
         "model_config": prep.config.model_dump(mode="json"),
-        "mc": settings.mc or prep.config.acquisition.mc_samples,
+        "mc": prep.config.acquisition.mc_samples,
         "machine": machine_info(),
         "embedding": {"dim": int(prep.X.shape[1]), "seconds": prep.embed_seconds, "tokens": prep.tokens},
         "full_data": full,
         "runs": runs,
-        "summary": summarise(runs, full, settings.target_accuracy),
+        "summary": summarise(runs, full, settings.target_accuracy, len(prep.classes)),
         "wall_seconds": time.perf_counter() - t_start,
     }
     result["files"] = {k: str(v) for k, v in write_outputs(result, settings.out_dir).items()}
@@ -536,11 +653,15 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--strategies", default=",".join(d.strategies),
                    help="comma-separated, from: " + ", ".join(ALL_STRATEGIES) + " (default: all)")
     p.add_argument("--seeds", default="0-2", help="e.g. 0,1,2 or 0-4 (default: %(default)s)")
-    p.add_argument("--initial", type=int, default=d.initial, help="initial labels (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=d.batch, help="labels acquired per round (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=d.rounds, help="rounds, the first one on the initial labels (default: %(default)s)")
-    p.add_argument("--cold-start", choices=["random", "representativeness"], default=d.cold_start,
-                   help="how the initial labels are picked (default: %(default)s)")
+    p.add_argument("--initial", type=int, default=d.initial, help="labels before the first training (default: the lag)")
+    p.add_argument("--batch", type=int, default=d.batch, help="labels per recorded round (default: %(default)s)")
+    p.add_argument("--lag", type=int, default=d.lag,
+                   help="labels taken from the queue between two versions (default: the batch size)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="recorded rounds (default: %(default)s)")
+    p.add_argument("--cold-start", choices=["product", "random"], default=d.cold_start,
+                   help="product: the backend's cold-start queue; random: random initial labels (default: %(default)s)")
+    p.add_argument("--duplicates", type=int, default=d.duplicates,
+                   help="put every pool item this many times in the pool (default: %(default)s)")
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="held-out test split (default: %(default)s)")
     p.add_argument("--mc", type=int, default=None, help="MC dropout passes (default: the config's acquisition.mc_samples)")
     p.add_argument("--n", type=int, default=None, help="class-balanced subsample of the dataset (default: all)")
@@ -556,7 +677,8 @@ def _settings_from_args(args: argparse.Namespace) -> SimulationSettings:
     return SimulationSettings(
         dataset=args.dataset, out_dir=args.out, model_config=args.model_config, configs_dir=args.configs_dir,
         strategies=[s.strip() for s in args.strategies.split(",") if s.strip()], seeds=_int_list(args.seeds),
-        initial=args.initial, batch=args.batch, rounds=args.rounds, cold_start=args.cold_start,
+        initial=args.initial, batch=args.batch, lag=args.lag, rounds=args.rounds, cold_start=args.cold_start,
+        duplicates=args.duplicates,
         test_fraction=args.test_fraction, mc=args.mc, n=args.n, epochs=args.epochs,
         target_accuracy=args.target_accuracy, jobs=args.jobs, image_size=args.image_size,
     )

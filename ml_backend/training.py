@@ -212,10 +212,39 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def unseen_classes(schema: TaskSchema, y: np.ndarray) -> list[str]:
+def unseen_classes(labels: Sequence[str], y: np.ndarray) -> list[str]:
     """Classes of the label config with no labelled example yet (the model cannot predict them)."""
-    counts = class_counts(y, list(schema.labels)) if len(y) else {label: 0 for label in schema.labels}
+    counts = class_counts(y, list(labels)) if len(y) else {label: 0 for label in labels}
     return [label for label, n in counts.items() if n == 0]
+
+
+@dataclass
+class Decision:
+    """What a training step wants published: a trained model (``outcome``) or an exploration version (None)."""
+
+    outcome: TrainOutcome | None
+    promote: bool
+    note: str
+    metrics: dict[str, Any]
+
+
+def decide_next(clf: Classifier, current: Classifier | None, current_task_ids: Sequence[int], embeddings: np.ndarray,
+                items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str],
+                seed: int) -> Decision | None:
+    """The training step shared by the worker and the simulator: train and decide, or, when no model can be
+    trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what is
+    labelled, so the missing classes surface and the queue never freezes. None: nothing new to publish (the same
+    labels as the current version and still nothing to train)."""
+    why_not = can_train(clf.multilabel, y)
+    metrics: dict[str, Any] = {"n_labels": len(task_ids), "class_counts": class_counts(y, list(labels)),
+                               "unseen_classes": unseen_classes(labels, y)}
+    if why_not:
+        if not len(task_ids) or sorted(task_ids) == sorted(current_task_ids):
+            return None
+        note = f"exploration ({why_not}): the queue moves away from the {len(task_ids)} labelled tasks"
+        return Decision(None, True, note, {**metrics, "decision": note})
+    outcome = train_and_decide(clf, current, embeddings, items, y, task_ids, labels, seed, current_task_ids)
+    return Decision(outcome, outcome.promote, outcome.reason, {**metrics, **outcome.metrics})
 
 
 def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[dict[str, Any]], *,
@@ -246,24 +275,18 @@ def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[
     task_ids = sorted(int(kept[i]["id"]) for i in ok)
     order = np.argsort([int(kept[i]["id"]) for i in ok], kind="stable")  # rows in task-id order, like task_ids
     emb, y, items = emb[order], y[order], [items[i] for i in order]
-    why_not = can_train(state.schema.multilabel, y)
-    metrics: dict[str, Any] = {"n_labels": len(task_ids), "class_counts": class_counts(y, list(state.schema.labels)),
-                               "unseen_classes": unseen_classes(state.schema, y), "skipped_tasks": len(skipped),
-                               "ignored_labels": stats.unknown_labels}
-    if why_not:
-        if not task_ids or task_ids == sorted(state.version.labelled_task_ids):
-            report("not trained", len(ok), len(kept), reason=why_not)
-            return TrainResult(None, False, False, why_not, len(ok), skipped)
-        note = f"exploration ({why_not}): the queue moves away from the {len(task_ids)} labelled tasks"
-        files: dict[str, bytes] = {}
-        trained, promote = False, True
-    else:
-        report("training", len(ok), len(kept))
-        current = service.classifier(state) if state.version.trained else None
-        outcome = train_and_decide(clf, current, emb, items, y, task_ids, state.schema.labels, config.training.seed,
-                                   current_task_ids=state.version.labelled_task_ids)
-        metrics.update(outcome.metrics)
-        note, files, trained, promote = outcome.reason, {"model.pt": outcome.classifier.state_bytes()}, True, outcome.promote
+    report("training", len(ok), len(kept))
+    current = service.classifier(state) if state.version.trained else None
+    decision = decide_next(clf, current, state.version.labelled_task_ids, emb, items, y, task_ids,
+                           state.schema.labels, config.training.seed)
+    if decision is None:
+        reason = can_train(state.schema.multilabel, y) or "nothing new to train on"
+        report("not trained", len(ok), len(kept), reason=reason)
+        return TrainResult(None, False, False, reason, len(ok), skipped)
+    trained = decision.outcome is not None
+    files = {"model.pt": decision.outcome.classifier.state_bytes()} if decision.outcome else {}
+    metrics = {**decision.metrics, "skipped_tasks": len(skipped), "ignored_labels": stats.unknown_labels}
+    promote, note = decision.promote, decision.note
     if not still_owner():
         report("stopped: the project lock was lost", len(ok), len(kept))
         return TrainResult(None, False, trained, "the training lost its project lock; nothing published", len(ok), skipped)

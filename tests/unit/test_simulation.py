@@ -1,7 +1,8 @@
-"""Smoke tests of the active-learning simulator: a tiny real run end to end, and the summary arithmetic."""
+"""Smoke tests of the active-learning simulator: a tiny real run of the product's path, and the summary arithmetic."""
 
 from __future__ import annotations
 
+import builtins
 import csv
 import json
 import math
@@ -11,13 +12,15 @@ import pytest
 
 from ml_backend import simulation as sim
 
+NAMES = ("random", "default", "bald+topk")
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     settings = sim.SimulationSettings(
-        dataset="digits-features", out_dir=out, strategies=["random", "bald"], seeds=[0, 1],
-        initial=20, batch=10, rounds=2, n=200, epochs=15, mc=5, target_accuracy=0.5,
+        dataset="digits-features", out_dir=out, strategies=list(NAMES), seeds=[0, 1],
+        batch=10, rounds=3, n=200, epochs=15, mc=5, target_accuracy=0.5,
     )
     return out, sim.run_simulation(settings)
 
@@ -29,30 +32,48 @@ def test_tiny_simulation_writes_sane_outputs(tiny_run):
     assert (out / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     saved = json.loads((out / "simulation.json").read_text())
-    assert {(r["strategy"], r["seed"]) for r in saved["runs"]} == {(s, k) for s in ("random", "bald") for k in (0, 1)}
+    assert {(r["strategy"], r["seed"]) for r in saved["runs"]} == {(s, k) for s in NAMES for k in (0, 1)}
     for run in saved["runs"]:
-        assert [x["n_labels"] for x in run["rounds"]] == [20, 30]
-        assert all(0.0 <= x["accuracy"] <= 1.0 for x in run["rounds"])
-    # 10 balanced classes: 20 labels of raw pixels are far better than chance (0.1)
-    assert np.median([x["accuracy"] for r in saved["runs"] for x in r["rounds"]]) > 0.3
-    # both strategies start from the same initial labels, so their first round is identical per seed
-    first = {(r["strategy"], r["seed"]): r["rounds"][0]["accuracy"] for r in saved["runs"]}
-    assert first[("random", 0)] == first[("bald", 0)]
+        assert [x["n_labels"] for x in run["rounds"]] == [10, 20, 30]  # a version every 10 labels (lag = batch)
+        for x in run["rounds"]:
+            # NaN: no model could be trained yet (the old density cold start can serve one class only)
+            assert math.isnan(x["accuracy"]) or 0.0 <= x["accuracy"] <= 1.0
+            assert x["promoted"] in (True, False, None) and 1 <= x["classes_seen"] <= 10
+        assert 0.0 <= run["rounds"][-1]["accuracy"] <= 1.0
+    # 10 balanced classes: 30 labels of raw pixels are far better than chance (0.1)
+    assert np.median([r["rounds"][-1]["accuracy"] for r in saved["runs"]]) > 0.3
     assert len(saved["full_data"]) == 2 and all(f["n_labels"] == 150 for f in saved["full_data"])
-    assert set(saved["summary"]) == {"random", "bald"}
+    assert set(saved["summary"]) == set(NAMES)
+    for entry in saved["summary"].values():
+        assert "worst_vs_random" in entry and entry["labels_to_all_classes"] >= 10
 
     rows = list(csv.DictReader(open(out / "simulation.csv")))
-    assert len(rows) == 2 * 2 * 2 + 2  # strategies x seeds x rounds + the full-data rows
-    assert {r["strategy"] for r in rows} == {"random", "bald", "full_data"}
+    assert len(rows) == 3 * 2 * 3 + 2  # strategies x seeds x rounds + the full-data rows
+    assert {r["strategy"] for r in rows} == {*NAMES, "full_data"}
     md = (out / "summary.md").read_text()
-    assert "| random |" in md and "| bald |" in md and "cores" in md
+    assert "| random |" in md and "| default |" in md and "worst round vs random" in md and "cores" in md
 
 
-def test_bald_acquires_different_tasks_than_random(tiny_run):
+def test_the_product_cold_start_covers_more_classes_than_plain_density(tiny_run):
+    """default serves the coverage-ordered cold start; bald+topk (front_size 0) the old density order."""
     _, result = tiny_run
-    by = {(r["strategy"], r["seed"]): [x["accuracy"] for x in r["rounds"]] for r in result["runs"]}
-    # different picks give different second-round models (equal accuracy on both seeds would be a coincidence)
-    assert any(by[("random", s)][1] != by[("bald", s)][1] for s in (0, 1))
+    seen = {(r["strategy"], r["seed"]): r["rounds"][0]["classes_seen"] for r in result["runs"]}
+    for seed in (0, 1):
+        assert seen[("default", seed)] >= 6 and seen[("default", seed)] > seen[("bald+topk", seed)], seen
+
+
+def test_plotting_is_optional(tmp_path, monkeypatch, tiny_run):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    paths = sim.write_outputs(tiny_run[1], tmp_path)
+    assert "png" not in paths and not (tmp_path / "learning_curves.png").exists()
+    assert (tmp_path / "summary.md").is_file() and (tmp_path / "simulation.json").is_file()
 
 
 def test_labels_to_reach_and_aulc():
@@ -62,32 +83,37 @@ def test_labels_to_reach_and_aulc():
     assert sim.labels_to_reach(n, acc, 0.95) == math.inf
     assert sim.normalised_aulc(n, acc) == pytest.approx((0.65 + 0.75 + 0.8) * 10 / 30)
     assert sim.normalised_aulc([10, 20], [1.0, 1.0]) == pytest.approx(1.0)
+    assert sim.normalised_aulc([10, 20], [math.nan, 1.0]) == pytest.approx(0.5)  # no model yet counts as 0
 
 
-def test_summary_ratio_to_random():
+def test_summary_ratio_to_random_and_worst_round():
     def run(strategy, seed, accs):
         return {"strategy": strategy, "seed": seed,
-                "rounds": [{"n_labels": 10 * (i + 1), "accuracy": a, "fit_seconds": 0.0, "score_seconds": 0.0}
-                           for i, a in enumerate(accs)]}
+                "rounds": [{"n_labels": 10 * (i + 1), "accuracy": a, "fit_seconds": 0.0, "score_seconds": 0.0,
+                            "classes_seen": 1 + i, "promoted": True} for i, a in enumerate(accs)]}
 
-    runs = [run("random", 0, [0.5, 0.6, 0.9, 1.0]), run("margin", 0, [0.5, 0.95, 1.0, 1.0])]
+    runs = [run("random", 0, [0.5, 0.6, 0.9, 1.0]), run("margin", 0, [0.5, 0.95, 0.85, 1.0])]
     full = [{"seed": 0, "accuracy": 1.0}]
-    summary = sim.summarise(runs, full, target_accuracy=0.9)
+    summary = sim.summarise(runs, full, target_accuracy=0.9, n_classes=3)
     assert summary["random"]["labels_to_reach"]["95% of full"] == 40
     assert summary["margin"]["labels_to_reach"]["95% of full"] == 20
     assert summary["margin"]["ratio_to_random"]["95% of full"] == pytest.approx(0.5)
     assert summary["random"]["labels_to_reach"]["90% accuracy"] == 30
+    assert summary["margin"]["worst_vs_random"] == pytest.approx(-0.05)
+    assert summary["margin"]["worst_vs_random_at"] == 30
+    assert summary["margin"]["labels_to_all_classes"] == 30 and summary["margin"]["promoted_share"] == 1.0
 
 
-def test_cold_start_and_split_are_seeded():
+def test_split_is_seeded_and_settings_are_checked():
     y = np.repeat(np.arange(3), 20)
     tr1, te1 = sim.stratified_split(y, 0.25, seed=0)
     tr2, te2 = sim.stratified_split(y, 0.25, seed=0)
     assert np.array_equal(tr1, tr2) and np.array_equal(te1, te2)
     assert len(set(tr1) & set(te1)) == 0 and len(tr1) + len(te1) == 60
     assert np.bincount(y[te1]).tolist() == [5, 5, 5]
-    X = np.random.default_rng(0).normal(size=(40, 4))
-    picked = sim.initial_labels(X, 5, "representativeness", seed=0)
-    assert len(set(picked.tolist())) == 5
+    for bad in (["nope"], ["random+topk"]):
+        with pytest.raises(ValueError):
+            sim.SimulationSettings(strategies=bad).validate()
     with pytest.raises(ValueError):
-        sim.SimulationSettings(strategies=["nope"]).validate()
+        sim.SimulationSettings(lag=0).validate()
+    sim.SimulationSettings(strategies=["default", "margin+topk"]).validate()

@@ -7,7 +7,8 @@ from ml_backend.labelconfig import parse_label_config
 from ml_backend.modelconfig import ModelConfig
 from ml_backend.models.classifier import Classifier
 from ml_backend.training import (
-    can_train, encode_targets, holdout_mask, labelled_examples, latest_annotation, train_and_decide,
+    can_train, decide_next, encode_targets, evaluate, holdout_mask, labelled_examples, latest_annotation,
+    promotion_decision, sign_test_p, train_and_decide,
 )
 
 SCHEMA = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/></Choices></View>')
@@ -74,15 +75,87 @@ def test_a_better_model_is_promoted_and_trained_on_every_label():
 def test_a_worse_model_is_not_promoted_unless_configured():
     x, y = _blobs(80, 1)
     current = Classifier(None, _config(), 2, False, in_dim=8)
-    current.fit(x, y, seed=0)
+    current.fit(x[:40], y[:40], seed=0)
     held = holdout_mask(range(80), 0.2, min_labels=10)
     flipped = np.where(held, y, 1 - y)  # wrong labels to train on, right ones to evaluate on: the new model is worse
-    worse = train_and_decide(Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), flipped,
-                             list(range(80)), ["a", "b"], seed=0)
+    worse = train_and_decide(Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8), current, x, list(x),
+                             flipped, list(range(80)), ["a", "b"], seed=0, current_task_ids=range(40))
     assert not worse.promote and "kept the current version" in worse.reason
-    anyway = train_and_decide(Classifier(None, _config(promote_if_not_worse=False), 2, False, in_dim=8), current, x,
-                              list(x), flipped, list(range(80)), ["a", "b"], seed=0)
+    assert worse.metrics["fair_n"] == int(held[40:].sum()) and worse.metrics["fair_p_worse"] < 0.05
+    anyway = train_and_decide(Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False,
+                                         in_dim=8), current, x, list(x), flipped, list(range(80)), ["a", "b"], seed=0,
+                              current_task_ids=range(40))
     assert anyway.promote
+
+
+def test_promotion_compares_only_on_tasks_neither_model_trained_on():
+    x, y = _blobs(80, 4, noise=1.2)  # overlapping classes: a model is far better on its own training tasks
+    current = Classifier(None, _config(), 2, False, in_dim=8)
+    current.fit(x, y, seed=0)  # the served version was refitted on every label, the held-out ones included
+    outcome = train_and_decide(Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), y,
+                               list(range(80)), ["a", "b"], seed=0, current_task_ids=range(80))
+    assert outcome.promote and outcome.metrics["fair_n"] == 0 and "fair held-out tasks" in outcome.reason
+
+
+def test_sign_test_and_decision():
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(5, 0) == pytest.approx(1 / 32)
+    assert sign_test_p(3, 3) > 0.5
+    yes = np.ones(30, dtype=bool)
+    keep, reason, figures = promotion_decision(~yes, yes, min_fair=10, alpha=0.05, tolerance=0.0)
+    assert not keep and figures["fair_new_wrong_only"] == 30
+    assert promotion_decision(~yes[:5], yes[:5], min_fair=10, alpha=0.05, tolerance=0.0)[0]  # too few: promote
+    assert promotion_decision(yes, ~yes, min_fair=10, alpha=0.05, tolerance=0.0)[0]
+
+
+def _digits_stream():
+    from ml_backend.datasets import digits_features
+
+    data = digits_features()
+    order = np.random.default_rng(0).permutation(len(data))
+    x, y = data.X[order].astype(np.float32), data.y()[order]
+    return x[:1300], y[:1300], x[1300:], y[1300:]
+
+
+def _digits_config(**training):
+    return ModelConfig.model_validate({"name": "d", "kind": "text", "encoder": {"pretrained": "none"},
+                                       "training": {"epochs": 30, **training}})
+
+
+def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
+    """The worker's training step (decide_next) on real data, labels growing 20 -> 300 by 20: the served version
+    follows the newer, better model (the biased rule promoted 6 of 39 such retrainings)."""
+    x, y, x_test, y_test = _digits_stream()
+    labels = [str(i) for i in range(10)]
+    served, served_ids, decisions, served_acc = None, [], [], []
+    for n in range(20, 301, 20):
+        clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
+        decision = decide_next(clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0)
+        if decision.outcome is not None and served is not None:
+            decisions.append(decision.promote)
+        if decision.promote and decision.outcome is not None:
+            served, served_ids = decision.outcome.classifier, list(range(n))
+        served_acc.append(evaluate(served, x_test, y_test, labels)["accuracy"])
+    assert np.mean(decisions) >= 0.9, decisions
+    assert served_acc[-1] > served_acc[0] + 0.1 and served_acc[-1] > 0.85, served_acc
+
+    # a version trained on corrupted labels (shuffled for every task it trains on) is kept out
+    n = 400
+    held = holdout_mask(range(n), 0.2, 10)
+    shuffled = np.where(held, y[:n], np.random.default_rng(1).permutation(y[:n]))
+    clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
+    bad = decide_next(clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0)
+    assert bad.outcome is not None and not bad.promote, bad.note
+
+
+def test_no_model_yet_gives_an_exploration_version_once_per_label_set():
+    x, y = _blobs(6, 5)
+    y[:] = 1  # one class only
+    clf = Classifier(None, _config(), 2, False, in_dim=8)
+    first = decide_next(clf, None, [], x, list(x), y, list(range(6)), ["a", "b"], seed=0)
+    assert first is not None and first.outcome is None and first.promote and "exploration" in first.note
+    assert first.metrics["unseen_classes"] == ["a"]
+    assert decide_next(clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
+    assert decide_next(clf, None, [], x[:0], [], y[:0], [], ["a", "b"], seed=0) is None
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
