@@ -21,6 +21,8 @@ from label_studio_sdk.core.api_error import ApiError
 log = logging.getLogger(__name__)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+#: what ``_raw(..., missing_ok=True)`` returns for a 404
+_MISSING = object()
 # Data Manager filter: tasks with at least one annotation that is not a skip (LS counts skips apart)
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 
@@ -69,10 +71,12 @@ class LabelStudioClient:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            hint = " (check LABEL_STUDIO_API_KEY; legacy tokens are off by default in LS 1.23)" if exc.status_code == 401 else ""
+            hint = (" (check LABEL_STUDIO_API_KEY; legacy tokens are off by default in LS 1.23)"
+                    if exc.status_code == 401 else "")
             raise LabelStudioError(f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}") from exc
         except Exception as exc:  # connection refused, DNS, timeouts (httpx or requests)
-            raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}") from exc
+            raise LabelStudioError(
+                f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}") from exc
 
     # -- projects -------------------------------------------------------------------------------------------
     def get_project(self, project_id: int) -> Any:
@@ -88,7 +92,8 @@ class LabelStudioClient:
         self.update_project(project_id, sampling=UNCERTAINTY_SAMPLING)
 
     # -- tasks ----------------------------------------------------------------------------------------------
-    def iter_tasks(self, project_id: int, labelled_only: bool = False, page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def iter_tasks(self, project_id: int, labelled_only: bool = False,
+                   page_size: int = 500) -> Iterator[dict[str, Any]]:
         """Every task of the project (or only those with a non-skipped annotation) as a plain dict (id, data,
         annotations, predictions), page by page. LS spends ~5 ms per task listed, so ask only for what is needed.
 
@@ -134,7 +139,38 @@ class LabelStudioClient:
         resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
         return int((resp or {}).get("deleted_predictions", 0))
 
-    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int]]:
+        """(prediction id, task id) of every prediction of ``version`` in the project.
+
+        One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version, so
+        the version is filtered here (10k predictions are a few MB, once per scoring job).
+        """
+        items = self._raw("GET", f"api/predictions/?project={int(project_id)}") or []
+        return [(int(p["id"]), int(p["task"])) for p in items if p.get("model_version") == version]
+
+    def delete_prediction(self, prediction_id: int) -> bool:
+        """Delete one prediction; False if it was already gone (another job or LS deleted it)."""
+        return self._raw("DELETE", f"api/predictions/{int(prediction_id)}/", missing_ok=True) is not _MISSING
+
+    def remove_duplicate_predictions(self, project_id: int, version: str) -> int:
+        """Keep one prediction of ``version`` per task (the newest), delete the others; returns how many went.
+
+        LS never upserts (task, model_version): LS's own /predict results (e.g. "Retrieve predictions") and our
+        background import of the same version both land, and a task with two rows ranks at the lower score.
+        """
+        newest: dict[int, int] = {}
+        extras: list[int] = []
+        for pred_id, task_id in sorted(self.predictions_of_version(project_id, version)):
+            if task_id in newest:
+                extras.append(newest[task_id])
+            newest[task_id] = pred_id
+        deleted = sum(self.delete_prediction(pred_id) for pred_id in extras)
+        if extras:
+            log.info("project %s: deleted %d duplicate predictions of %s", project_id, deleted, version)
+        return deleted
+
+    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None, missing_ok: bool = False) -> Any:
+        """A plain request for endpoints the SDK lacks; ``missing_ok``: a 404 returns ``_MISSING`` instead."""
         what = f"{method} /{path}"
         headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
         try:
@@ -142,6 +178,8 @@ class LabelStudioClient:
                                     data=json.dumps(body) if body is not None else None, timeout=self.timeout)
         except requests.RequestException as exc:
             raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {exc}") from exc
+        if missing_ok and resp.status_code == 404:
+            return _MISSING
         if resp.status_code >= 400:
             raise LabelStudioError(f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}")
         return resp.json() if resp.content else None

@@ -6,7 +6,8 @@ import pytest
 
 from ml_backend.lsclient import LabelStudioClient, LabelStudioError
 
-CONFIG = '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/><Choice value="b"/></Choices></View>'
+CONFIG = ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
+          '<Choice value="b"/></Choices></View>')
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +58,25 @@ def test_errors_say_what_to_check(ls_server, project):
         LabelStudioClient("http://127.0.0.1:9", "x", timeout=2).get_project(1)
     with pytest.raises(LabelStudioError, match="must start with http"):
         LabelStudioClient("localhost:8080", "x")
+
+
+def test_duplicates_of_a_version_are_removed_keeping_the_newest_per_task(ls_server, project):
+    client = LabelStudioClient(ls_server.url, ls_server.token)
+    pid, ids = project
+    pool = ids[2:]
+    first = [{"task": t, "result": [], "score": 0.25, "model_version": "m-v3-x"} for t in pool]
+    client.import_predictions(pid, first)
+    # LS's own /predict results raced our import: a second row for two tasks; another version is left alone
+    raced = [{"task": t, "result": [], "score": 0.75, "model_version": "m-v3-x"} for t in pool[:2]]
+    client.import_predictions(pid, raced)
+    client.import_predictions(pid, [{"task": pool[0], "result": [], "score": 0.5, "model_version": "other"}])
+    before = client.predictions_of_version(pid, "m-v3-x")
+    assert len(before) == len(pool) + 2
+    assert client.remove_duplicate_predictions(pid, "m-v3-x") == 2
+    after = client.predictions_of_version(pid, "m-v3-x")
+    assert sorted(task for _, task in after) == sorted(pool)  # one per task
+    newest = {task: pred for pred, task in sorted(before)}
+    assert sorted(after) == sorted((pred, task) for task, pred in newest.items())
+    assert client.model_versions(pid)["other"] == 1
+    assert client.remove_duplicate_predictions(pid, "m-v3-x") == 0
+    assert not client.delete_prediction(after[0][0] + 10_000)  # already gone: not an error
