@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import secrets
 import threading
 import time
 from collections import Counter
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from ml_backend import __version__
 from ml_backend.api.errors import error, install_error_handlers
 from ml_backend.api.schemas import PredictRequest, SetupRequest
-from ml_backend.jobs.queue import JobQueue, connect
+from ml_backend.jobs.queue import JobQueue, connect, last_error
 from ml_backend.labelconfig import UnsupportedConfig
 from ml_backend.lsclient import LabelStudioClient, LabelStudioError
 from ml_backend.models.encoders import configure_torch
@@ -61,7 +62,7 @@ class Backend:
         with self._queue_lock:
             if self._queue is None:
                 s = self.settings
-                self._queue = JobQueue(connect(s.redis_url), s.queue_name, s.job_timeout, s.job_retries, s.retrain_every)
+                self._queue = JobQueue.from_settings(connect(s.redis_url), s)
         self._queue.redis.ping()
         return self._queue
 
@@ -73,6 +74,18 @@ def _label_count(action: str, payload: dict[str, Any]) -> int:
     annotations = payload.get("annotation")
     annotations = annotations if isinstance(annotations, list) else [annotations]
     return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: metrics may hold them (an empty held-out set has no accuracy),
+    and JSON has no such numbers, so the status would otherwise fail to serialise."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _project_id(payload: dict[str, Any]) -> int | None:
@@ -95,7 +108,8 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     install_error_handlers(app)
 
     if settings.basic_auth_user:
-        expected = "Basic " + base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()).decode()
+        credentials = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
+        expected = "Basic " + base64.b64encode(credentials).decode()
 
         @app.middleware("http")
         async def _basic_auth(request: Request, call_next: Any) -> Any:
@@ -118,13 +132,21 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(400, str(exc))
         if is_new:  # first connection (or a new label set): score the whole pool in the background
             try:
-                backend.queue().request_rescore(state.record.project_id, state.version.version)
+                backend.queue().request_rescore(state.record.project_id)
             except RedisError as exc:
                 log.error("project %s: could not enqueue the first scoring (Redis: %s)", state.record.project_id, exc)
         return JSONResponse({"model_version": state.version.version})
 
+    def follow_predict(project_id: int) -> None:
+        """After /predict answered: LS saves what it got, perhaps beside our own import of the same version
+        ("Retrieve predictions" while the pool is scored); a debounced job keeps one prediction per task."""
+        try:
+            backend.queue().predicted(project_id)
+        except RedisError as exc:  # /predict keeps serving without Redis; the next import dedupes too
+            log.warning("project %s: no duplicate clean-up after /predict (Redis: %s)", project_id, exc)
+
     @app.post("/predict")
-    def predict(body: PredictRequest) -> JSONResponse:
+    def predict(body: PredictRequest, background: BackgroundTasks) -> JSONResponse:
         started = time.perf_counter()
         project_id = body.project_id()
         if project_id is None:
@@ -150,8 +172,11 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             else:
                 results.append(outcome.prediction)
         backend.counters["predict_requests"] += 1
-        backend.counters["tasks_scored"] += len(outcomes) - sum(1 for r in results if r == [])
+        scored = sum(1 for r in results if r != [])
+        backend.counters["tasks_scored"] += scored
         log.info("predict project %s: %d tasks in %.3f s", project_id, len(outcomes), time.perf_counter() - started)
+        if scored:
+            background.add_task(follow_predict, project_id)
         return JSONResponse({"results": results, "model_version": state.version.version})
 
     @app.post("/webhook")
@@ -178,7 +203,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
                 return JSONResponse({"status": "ok", "job": job_id, "tasks": len(tasks)}, status_code=201)
             labels = 0 if action == "START_TRAINING" else _label_count(action, payload)
             if action != "START_TRAINING" and labels == 0:
-                return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"}, status_code=200)
+                return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"})
             job_id = queue.add_labels(project_id, labels, force=action == "START_TRAINING")
         except RedisError as exc:
             backend.counters["webhooks_refused"] += 1
@@ -213,8 +238,9 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         }
         try:
             body["jobs"] = backend.queue().recent_jobs(project_id)
+            body["last_error"] = last_error(body["jobs"])
         except RedisError as exc:
             body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
-        return JSONResponse(body)
+        return JSONResponse(_json_safe(body))
 
     return app

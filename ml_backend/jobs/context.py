@@ -49,7 +49,8 @@ class WorkerContext:
     def ls(self) -> LabelStudioClient:
         s = self.settings
         if not s.label_studio_url or not s.label_studio_api_key:
-            raise LabelStudioError("the worker needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to fetch labels and push predictions")
+            raise LabelStudioError("the worker needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to fetch labels and "
+                                   "push predictions")
         return LabelStudioClient(s.label_studio_url, s.label_studio_api_key, s.label_studio_timeout, s.files_dir)
 
     @cached_property
@@ -64,8 +65,7 @@ class WorkerContext:
 
     @cached_property
     def queue(self) -> JobQueue:
-        s = self.settings
-        return JobQueue(self.redis, s.queue_name, s.job_timeout, s.job_retries, s.retrain_every)
+        return JobQueue.from_settings(self.redis, self.settings)
 
 
 _context: WorkerContext | None = None

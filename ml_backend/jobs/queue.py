@@ -5,17 +5,21 @@ no retry. So the web process only records the event and enqueues; per project at
 most one waits. The waiting job has not fetched labels yet, so a label that arrives while a training runs is
 picked up by it: nothing is lost, and a burst of N webhooks costs at most two trainings.
 
+Re-scores are coalesced the same way: a waiting re-score brings LS up to the version that is current when it
+*starts*, so a burst of versions (or of requests) costs at most two re-scores per project.
+
 Redis keys, namespaced by queue name so that several deployments (or test sessions) can share one Redis:
-``al:<queue>:pending:<p>`` = id of the waiting training job (cleared by that job when it starts),
-``al:<queue>:labels:<p>`` = new labels since the last training started, ``al:<queue>:jobs:<p>`` = recent job ids,
-``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
+``al:<queue>:pending:<p>`` / ``al:<queue>:pending:rescore:<p>`` = id of the waiting training / re-score job
+(cleared by that job when it starts), ``al:<queue>:labels:<p>`` = new labels since the last training started,
+``al:<queue>:jobs:<p>`` = recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from datetime import timedelta
+from typing import Any, Sequence
 
 from redis import Redis
 from rq import Queue, Retry
@@ -23,12 +27,24 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
+from ml_backend.settings import Settings
+
 TRAIN = "ml_backend.jobs.tasks.train_project"
 RESCORE = "ml_backend.jobs.tasks.rescore_project"
 SCORE_NEW = "ml_backend.jobs.tasks.score_new_tasks"
-_KIND = {TRAIN: "train", RESCORE: "rescore", SCORE_NEW: "score_new_tasks"}
+DEDUPE = "ml_backend.jobs.tasks.dedupe_predictions"
+_KIND = {TRAIN: "train", RESCORE: "rescore", SCORE_NEW: "score_new_tasks", DEDUPE: "dedupe"}
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
+#: slots of the coalesced job kinds: the Redis key (under ``al:<queue>:``) naming the one waiting job
+TRAIN_SLOT, RESCORE_SLOT, DEDUPE_SLOT = "pending", "pending:rescore", "pending:dedupe"
+#: seconds after the last /predict of a project before its duplicate predictions are looked for: LS saves what
+#: /predict returned only after our answer (e.g. "Retrieve predictions" racing our own import of the version)
+DEDUPE_AFTER = 10.0
+#: seconds before each extra re-score once rq's own retries are spent (LS down for longer than ~3 minutes):
+#: bounded, so a project whose LS is gone for good stops costing work after about a day
+LATE_RETRIES = (600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)
+_CLEAR_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def connect(redis_url: str) -> Redis:
@@ -36,29 +52,57 @@ def connect(redis_url: str) -> Redis:
     return Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=30)
 
 
+def last_error(jobs: list[dict[str, Any]]) -> str | None:
+    """The newest error among ``recent_jobs`` of a job kind that has not finished a job since: while a retry
+    waits (rq's backoff, or a late re-score after LS stayed down) the status says what went wrong."""
+    settled: set[str] = set()
+    for job in jobs:  # newest first
+        if job["kind"] in settled:
+            continue
+        if job["status"] == JobStatus.FINISHED.value:
+            settled.add(job["kind"])
+            continue
+        error = job["error"] or job["meta"].get("last_error")
+        if error:
+            return f"{job['kind']}: {error}"
+    return None
+
+
 class JobQueue:
     """The project's jobs on one rq queue, with explicit ids, timeouts, retries and meta."""
 
-    def __init__(self, redis: Redis, name: str, job_timeout: int, retries: int, retrain_every: int):
+    def __init__(self, redis: Redis, name: str, job_timeout: int, retries: int, retrain_every: int,
+                 late_retries: Sequence[int] = LATE_RETRIES):
         self.redis = redis
         self.queue = Queue(name, connection=redis)
         self.job_timeout = job_timeout
         self.retry = Retry(max=retries, interval=[5, 30, 120][:retries]) if retries > 0 else None
         self.retrain_every = retrain_every
+        self.late_retries = tuple(late_retries)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> "JobQueue":
+        """The queue the web app and the workers share: same name, timeouts, retries (one place builds it)."""
+        return cls(redis, settings.queue_name, settings.job_timeout, settings.job_retries, settings.retrain_every)
 
     def key(self, kind: str, project_id: int) -> str:
         """A Redis key of this queue's namespace: ``pending``, ``labels``, ``jobs``, ``lock:train``, ``lock:score``."""
         return f"al:{self.queue.name}:{kind}:{project_id}"
 
-    def _enqueue(self, func: str, project_id: int, *args: Any, job_id: str | None = None) -> Job:
+    def _enqueue(self, func: str, project_id: int, *args: Any, job_id: str | None = None,
+                 delay: float | None = None, **meta: Any) -> Job:
+        """Enqueue (or schedule in ``delay`` seconds) a job and list it among the project's recent jobs."""
         kind = _KIND[func]
-        job = self.queue.enqueue(
-            func, project_id, *args,
+        options: dict[str, Any] = dict(
             job_id=job_id or f"{kind}-{project_id}-{uuid.uuid4().hex[:12]}",
             job_timeout=self.job_timeout, retry=self.retry, result_ttl=7 * 86400, failure_ttl=7 * 86400,
-            meta={"project": project_id, "kind": kind, "stage": "queued", "enqueued": time.time()},
+            meta={"project": project_id, "kind": kind, "stage": "queued", "enqueued": time.time(), **meta},
             description=f"{kind} project {project_id}",
         )
+        if delay is None:
+            job = self.queue.enqueue(func, project_id, *args, **options)
+        else:
+            job = self.queue.enqueue_in(timedelta(seconds=delay), func, project_id, *args, **options)
         with self.redis.pipeline() as pipe:
             pipe.lpush(self.key("jobs", project_id), job.id)
             pipe.ltrim(self.key("jobs", project_id), 0, _RECENT_JOBS - 1)
@@ -76,11 +120,15 @@ class JobQueue:
 
     def request_training(self, project_id: int) -> str:
         """The id of the waiting training job of the project, enqueuing one if none waits."""
-        key = self.key("pending", project_id)
+        return self._coalesced(TRAIN_SLOT, TRAIN, project_id)
+
+    def _coalesced(self, slot: str, func: str, project_id: int, delay: float | None = None) -> str:
+        """The id of the project's waiting job in ``slot``, enqueuing ``func`` (in ``delay`` s) if none waits."""
+        key = self.key(slot, project_id)
         for _ in range(3):
-            job_id = f"train-{project_id}-{uuid.uuid4().hex[:12]}"
+            job_id = f"{_KIND[func]}-{project_id}-{uuid.uuid4().hex[:12]}"
             if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
-                self._enqueue(TRAIN, project_id, job_id=job_id)
+                self._enqueue(func, project_id, job_id=job_id, delay=delay)
                 return job_id
             waiting = self.redis.get(key)
             if waiting is None:
@@ -89,8 +137,13 @@ class JobQueue:
             if self._is_waiting(waiting_id):
                 return waiting_id
             # the recorded job is gone or finished without clearing the key (e.g. Redis lost it): replace it
-            self.redis.delete(key)
-        raise RuntimeError(f"could not enqueue a training for project {project_id}")
+            self.redis.eval(_CLEAR_IF, 1, key, waiting_id)
+        raise RuntimeError(f"could not enqueue a {_KIND[func]} job for project {project_id}")
+
+    def started(self, slot: str, project_id: int, job_id: str) -> None:
+        """Called by a coalesced job once it holds its project lock: the slot is free for the next request,
+        which must wait for a new job (this one has already read what it works on)."""
+        self.redis.eval(_CLEAR_IF, 1, self.key(slot, project_id), job_id)
 
     def _is_waiting(self, job_id: str) -> bool:
         try:
@@ -102,11 +155,40 @@ class JobQueue:
         return status in _WAITING or status == JobStatus.STARTED
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def request_rescore(self, project_id: int, version: str) -> str:
-        return self._enqueue(RESCORE, project_id, version).id
+    def request_rescore(self, project_id: int) -> str:
+        """The waiting re-score of the project (enqueued if none waits): it scores with the version that is current
+        when it starts, the whole pool if the project does not point at that version yet, else only the unlabelled
+        tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings)."""
+        return self._coalesced(RESCORE_SLOT, RESCORE, project_id)
+
+    def schedule_late_rescore(self, project_id: int, late_round: int, error: str) -> str | None:
+        """After rq's retries of a re-score are spent: schedule another one ``LATE_RETRIES[late_round]`` seconds
+        later, so the pool gets scored when LS comes back instead of at the next label. None once the rounds are
+        spent. ``error`` stays in the job's meta, so the status shows why it waits."""
+        if late_round >= len(self.late_retries):
+            return None
+        delay = self.late_retries[late_round]
+        job = self._enqueue(RESCORE, project_id, delay=delay, late_round=late_round + 1, last_error=error,
+                            stage=f"scheduled in {delay} s after: {error}")
+        return job.id
 
     def request_score_new(self, project_id: int, tasks: list[dict[str, Any]]) -> str:
         return self._enqueue(SCORE_NEW, project_id, tasks).id
+
+    def predicted(self, project_id: int) -> str:
+        """Record that /predict answered for the project and make sure a duplicate clean-up follows it: one
+        waiting job, run once no /predict came for ``DEDUPE_AFTER`` seconds (it postpones itself otherwise)."""
+        self.redis.set(self.key("predicted", project_id), time.time(), ex=self.job_timeout)
+        return self.request_dedupe(project_id, DEDUPE_AFTER)
+
+    def request_dedupe(self, project_id: int, delay: float) -> str:
+        """The waiting duplicate clean-up of the project, scheduled in ``delay`` seconds if none waits."""
+        return self._coalesced(DEDUPE_SLOT, DEDUPE, project_id, delay=delay)
+
+    def quiet_for(self, project_id: int) -> float:
+        """Seconds since the project's last /predict (infinite if none is recorded)."""
+        last = self.redis.get(self.key("predicted", project_id))
+        return time.time() - float(last) if last is not None else float("inf")
 
     # -- status -----------------------------------------------------------------------------------------------
     def recent_jobs(self, project_id: int) -> list[dict[str, Any]]:

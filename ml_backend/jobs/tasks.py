@@ -1,9 +1,15 @@
 """The job functions the rq worker runs. Each is small, safe to retry, and reports progress in its meta.
 
-- ``train_project``: labels from LS -> train -> evaluate -> publish a version (promoted if not worse).
-- ``rescore_project``: score every unlabelled task with a version, import the predictions, point the project at
-  the version, then delete the older versions' predictions (in that order, so LS never serves from nothing).
+- ``train_project``: labels from LS -> train -> evaluate -> publish a version (promoted if not worse), only while
+  the job still holds the project's training lock and the project's label set is the one it trained on.
+- ``rescore_project``: bring LS up to the version current when the job starts. If the project does not point at
+  it yet: score every unlabelled task, import, point the project at the version, delete the older versions'
+  predictions (in that order, so LS never serves from nothing). If it does: score only the unlabelled tasks that
+  lack a prediction of it (a "fill": deleted annotations, new tasks, failed scorings), so the queue never freezes.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
+- ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
+
+Every import is followed by the removal of duplicate predictions of the version (one prediction per task).
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from typing import Any
 from rq import get_current_job
 
 from ml_backend.jobs import context
-from ml_backend.jobs.lock import ProjectLock
-from ml_backend.registry import Registry, VersionInfo
+from ml_backend.jobs.lock import LockLost, ProjectLock
+from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_SLOT, RESCORE_SLOT, TRAIN_SLOT
+from ml_backend.labelconfig import parse_label_config
+from ml_backend.lsclient import LabelStudioError
+from ml_backend.registry import VersionInfo
 from ml_backend.service import ProjectState, ScoringService
-from ml_backend.training import can_train, encode_targets, is_labelled, labelled_examples, train_and_decide
+from ml_backend.training import is_labelled, train_version
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +39,8 @@ def _progress(stage: str, done: int | None = None, total: int | None = None, **e
     log.info("%s: %s%s %s", job.id if job else "-", stage, f" {done}/{total}" if total is not None else "",
              " ".join(f"{k}={v}" for k, v in extra.items()))
     if job is not None:
-        job.meta.update({"stage": stage, "done": done, "total": total, "updated": time.time(), "pid": os.getpid(), **extra})
+        job.meta.update({"stage": stage, "done": done, "total": total, "updated": time.time(), "pid": os.getpid(),
+                         **extra})
         job.save_meta()
 
 
@@ -44,56 +54,49 @@ def train_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
     job_id = _job_id(f"train-{project_id}-local")
     _progress("waiting for the project's training lock")
-    pending = ctx.queue.key("pending", project_id)
-    with ProjectLock(ctx.redis, ctx.queue.key("lock:train", project_id), job_id, wait=ctx.settings.job_timeout):
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:train", project_id), job_id, wait=ctx.settings.job_timeout) as lock:
         # from here on we are the running training: later labels must go to a new waiting job
-        pipe = ctx.redis.pipeline()
-        pipe.get(pending)
-        pipe.set(ctx.queue.key("labels", project_id), 0)
-        waiting, _ = pipe.execute()
-        if waiting is not None and waiting.decode() == job_id:
-            ctx.redis.delete(pending)
+        ctx.redis.set(ctx.queue.key("labels", project_id), 0)
+        ctx.queue.started(TRAIN_SLOT, project_id, job_id)
         ctx.registry.cleanup_temp(project_id)
-        return _train(ctx, project_id)
+        result = _train(ctx, project_id, lock)
+    # promoted: the new version re-scores the pool; refused or kept: still give every unlabelled task a prediction
+    # of the current version (the same job: it fills only the tasks that lack one)
+    result["rescore_job"] = ctx.queue.request_rescore(project_id)
+    return result
 
 
-def _train(ctx: context.WorkerContext, project_id: int) -> dict[str, Any]:
-    service, registry = ctx.service, ctx.registry
-    state = service.state(project_id)
+def _label_set_changed(ctx: context.WorkerContext, state: ProjectState) -> bool:
+    """Whether /setup or /predict registered another label set or model config since ``state`` was read.
+
+    A training must not publish a head for the old labels over the untrained version that registration made.
+    """
+    record = ctx.registry.get_project(state.record.project_id)
+    return record is None or record.model_config != state.record.model_config or (
+        record.label_config != state.record.label_config and parse_label_config(record.label_config) != state.schema)
+
+
+def _discard(ctx: context.WorkerContext, project_id: int, reason: str, labels: int) -> dict[str, Any]:
+    """Drop a finished training that must not be published; the next training starts from the new config."""
+    _progress("discarded", reason=reason)
+    log.warning("project %s: training discarded: %s", project_id, reason)
+    return {"trained": False, "discarded": True, "reason": reason, "labels": labels,
+            "next_training_job": ctx.queue.request_training(project_id)}
+
+
+def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock) -> dict[str, Any]:
+    state = ctx.service.state(project_id)
     _progress("fetching labelled tasks from Label Studio")
-    tasks, labels, stats = labelled_examples(state.schema, ctx.ls.iter_tasks(project_id, labelled_only=True))
-    if stats.unknown_labels:
-        log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
-    _progress("embedding labelled tasks", 0, len(tasks), skipped_cancelled=stats.cancelled_only)
-    config = state.config
-    number = registry.next_number(project_id)
-    clf = service.new_classifier(state, config)
-    outcomes, ok, emb, items = service.embed_tasks(clf, state.schema, tasks)
-    skipped = {str(o.task_id): o.reason for o in outcomes if o.reason}
-    if skipped:
-        log.warning("project %s: %d labelled tasks could not be used: %s", project_id, len(skipped), skipped)
-    y = encode_targets(state.schema, [labels[i] for i in ok])
-    task_ids = [int(tasks[i]["id"]) for i in ok]
-    why_not = can_train(state.schema.multilabel, y)
-    if why_not:
-        _progress("not trained", len(ok), len(tasks), reason=why_not)
-        return {"trained": False, "reason": why_not, "labels": len(ok)}
-    _progress("training", len(ok), len(tasks))
-    current = service.classifier(state) if state.version.trained else None
-    outcome = train_and_decide(clf, current, emb, items, y, task_ids, state.schema.labels, config.training.seed)
-    info = VersionInfo(
-        version=Registry.version_name(config.name, number), number=number, created_at=time.time(),
-        model_config=config.model_dump(), seed=config.training.seed, trained=True, promoted=outcome.promote,
-        metrics={**outcome.metrics, "skipped_tasks": len(skipped), "ignored_labels": stats.unknown_labels},
-        n_labels=len(task_ids), labelled_task_ids=sorted(task_ids), note=outcome.reason,
-    )
-    registry.publish(project_id, info, {"model.pt": outcome.classifier.state_bytes()}, promote=outcome.promote)
-    _progress("published", len(ok), len(tasks), version=info.version, promoted=outcome.promote,
-              accuracy=outcome.metrics.get("accuracy"))
-    log.info("project %s: version %s on %d labels: %s", project_id, info.version, len(task_ids), outcome.reason)
-    rescore_id = ctx.queue.request_rescore(project_id, info.version) if outcome.promote else None
-    return {"trained": True, "version": info.version, "promoted": outcome.promote, "labels": len(task_ids),
-            "reason": outcome.reason, "rescore_job": rescore_id}
+    tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
+    result = train_version(ctx.service, state, tasks, progress=_progress,
+                           still_owner=lambda: not _label_set_changed(ctx, state) and lock.owned())
+    if result.version is None and _label_set_changed(ctx, state):
+        return _discard(ctx, project_id, "the label config or model config changed during the training", result.labels)
+    if result.version is None and lock.lost.is_set():
+        raise LockLost(f"project {project_id}: lost the training lock ({lock.lost_reason}); nothing published")
+    return {"trained": result.trained, "version": result.version.version if result.version else None,
+            "promoted": result.promoted, "labels": result.labels, "reason": result.reason,
+            "skipped": result.skipped}
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------
@@ -117,36 +120,88 @@ def _score_and_collect(service: ScoringService, state: ProjectState, tasks: list
     return predictions, skipped
 
 
-def rescore_project(project_id: int, version: str) -> dict[str, Any]:
+def _lacks(task: dict[str, Any], version: str) -> bool:
+    """An unlabelled task without a prediction of ``version``: LS does not serve it in version order."""
+    return not is_labelled(task) and not any(p.get("model_version") == version for p in task.get("predictions") or [])
+
+
+def _import(ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]],
+            lock: ProjectLock) -> int:
+    """Import while we still hold the scoring lock, then keep one prediction of the version per task."""
+    lock.ensure_owned(f"importing {len(predictions)} predictions")
+    _progress("importing predictions", 0, len(predictions))
+    created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
+    if created:
+        ctx.ls.remove_duplicate_predictions(project_id, version)
+    return created
+
+
+def rescore_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
-    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), _job_id(f"rescore-{project_id}-local"),
-                     wait=ctx.settings.job_timeout):
-        state = ctx.service.state(project_id)
-        if state.version.version != version:
-            _progress("skipped: a newer version is current", current=state.version.version)
-            return {"skipped": True, "current": state.version.version}
-        if ctx.settings.set_uncertainty_sampling and not state.version.trained:
-            ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
-        _progress("listing tasks in Label Studio")
-        tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
-        todo = [t for t in tasks if not any(p.get("model_version") == version for p in t.get("predictions") or [])]
-        predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
-                                                  ctx.settings.score_batch_size, "rescore", whole_pool=True)
-        _progress("importing predictions", 0, len(predictions))
-        created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
-        if version not in ctx.ls.model_versions(project_id):
-            # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
-            # version without predictions, and the older predictions are all the queue has
-            _progress("done: no unlabelled task to score", 0, len(tasks), skipped=len(skipped))
-            return {"version": version, "unlabelled": len(tasks), "imported": 0, "skipped": skipped}
-        _progress("pointing the project at the new version", created, len(predictions))
-        ctx.ls.set_model_version(project_id, version)
-        deleted = _delete_older_versions(ctx, project_id, version)
-        if skipped:
-            log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
-        _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted)
-        return {"version": version, "unlabelled": len(tasks), "imported": created, "skipped": skipped,
-                "deleted_old_predictions": deleted}
+    job_id = _job_id(f"rescore-{project_id}-local")
+    try:
+        with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), job_id,
+                         wait=ctx.settings.job_timeout) as lock:
+            ctx.queue.started(RESCORE_SLOT, project_id, job_id)  # a later request waits for a new re-score
+            state = ctx.service.state(project_id)
+            _progress("reading the project in Label Studio", version=state.version.version)
+            if ctx.ls.get_project(project_id).model_version == state.version.version:
+                return _fill(ctx, project_id, state, lock)
+            return _rescore_pool(ctx, project_id, state, lock)
+    except LabelStudioError as exc:
+        _retry_later(ctx, project_id, exc)
+        raise
+
+
+def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError) -> None:
+    """On the last rq attempt, schedule a later re-score: the pool gets scored once LS is back, not at the next
+    label. rq's own retries (minutes) come first; this adds a few bounded, longer waits."""
+    job = get_current_job()
+    if job is None or job.retries_left:
+        return  # rq retries this job itself
+    late = ctx.queue.schedule_late_rescore(project_id, int(job.meta.get("late_round", 0)), str(exc))
+    log.warning("project %s: re-score failed for good (%s); %s", project_id, exc,
+                f"scheduled again as {late}" if late else "no more late retries")
+
+
+def _rescore_pool(ctx: context.WorkerContext, project_id: int, state: ProjectState,
+                  lock: ProjectLock) -> dict[str, Any]:
+    """Score the whole pool with a version the project does not point at yet, then switch LS over to it."""
+    version = state.version.version
+    if ctx.settings.set_uncertainty_sampling and not state.version.trained:
+        ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
+    _progress("listing tasks in Label Studio")
+    tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
+    todo = [t for t in tasks if _lacks(t, version)]
+    predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
+                                              ctx.settings.score_batch_size, "rescore", whole_pool=True)
+    created = _import(ctx, project_id, version, predictions, lock)
+    if version not in ctx.ls.model_versions(project_id):
+        # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
+        # version without predictions, and the older predictions are all the queue has
+        _progress("done: no unlabelled task to score", 0, len(tasks), skipped=len(skipped))
+        return {"version": version, "mode": "pool", "unlabelled": len(tasks), "imported": 0, "skipped": skipped}
+    lock.ensure_owned(f"pointing the project at {version}")
+    _progress("pointing the project at the new version", created, len(predictions))
+    ctx.ls.set_model_version(project_id, version)
+    deleted = _delete_older_versions(ctx, project_id, version)
+    if skipped:
+        log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
+    _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted)
+    return {"version": version, "mode": "pool", "unlabelled": len(tasks), "imported": created, "skipped": skipped,
+            "deleted_old_predictions": deleted}
+
+
+def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
+    """The project already points at the current version: score only the unlabelled tasks that lack it."""
+    version = state.version.version
+    _progress("listing tasks in Label Studio")
+    todo = [t for t in ctx.ls.iter_tasks(project_id) if _lacks(t, version)]
+    predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
+                                              ctx.settings.score_batch_size, "fill", whole_pool=False)
+    created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
+    _progress("done: filled the tasks without a current prediction", created, len(todo), skipped=len(skipped))
+    return {"version": version, "mode": "fill", "missing": len(todo), "imported": created, "skipped": skipped}
 
 
 def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: str) -> int:
@@ -162,12 +217,26 @@ def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: st
 def score_new_tasks(project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     ctx = context.current()
     with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), _job_id(f"score-{project_id}-local"),
-                     wait=ctx.settings.job_timeout):
+                     wait=ctx.settings.job_timeout) as lock:
         state = ctx.service.state(project_id)
-        todo = [t for t in tasks if isinstance(t, dict) and "id" in t and not is_labelled(t)
-                and not any(p.get("model_version") == state.version.version for p in t.get("predictions") or [])]
+        version = state.version.version
+        todo = [t for t in tasks if isinstance(t, dict) and "id" in t and _lacks(t, version)]
         predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
                                                   ctx.settings.score_batch_size, "new tasks", whole_pool=False)
-        created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
+        created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
         _progress("done", created, len(predictions), skipped=len(skipped))
-        return {"version": state.version.version, "imported": created, "skipped": skipped}
+        return {"version": version, "imported": created, "skipped": skipped}
+
+
+def dedupe_predictions(project_id: int) -> dict[str, Any]:
+    """Keep one prediction of the current version per task once /predict has been quiet for a while."""
+    ctx = context.current()
+    ctx.queue.started(DEDUPE_SLOT, project_id, _job_id(f"dedupe-{project_id}-local"))
+    wait = DEDUPE_AFTER - ctx.queue.quiet_for(project_id)
+    if wait > 0:  # LS may still be saving what a recent /predict returned: look once it is quiet
+        _progress("postponed: /predict is still being called", wait=round(wait, 1))
+        return {"postponed": ctx.queue.request_dedupe(project_id, wait)}
+    version = ctx.service.state(project_id).version.version
+    deleted = ctx.ls.remove_duplicate_predictions(project_id, version)
+    _progress("done", deleted=deleted)
+    return {"version": version, "deleted": deleted}

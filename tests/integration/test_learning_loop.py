@@ -21,7 +21,8 @@ from ml_backend.datasets import rotten_tomatoes
 from ml_backend.registry import Registry
 from tests.lsserver import stop_process_group, tail_file
 
-CONFIG = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
+CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
+          '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
 REDIS_URL = "redis://127.0.0.1:6379/11"
 
 
@@ -134,7 +135,8 @@ def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(
     for tid in ids[:200]:
         t0 = time.perf_counter()
         resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": project_id},
-                                             "task": {"id": tid}, "annotation": {"task": tid, **_annotation(labels[tid])}})
+                                             "task": {"id": tid},
+                                             "annotation": {"task": tid, **_annotation(labels[tid])}})
         latencies.append(time.perf_counter() - t0)
         assert resp.status_code == 201, resp.text
     print(f"webhook latency p50 {sorted(latencies)[100] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
@@ -202,7 +204,8 @@ def test_new_tasks_are_scored_with_the_current_version(loop, ls_server):
     version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
     wait_for("the first pool scoring", lambda: (s := idle(client, project_id)) and s["jobs"] and s)
     sdk = ls_server.sdk()
-    new_ids = sdk.projects.import_tasks(project_id, request=[{"text": f"A brand new review number {i}."} for i in range(5)],
+    new_ids = sdk.projects.import_tasks(project_id,
+                                        request=[{"text": f"A brand new review number {i}."} for i in range(5)],
                                         return_task_ids=True).task_ids
     tasks = [{"id": tid, "data": {"text": f"A brand new review number {i}."}, "annotations": [], "predictions": []}
              for i, tid in enumerate(new_ids)]
@@ -240,3 +243,119 @@ def test_a_fully_labelled_project_trains_and_rescoring_finishes_without_a_versio
                       lambda: (s := idle(client, project_id)) and s["trained"] and len(s["jobs"]) >= 3 and s)
     assert [j["status"] for j in status["jobs"]] == ["finished"] * len(status["jobs"]), status["jobs"]
     assert status["jobs"][0]["meta"]["stage"] == "done: no unlabelled task to score"
+
+
+def current_predictions_problems(client, ls_server, project_id: int) -> list[str]:
+    """What is wrong with LS's queue: every unlabelled task needs exactly one prediction of the backend's current
+    version, and the project must point at it (else LS serves in random order)."""
+    version = client.get(f"/projects/{project_id}/status").json()["current_version"]
+    problems = []
+    if ls_server.sdk().projects.get(project_id).model_version != version:
+        problems.append(f"project does not point at {version}")
+    with ls_server.client() as c:
+        tasks = c.get("/api/tasks/", params={"project": project_id, "page_size": 1000, "fields": "all"}).json()
+    for t in tasks["tasks"] if isinstance(tasks, dict) else tasks:
+        current = [p for p in t["predictions"] if p["model_version"] == version]
+        if not t["is_labeled"] and len(current) != 1:
+            problems.append(f"task {t['id']}: {len(current)} predictions of {version}")
+    return problems
+
+
+def settled(client, ls_server, project_id: int, min_jobs: int) -> dict | None:
+    status = idle(client, project_id)
+    if not status or len(status["jobs"]) < min_jobs:
+        return None
+    return status if not current_predictions_problems(client, ls_server, project_id) else None
+
+
+def test_a_task_whose_annotation_is_deleted_gets_a_current_prediction_again(loop, ls_server):
+    client, _ = loop
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=40, n_labelled=12)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    wait_for("the first training and its scoring", lambda: settled(client, ls_server, project_id, min_jobs=3))
+
+    with ls_server.client() as c:
+        task = c.get(f"/api/tasks/{ids[0]}/").json()
+        (annotation,) = task["annotations"]
+        assert c.delete(f"/api/annotations/{annotation['id']}/").status_code == 204
+    assert predictions_by_task(ls_server, project_id)[ids[0]] == []  # it was labelled: no prediction yet
+    # what LS sends on the deletion; no new label comes
+    resp = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": project_id},
+                                         "annotations": [{"id": annotation["id"]}]})
+    assert resp.status_code == 201
+    status = wait_for("the task to get a current prediction",
+                      lambda: settled(client, ls_server, project_id, min_jobs=5))
+    (prediction,) = predictions_by_task(ls_server, project_id)[ids[0]]
+    assert prediction["model_version"] == status["current_version"] and 0.0 <= prediction["score"] <= 1.0
+
+
+def test_a_refused_training_still_leaves_every_unlabelled_task_with_a_current_prediction(loop, ls_server):
+    client, _ = loop
+    project_id, key, ids, labels = make_project(ls_server, n_tasks=30, n_labelled=0)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+    sdk = ls_server.sdk()
+    for tid in ids[:3]:  # labels of one class only: no classifier can be trained on them
+        sdk.annotations.create(tid, **_annotation("fresh"))
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    status = wait_for("the first training and scoring", lambda: settled(client, ls_server, project_id, min_jobs=3))
+    assert not status["trained"]
+    versions = len(status["versions"])
+    # tasks whose scoring never happened (their TASKS_CREATED webhook was lost), then a training with nothing new
+    new_ids = sdk.projects.import_tasks(project_id, request=[{"text": f"An unscored review, number {i}."}
+                                                             for i in range(4)], return_task_ids=True).task_ids
+    assert current_predictions_problems(client, ls_server, project_id)  # the 4 new tasks lack a prediction
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    status = wait_for("every unlabelled task to have a current prediction",
+                      lambda: settled(client, ls_server, project_id, min_jobs=5))
+    assert len(status["versions"]) == versions and not status["trained"]  # refused: nothing was published
+    preds = predictions_by_task(ls_server, project_id)
+    assert all(len(preds[t]) == 1 for t in new_ids), {t: preds[t] for t in new_ids}
+    assert status["jobs"][0]["kind"] == "rescore" and status["jobs"][0]["meta"]["stage"].startswith("done: filled")
+
+
+def test_a_burst_of_rescore_requests_runs_at_most_two_rescores(loop, ls_server):
+    client, _ = loop
+    project_id, key, _, _ = make_project(ls_server, n_tasks=60, n_labelled=0)
+    client.post("/setup", json={"project": key, "schema": CONFIG})  # enqueues the first pool scoring
+    # running: it holds the scoring lock and has freed the waiting slot (its first progress report comes after)
+    first = wait_for("the first pool scoring to start", lambda: next(
+        (j for j in client.get(f"/projects/{project_id}/status").json()["jobs"]
+         if j["kind"] == "rescore" and j["status"] == "started" and j["meta"]["stage"] != "queued"), None), every=0.02)
+    queue = client.app.state.backend.queue()
+    requested = {queue.request_rescore(project_id) for _ in range(200)}  # e.g. a burst of new versions
+    assert len(requested) == 1 and first["id"] not in requested
+    status = wait_for("the re-scores to settle", lambda: settled(client, ls_server, project_id, min_jobs=2))
+    rescores = [j for j in status["jobs"] if j["kind"] == "rescore"]
+    assert {j["id"] for j in rescores} == requested | {first["id"]}, rescores
+    assert all(j["status"] == "finished" for j in rescores), rescores
+    with ls_server.client() as c:
+        assert c.get(f"/api/projects/{project_id}/model-versions/").json() == {status["current_version"]: 60}
+
+
+def test_a_label_config_change_during_a_training_is_not_overwritten(loop, ls_server):
+    client, _ = loop
+    project_id, key, _, _ = make_project(ls_server, n_tasks=40, n_labelled=20)
+    client.post("/setup", json={"project": key, "schema": CONFIG, "extra_params": {"model_config": "text-minilm-slow"}})
+    job_id = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}}).json()["job"]
+
+    def training_job():
+        jobs = client.get(f"/projects/{project_id}/status").json()["jobs"]
+        job = next((j for j in jobs if j["id"] == job_id), None)
+        return job if job and job["meta"].get("stage") == "training" else None
+
+    wait_for("the training to start", training_job, every=0.1)
+    three = CONFIG.replace('<Choice value="rotten"/>', '<Choice value="rotten"/><Choice value="meh"/>')
+    changed = client.post("/setup", json={"project": key, "schema": three}).json()["model_version"]
+
+    def retrained():
+        status = idle(client, project_id)
+        return status if status and status["trained"] else None
+
+    status = wait_for("the training on the new label set", retrained, timeout=400)
+    jobs = {j["id"]: j for j in status["jobs"]}
+    assert jobs[job_id]["status"] == "finished" and jobs[job_id]["meta"]["stage"] == "discarded", jobs[job_id]
+    reg = Registry(Path(client.app.state.backend.settings.projects_dir))
+    after_change = [v for v in reg.versions(project_id) if v.number > reg.get_version(project_id, changed).number]
+    assert after_change and all(set(v.metrics["class_counts"]) == {"fresh", "rotten", "meh"} for v in after_change)
+    assert reg.current(project_id).version in {v.version for v in after_change}

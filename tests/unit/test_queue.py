@@ -1,10 +1,13 @@
-"""Coalescing on a real Redis: one waiting training per project, whatever the burst."""
+"""Coalescing on a real Redis: one waiting training and one waiting re-score per project, whatever the burst;
+late re-scores after rq's retries; debounced duplicate clean-ups after /predict; the status's last error."""
 
+import time
 import uuid
 
 import pytest
+from rq.job import Job
 
-from ml_backend.jobs.queue import JobQueue, connect
+from ml_backend.jobs.queue import DEDUPE_AFTER, RESCORE_SLOT, JobQueue, connect, last_error
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -16,7 +19,8 @@ def queue():
         redis.ping()
     except Exception as exc:
         pytest.fail(f"these tests need the Redis at {REDIS_URL}: {exc}")
-    q = JobQueue(redis, f"test-queue-{uuid.uuid4().hex[:8]}", job_timeout=60, retries=2, retrain_every=3)
+    q = JobQueue(redis, f"test-queue-{uuid.uuid4().hex[:8]}", job_timeout=60, retries=2, retrain_every=3,
+                 late_retries=(600, 1800))
     yield q
     for key in redis.scan_iter(f"*{q.queue.name}*"):
         redis.delete(key)
@@ -41,14 +45,59 @@ def test_a_started_job_frees_the_slot_for_the_next_waiting_one(queue):
 def test_a_lost_waiting_job_is_replaced(queue):
     first = queue.request_training(8)
     queue.queue.remove(first)
-    from rq.job import Job
-
     Job.fetch(first, connection=queue.redis).delete()
     assert queue.request_training(8) != first
 
 
+def test_a_burst_of_rescore_requests_leaves_one_waiting_and_one_more_once_it_starts(queue):
+    first = queue.request_rescore(5)
+    assert {queue.request_rescore(5) for _ in range(30)} == {first} and queue.queue.count == 1
+    queue.started(RESCORE_SLOT, 5, "someone-else")  # only the waiting job itself frees the slot
+    assert queue.request_rescore(5) == first
+    queue.started(RESCORE_SLOT, 5, first)  # it took the scoring lock: what it scores is read from now on
+    second = queue.request_rescore(5)
+    assert second != first and {queue.request_rescore(5) for _ in range(30)} == {second}
+    assert queue.queue.count == 2 and queue.request_training(5) not in (first, second)  # trainings apart
+
+
+def test_a_late_rescore_is_scheduled_with_its_error_and_the_rounds_are_bounded(queue):
+    before = time.time()
+    job_id = queue.schedule_late_rescore(4, 0, "cannot reach Label Studio")
+    (scheduled,) = queue.queue.scheduled_job_registry.get_job_ids()
+    assert scheduled == job_id and queue.queue.count == 0  # not runnable before its time
+    at = queue.queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp()
+    assert before + 600 - 5 <= at <= time.time() + 600 + 5
+    job = Job.fetch(job_id, connection=queue.redis)
+    assert job.meta["late_round"] == 1 and job.meta["last_error"] == "cannot reach Label Studio"
+    assert queue.schedule_late_rescore(4, 1, "still down") is not None
+    assert queue.schedule_late_rescore(4, 2, "still down") is None  # two rounds configured, then it stops
+    jobs = queue.recent_jobs(4)
+    assert [j["status"] for j in jobs] == ["scheduled", "scheduled"]
+    assert last_error(jobs) == "rescore: still down"
+
+
+def test_last_error_is_cleared_by_a_later_finished_job_of_the_same_kind():
+    def job(kind, status, error=None):
+        return {"kind": kind, "status": status, "error": error, "meta": {}}
+
+    assert last_error([job("rescore", "finished"), job("rescore", "failed", "LS 401")]) is None
+    assert last_error([job("train", "finished"), job("rescore", "failed", "LS 401")]) == "rescore: LS 401"
+    assert last_error([job("rescore", "scheduled", "LS 502"), job("rescore", "finished")]) == "rescore: LS 502"
+    assert last_error([]) is None
+
+
+def test_predict_schedules_one_debounced_dedupe(queue):
+    assert queue.quiet_for(6) == float("inf")
+    first = queue.predicted(6)
+    assert {queue.predicted(6) for _ in range(10)} == {first}
+    assert queue.quiet_for(6) < 1.0
+    at = queue.queue.scheduled_job_registry.get_scheduled_time(first).timestamp()
+    assert time.time() + DEDUPE_AFTER - 2 <= at <= time.time() + DEDUPE_AFTER + 1
+    assert queue.recent_jobs(6)[0]["kind"] == "dedupe"
+
+
 def test_status_lists_recent_jobs_with_their_meta(queue):
-    job_id = queue.request_rescore(9, "m-v1-x")
+    job_id = queue.request_rescore(9)
     jobs = queue.recent_jobs(9)
     assert [j["id"] for j in jobs] == [job_id]
     assert jobs[0]["kind"] == "rescore" and jobs[0]["status"] == "queued" and jobs[0]["meta"]["project"] == 9
