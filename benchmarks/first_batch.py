@@ -1,10 +1,12 @@
-"""Why BALD and entropy trail random in the first rounds on digits: what the first acquired batch looks like.
+"""What the front of the queue looks like on digits: plain top-k of the uncertainty vs the batch-aware order.
 
     python benchmarks/first_batch.py [--seeds 0,3] > benchmarks/results/digits-features/first_batch.md
 
-Same protocol as the digits simulation (20 random initial labels, MLP head on raw pixels, T=20, top-20 batch):
-for each strategy, the classes of the 20 tasks it would send to the annotator first, and how similar those 20 are
-to each other (mean pairwise cosine similarity of their pixel vectors; a random batch is the reference).
+A head (MLP on raw pixels, T=20) is trained on 20 random labels; then, for each acquisition function, the 20 tasks
+the annotator would be served first, once as the plain top-20 of the per-task uncertainty (``+topk``, the behaviour
+before the batch-aware front) and once in the product's order (``ranking.rank_version``): their classes and how
+similar they are to each other (mean pairwise cosine similarity of their pixel vectors; a random batch is the
+reference).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from ml_backend import simulation as sim
-from ml_backend.core.strategies import STRATEGIES, normalized_uncertainty, to_ls_score
+from ml_backend.core.strategies import STRATEGIES
+from ml_backend.ranking import rank_version
 
 
 def mean_cos(V: np.ndarray) -> float:
@@ -37,19 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         train, _ = sim.stratified_split(prep.y, 0.25, seed)
         X, y = prep.X[train], prep.y[train]
-        init = sim.initial_labels(X, 20, "random", seed)
-        clf = sim._classifier(prep)
-        clf.fit(X[init], y[init], seed=seed)
+        init = np.random.default_rng([seed, 11]).choice(len(train), 20, replace=False)
         pool = np.setdiff1d(np.arange(len(train)), init)
-        probs = clf.predict_proba(X[pool], mc=prep.config.acquisition.mc_samples, seed=seed)
         print(f"| {seed} | (initial labels) | {np.bincount(y[init], minlength=10).tolist()} | "
               f"{len(set(y[init]))} | {mean_cos(X[init]):.3f} |")
         rnd = np.random.default_rng([seed, 13]).choice(pool, args.batch, replace=False)
         print(f"| {seed} | random | {np.bincount(y[rnd], minlength=10).tolist()} | {len(set(y[rnd]))} | "
               f"{mean_cos(X[rnd]):.3f} |")
-        for name in STRATEGIES:
-            u = normalized_uncertainty(probs, name)
-            pick = pool[np.argsort(to_ls_score(u, [int(train[i]) for i in pool]), kind="stable")[: args.batch]]
+        for name in [s for base in STRATEGIES for s in (base + sim.TOPK, base)]:
+            clf = sim._classifier(prep, sim.strategy_config(prep.config, name))
+            clf.fit(X[init], y[init], seed=seed)
+            view = rank_version(clf, X[pool], [int(train[i]) for i in pool], seed, labelled=X[init], reference=None,
+                                explore=False)
+            pick = pool[view.ranking.order[: args.batch]]
             print(f"| {seed} | {name} | {np.bincount(y[pick], minlength=10).tolist()} | {len(set(y[pick]))} | "
                   f"{mean_cos(X[pick]):.3f} |")
     return 0

@@ -19,8 +19,8 @@ training pool with the same seeds. Outputs in ``--out``: ``simulation.json`` and
 ``summary.md`` (labels to reach 90 % / 95 % of full-data accuracy, the worst round against random, labels until
 every class was seen, AULC) and ``learning_curves.png`` when matplotlib is installed (``pip install '.[bench]'``).
 
-Strategies: ``random``; ``default`` (the dataset's default model config, exactly what the product serves); an
-acquisition function name (``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk``
+Strategies: ``random``; ``default`` (the dataset's default model config, exactly what the product serves);
+``hybrid`` (the default with equal weights on uncertainty, novelty and density); an acquisition function name (``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk``
 for the same without the batch-aware front (plain top-k, the behaviour before it existed).
 
 Run it as ``ml-backend simulate ...`` or ``python -m ml_backend.simulation ...`` (``--help`` lists the options).
@@ -46,14 +46,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from ml_backend import datasets
+from ml_backend.core.selection import WEIGHT_TERMS
 from ml_backend.core.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
 DEFAULT = "default"
+HYBRID = "hybrid"  # the default config with equal weights on uncertainty, novelty and density
 TOPK = "+topk"
-ALL_STRATEGIES = [RANDOM, DEFAULT, *STRATEGIES]
+ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = ("digits-features", "digits-images", "rotten-tomatoes", "rotten-tomatoes-3", "csv:<path>", "folder:<path>")
 RELATIVE_TARGETS = (0.90, 0.95)
 
@@ -219,7 +221,9 @@ def strategy_config(config: Any, strategy: str) -> Any:
     batch-aware front switched off for ``<name>+topk``)."""
     name = strategy.removesuffix(TOPK)
     update: dict[str, Any] = {}
-    if name not in (RANDOM, DEFAULT):
+    if name == HYBRID:
+        update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
+    elif name not in (RANDOM, DEFAULT):
         update["strategy"] = name
     if strategy.endswith(TOPK):
         update["front_size"] = 0

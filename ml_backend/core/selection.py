@@ -93,19 +93,27 @@ def novelty(embeddings: np.ndarray, labelled: np.ndarray | None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def hybrid_value(uncertainty: np.ndarray, novelty_: np.ndarray, density: np.ndarray,
+def active_weights(weights: dict[str, float]) -> dict[str, float]:
+    """The positive weights of the hybrid value; raises ValueError for unknown terms or no positive weight."""
+    unknown = set(weights) - set(WEIGHT_TERMS)
+    if unknown:
+        raise ValueError(f"unknown selection weights {sorted(unknown)}; use {list(WEIGHT_TERMS)}")
+    active = {k: float(w) for k, w in weights.items() if w > 0}
+    if not active:
+        raise ValueError("selection weights must have at least one positive weight")
+    return active
+
+
+def hybrid_value(uncertainty: np.ndarray, novelty_: np.ndarray | None, density: np.ndarray | None,
                  weights: dict[str, float]) -> np.ndarray:
     """The ``learn`` value: a weighted mean of rank-normalised uncertainty, novelty and density, in [0, 1].
 
     With the default weights (uncertainty only) this is the uncertainty itself, unnormalised, so the pool order
-    and the scores keep the strategy's meaning."""
+    and the scores keep the strategy's meaning. A term with no weight may be None (it is not computed)."""
     terms = dict(zip(WEIGHT_TERMS, (uncertainty, novelty_, density)))
-    unknown = set(weights) - set(terms)
-    if unknown:
-        raise ValueError(f"unknown selection weights {sorted(unknown)}; use {sorted(terms)}")
-    active = {k: float(w) for k, w in weights.items() if w > 0}
-    if not active:
-        raise ValueError("selection weights must have at least one positive weight")
+    active = active_weights(weights)
+    if any(terms[k] is None for k in active):
+        raise ValueError(f"every weighted term is needed; weights {active}")
     if list(active) == ["uncertainty"]:
         return np.clip(np.nan_to_num(uncertainty, nan=1.0), 0.0, 1.0)
     total = sum(active.values())
@@ -187,11 +195,16 @@ def rank_pool(embeddings: np.ndarray, keys: Sequence[str | int], params: Selecti
         raise ValueError("one key (and one uncertainty) per task is needed")
     if n == 0:
         return Ranking(np.zeros(0, dtype=np.int64), np.zeros(0), [], 0.0)
-    density = representativeness(embeddings, embeddings if reference is None else reference, params.neighbours)
+    weights = active_weights(params.weights)
+    density = novelty_ = None  # each costs a pass over the pool: computed only when used
+    if uncertainty is None or "density" in weights:
+        density = representativeness(embeddings, embeddings if reference is None else reference, params.neighbours)
+    if uncertainty is not None and "novelty" in weights:
+        novelty_ = novelty(embeddings, labelled)
     if uncertainty is None:
         value, rest_value = None, density
     else:
-        value = rest_value = hybrid_value(uncertainty, novelty(embeddings, labelled), density, params.weights)
+        value = rest_value = hybrid_value(uncertainty, novelty_, density, weights)
     front, reasons = greedy_front(embeddings, value, labelled, params.front_size, 2 if explore else 0, params.seed,
                                   params.neighbours)
     if uncertainty is None and (labelled is None or len(labelled) == 0):
