@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import jwt
 import requests
@@ -139,31 +140,31 @@ class LabelStudioClient:
         resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
         return int((resp or {}).get("deleted_predictions", 0))
 
-    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int]]:
-        """(prediction id, task id) of every prediction of ``version`` in the project.
+    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int, float | None]]:
+        """(prediction id, task id, score) of every prediction of ``version`` in the project.
 
         One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version, so
         the version is filtered here (10k predictions are a few MB, once per scoring job).
         """
         items = self._raw("GET", f"api/predictions/?project={int(project_id)}") or []
-        return [(int(p["id"]), int(p["task"])) for p in items if p.get("model_version") == version]
+        return [(int(p["id"]), int(p["task"]), p.get("score")) for p in items if p.get("model_version") == version]
 
     def delete_prediction(self, prediction_id: int) -> bool:
         """Delete one prediction; False if it was already gone (another job or LS deleted it)."""
         return self._raw("DELETE", f"api/predictions/{int(prediction_id)}/", missing_ok=True) is not _MISSING
 
-    def remove_duplicate_predictions(self, project_id: int, version: str) -> int:
-        """Keep one prediction of ``version`` per task (the newest), delete the others; returns how many went.
+    def remove_duplicate_predictions(self, project_id: int, version: str, scores: Mapping[int, float]) -> int:
+        """Keep one prediction of ``version`` per task, delete the others; returns how many went. The one kept has
+        the task's score in ``scores`` (the version's own score of the task) if any does, else it is the newest.
 
         LS never upserts (task, model_version): LS's own /predict results (e.g. "Retrieve predictions") and our
         background import of the same version both land, and a task with two rows ranks at the lower score.
         """
-        newest: dict[int, int] = {}
-        extras: list[int] = []
-        for pred_id, task_id in sorted(self.predictions_of_version(project_id, version)):
-            if task_id in newest:
-                extras.append(newest[task_id])
-            newest[task_id] = pred_id
+        by_task: dict[int, list[tuple[bool, int]]] = {}
+        for pred_id, task_id, score in self.predictions_of_version(project_id, version):
+            ours = score is not None and task_id in scores and math.isclose(score, scores[task_id], abs_tol=1e-9)
+            by_task.setdefault(task_id, []).append((ours, pred_id))
+        extras = [pred_id for rows in by_task.values() for _, pred_id in sorted(rows)[:-1]]
         deleted = sum(self.delete_prediction(pred_id) for pred_id in extras)
         if extras:
             log.info("project %s: deleted %d duplicate predictions of %s", project_id, deleted, version)

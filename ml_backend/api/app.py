@@ -137,11 +137,11 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
                 log.error("project %s: could not enqueue the first scoring (Redis: %s)", state.record.project_id, exc)
         return JSONResponse({"model_version": state.version.version})
 
-    def follow_predict(project_id: int) -> None:
+    def follow_predict(project_id: int, n_predictions: int) -> None:
         """After /predict answered: LS saves what it got, perhaps beside our own import of the same version
         ("Retrieve predictions" while the pool is scored); a debounced job keeps one prediction per task."""
         try:
-            backend.queue().predicted(project_id)
+            backend.queue().predicted(project_id, n_predictions)
         except RedisError as exc:  # /predict keeps serving without Redis; the next import dedupes too
             log.warning("project %s: no duplicate clean-up after /predict (Redis: %s)", project_id, exc)
 
@@ -176,7 +176,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         backend.counters["tasks_scored"] += scored
         log.info("predict project %s: %d tasks in %.3f s", project_id, len(outcomes), time.perf_counter() - started)
         if scored:
-            background.add_task(follow_predict, project_id)
+            background.add_task(follow_predict, project_id, scored)
         return JSONResponse({"results": results, "model_version": state.version.version})
 
     @app.post("/webhook")

@@ -38,13 +38,16 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
 #: slots of the coalesced job kinds: the Redis key (under ``al:<queue>:``) naming the one waiting job
 TRAIN_SLOT, RESCORE_SLOT, DEDUPE_SLOT = "pending", "pending:rescore", "pending:dedupe"
-#: seconds after the last /predict of a project before its duplicate predictions are looked for: LS saves what
-#: /predict returned only after our answer (e.g. "Retrieve predictions" racing our own import of the version)
-DEDUPE_AFTER = 10.0
+#: LS saves what /predict returned only after our answer, one prediction at a time (~0.1 s each measured on
+#: SQLite, 2 cores), e.g. "Retrieve predictions" racing our own import of the version: duplicates are looked for
+#: ``DEDUPE_AFTER`` seconds plus ``DEDUPE_PER_TASK`` per returned prediction after the last /predict answered
+DEDUPE_AFTER, DEDUPE_PER_TASK = 10.0, 0.25
 #: seconds before each extra re-score once rq's own retries are spent (LS down for longer than ~3 minutes):
 #: bounded, so a project whose LS is gone for good stops costing work after about a day
 LATE_RETRIES = (600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)
 _CLEAR_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+_SET_MAX = ("local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
+            "if tonumber(ARGV[1]) > cur then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0")
 
 
 def connect(redis_url: str) -> Redis:
@@ -175,20 +178,21 @@ class JobQueue:
     def request_score_new(self, project_id: int, tasks: list[dict[str, Any]]) -> str:
         return self._enqueue(SCORE_NEW, project_id, tasks).id
 
-    def predicted(self, project_id: int) -> str:
-        """Record that /predict answered for the project and make sure a duplicate clean-up follows it: one
-        waiting job, run once no /predict came for ``DEDUPE_AFTER`` seconds (it postpones itself otherwise)."""
-        self.redis.set(self.key("predicted", project_id), time.time(), ex=self.job_timeout)
-        return self.request_dedupe(project_id, DEDUPE_AFTER)
+    def predicted(self, project_id: int, n_predictions: int) -> str:
+        """Record that /predict returned ``n_predictions`` for the project and make sure a duplicate clean-up
+        follows once LS should have saved them: one waiting job (it postpones itself past later /predicts)."""
+        delay = DEDUPE_AFTER + DEDUPE_PER_TASK * n_predictions
+        self.redis.eval(_SET_MAX, 1, self.key("predicted", project_id), time.time() + delay, self.job_timeout)
+        return self.request_dedupe(project_id, delay)
 
     def request_dedupe(self, project_id: int, delay: float) -> str:
         """The waiting duplicate clean-up of the project, scheduled in ``delay`` seconds if none waits."""
         return self._coalesced(DEDUPE_SLOT, DEDUPE, project_id, delay=delay)
 
-    def quiet_for(self, project_id: int) -> float:
-        """Seconds since the project's last /predict (infinite if none is recorded)."""
-        last = self.redis.get(self.key("predicted", project_id))
-        return time.time() - float(last) if last is not None else float("inf")
+    def dedupe_wait(self, project_id: int) -> float:
+        """Seconds until LS should have saved what the project's last /predict answers returned (<= 0: now)."""
+        until = self.redis.get(self.key("predicted", project_id))
+        return float(until) - time.time() if until is not None else 0.0
 
     # -- status -----------------------------------------------------------------------------------------------
     def recent_jobs(self, project_id: int) -> list[dict[str, Any]]:

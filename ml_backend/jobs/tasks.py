@@ -15,6 +15,7 @@ Every import is followed by the removal of duplicate predictions of the version 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -125,14 +126,22 @@ def _lacks(task: dict[str, Any], version: str) -> bool:
     return not is_labelled(task) and not any(p.get("model_version") == version for p in task.get("predictions") or [])
 
 
+def _version_scores(ctx: context.WorkerContext, project_id: int, version: str) -> dict[int, float]:
+    """The scores the version's last pool scoring gave (what /predict answers too): a duplicate with another score
+    is a stale /predict result saved by LS before that pool scoring, the one to drop."""
+    ranking = ctx.registry.ranking(project_id, version)
+    return ranking.scores if ranking is not None else {}
+
+
 def _import(ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]],
             lock: ProjectLock) -> int:
-    """Import while we still hold the scoring lock, then keep one prediction of the version per task."""
+    """Import while we still hold the scoring lock, then keep one prediction of the version per task (ours)."""
     lock.ensure_owned(f"importing {len(predictions)} predictions")
     _progress("importing predictions", 0, len(predictions))
     created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
     if created:
-        ctx.ls.remove_duplicate_predictions(project_id, version)
+        ours = {**_version_scores(ctx, project_id, version), **{p["task"]: p["score"] for p in predictions}}
+        ctx.ls.remove_duplicate_predictions(project_id, version, ours)
     return created
 
 
@@ -172,10 +181,15 @@ def _rescore_pool(ctx: context.WorkerContext, project_id: int, state: ProjectSta
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
     _progress("listing tasks in Label Studio")
     tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
-    todo = [t for t in tasks if _lacks(t, version)]
-    predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
-                                              ctx.settings.score_batch_size, "rescore", whole_pool=True)
-    created = _import(ctx, project_id, version, predictions, lock)
+    # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
+    # a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
+    scored, skipped = _score_and_collect(ctx.service, state, tasks, state.version,
+                                         ctx.settings.score_batch_size, "rescore", whole_pool=True)
+    stored = {t["id"]: [p.get("score") for p in t.get("predictions") or [] if p.get("model_version") == version]
+              for t in tasks}
+    predictions = [p for p in scored if not any(s is not None and math.isclose(s, p["score"], abs_tol=1e-9)
+                                                for s in stored.get(p["task"], []))]
+    created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
     if version not in ctx.ls.model_versions(project_id):
         # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
         # version without predictions, and the older predictions are all the queue has
@@ -232,11 +246,13 @@ def dedupe_predictions(project_id: int) -> dict[str, Any]:
     """Keep one prediction of the current version per task once /predict has been quiet for a while."""
     ctx = context.current()
     ctx.queue.started(DEDUPE_SLOT, project_id, _job_id(f"dedupe-{project_id}-local"))
-    wait = DEDUPE_AFTER - ctx.queue.quiet_for(project_id)
-    if wait > 0:  # LS may still be saving what a recent /predict returned: look once it is quiet
-        _progress("postponed: /predict is still being called", wait=round(wait, 1))
+    wait = ctx.queue.dedupe_wait(project_id)
+    if wait > 0:  # LS may still be saving what a recent /predict returned: look once it should be done
+        _progress("postponed: LS may still be saving /predict results", wait=round(wait, 1))
         return {"postponed": ctx.queue.request_dedupe(project_id, wait)}
     version = ctx.service.state(project_id).version.version
-    deleted = ctx.ls.remove_duplicate_predictions(project_id, version)
-    _progress("done", deleted=deleted)
-    return {"version": version, "deleted": deleted}
+    deleted = ctx.ls.remove_duplicate_predictions(project_id, version, _version_scores(ctx, project_id, version))
+    # duplicates found: LS may still be saving (a slow save outlasts any fixed wait); look again until none is left
+    again = ctx.queue.request_dedupe(project_id, DEDUPE_AFTER) if deleted else None
+    _progress("done", deleted=deleted, next_pass=again)
+    return {"version": version, "deleted": deleted, "next_pass": again}

@@ -60,23 +60,24 @@ def test_errors_say_what_to_check(ls_server, project):
         LabelStudioClient("localhost:8080", "x")
 
 
-def test_duplicates_of_a_version_are_removed_keeping_the_newest_per_task(ls_server, project):
+def test_duplicates_of_a_version_are_removed_keeping_ours_else_the_newest(ls_server, project):
     client = LabelStudioClient(ls_server.url, ls_server.token)
     pid, ids = project
     pool = ids[2:]
-    first = [{"task": t, "result": [], "score": 0.25, "model_version": "m-v3-x"} for t in pool]
-    client.import_predictions(pid, first)
-    # LS's own /predict results raced our import: a second row for two tasks; another version is left alone
-    raced = [{"task": t, "result": [], "score": 0.75, "model_version": "m-v3-x"} for t in pool[:2]]
+    ours = {t: 0.25 for t in pool}
+    client.import_predictions(pid, [{"task": t, "result": [], "score": ours[t], "model_version": "m-v3-x"}
+                                    for t in pool])
+    # LS's own /predict results raced our import: later rows for three tasks; another version is left alone
+    raced = [{"task": t, "result": [], "score": 0.75, "model_version": "m-v3-x"} for t in pool[:3]]
     client.import_predictions(pid, raced)
     client.import_predictions(pid, [{"task": pool[0], "result": [], "score": 0.5, "model_version": "other"}])
     before = client.predictions_of_version(pid, "m-v3-x")
-    assert len(before) == len(pool) + 2
-    assert client.remove_duplicate_predictions(pid, "m-v3-x") == 2
+    assert len(before) == len(pool) + 3
+    # our score is known for all but pool[2]: there the newest row stays
+    assert client.remove_duplicate_predictions(pid, "m-v3-x", {t: ours[t] for t in pool if t != pool[2]}) == 3
     after = client.predictions_of_version(pid, "m-v3-x")
-    assert sorted(task for _, task in after) == sorted(pool)  # one per task
-    newest = {task: pred for pred, task in sorted(before)}
-    assert sorted(after) == sorted((pred, task) for task, pred in newest.items())
+    assert sorted(task for _, task, _ in after) == sorted(pool)  # one per task
+    assert {task: score for _, task, score in after} == {**ours, pool[2]: 0.75}
     assert client.model_versions(pid)["other"] == 1
-    assert client.remove_duplicate_predictions(pid, "m-v3-x") == 0
-    assert not client.delete_prediction(after[0][0] + 10_000)  # already gone: not an error
+    assert client.remove_duplicate_predictions(pid, "m-v3-x", ours) == 0
+    assert not client.delete_prediction(max(pred for pred, _, _ in after) + 10_000)  # already gone: no error

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from rq.job import Job
 
-from ml_backend.jobs.queue import DEDUPE_AFTER, RESCORE_SLOT, JobQueue, connect, last_error
+from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_PER_TASK, RESCORE_SLOT, JobQueue, connect, last_error
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -86,13 +86,14 @@ def test_last_error_is_cleared_by_a_later_finished_job_of_the_same_kind():
     assert last_error([]) is None
 
 
-def test_predict_schedules_one_debounced_dedupe(queue):
-    assert queue.quiet_for(6) == float("inf")
-    first = queue.predicted(6)
-    assert {queue.predicted(6) for _ in range(10)} == {first}
-    assert queue.quiet_for(6) < 1.0
+def test_predict_schedules_one_dedupe_after_ls_should_have_saved_every_prediction(queue):
+    assert queue.dedupe_wait(6) == 0.0
+    first = queue.predicted(6, 100)  # LS saves 100 predictions after our answer
+    expected = DEDUPE_AFTER + 100 * DEDUPE_PER_TASK
     at = queue.queue.scheduled_job_registry.get_scheduled_time(first).timestamp()
-    assert time.time() + DEDUPE_AFTER - 2 <= at <= time.time() + DEDUPE_AFTER + 1
+    assert time.time() + expected - 2 <= at <= time.time() + expected + 1
+    assert {queue.predicted(6, 1) for _ in range(10)} == {first}  # one waiting clean-up
+    assert expected - 2 <= queue.dedupe_wait(6) <= expected  # a small /predict later does not shorten the wait
     assert queue.recent_jobs(6)[0]["kind"] == "dedupe"
 
 
