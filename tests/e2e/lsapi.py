@@ -125,6 +125,12 @@ class LSApi:
     def update_annotation(self, annotation_id: int, result: list) -> dict:
         return self.call("PATCH", f"/api/annotations/{annotation_id}/", json={"result": result})
 
+    def retrieve_predictions(self, pid: int) -> dict:
+        """The Data Manager action "Retrieve Predictions" on every task: LS calls the backend's /predict for the
+        tasks lacking a prediction of the ML backend's version, inside this request, and saves what it gets."""
+        return self.call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+                         json={"selectedItems": {"all": True, "excluded": []}})
+
     # ------------------------------------------------------------------ ML backend (SDK)
     def sdk(self):
         from label_studio_sdk import LabelStudio
