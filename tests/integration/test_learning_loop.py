@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
+from rq.job import Job
 
 from ml_backend.datasets import rotten_tomatoes
 from ml_backend.registry import Registry
-from tests.lsserver import stop_process_group, tail_file
+from tests.lsserver import free_port, stop_process_group, tail_file
 
 CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
           '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
@@ -359,3 +364,65 @@ def test_a_label_config_change_during_a_training_is_not_overwritten(loop, ls_ser
     after_change = [v for v in reg.versions(project_id) if v.number > reg.get_version(project_id, changed).number]
     assert after_change and all(set(v.metrics["class_counts"]) == {"fresh", "rotten", "meh"} for v in after_change)
     assert reg.current(project_id).version in {v.version for v in after_change}
+
+
+class Forwarder:
+    """A TCP relay from a local port to Label Studio: LS "is down" until it starts (nothing listens there)."""
+
+    def __init__(self, port: int, target: str):
+        self.target = (urlparse(target).hostname, urlparse(target).port)
+        self.server = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_a_first_scoring_that_failed_for_good_is_retried_once_label_studio_is_back(start_loop, ls_server):
+    port = free_port()
+    client, _ = start_loop(LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", JOB_RETRIES="0", LABEL_STUDIO_TIMEOUT="5")
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=20, n_labelled=0)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+
+    def waiting_retry():
+        status = client.get(f"/projects/{project_id}/status").json()
+        late = [j for j in status["jobs"] if j["kind"] == "rescore" and j["status"] == "scheduled"]
+        return status if late and status["last_error"] else None
+
+    status = wait_for("a later re-score to be scheduled after the failure", waiting_retry, timeout=120)
+    assert "cannot reach Label Studio" in status["last_error"], status["last_error"]
+    (late,) = [j for j in status["jobs"] if j["status"] == "scheduled"]
+    assert late["meta"]["late_round"] == 1 and [j["status"] for j in status["jobs"]] == ["scheduled", "failed"]
+
+    forwarder = Forwarder(port, ls_server.url)  # Label Studio is back
+    try:
+        queue = client.app.state.backend.queue()
+        # skip the 10 minutes the late re-score would wait: make it due now, the worker's scheduler enqueues it
+        queue.queue.scheduled_job_registry.schedule(Job.fetch(late["id"], connection=queue.redis),
+                                                    datetime.now(timezone.utc))
+        status = wait_for("the pool to be scored", lambda: settled(client, ls_server, project_id, min_jobs=2))
+    finally:
+        forwarder.close()
+    assert status["jobs"][0]["id"] == late["id"] and status["jobs"][0]["status"] == "finished"
+    assert status["last_error"] is None
+    assert len(predictions_by_task(ls_server, project_id)) == 20
