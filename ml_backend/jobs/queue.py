@@ -9,9 +9,10 @@ Re-scores are coalesced the same way: a waiting re-score brings LS up to the ver
 *starts*, so a burst of versions (or of requests) costs at most two re-scores per project.
 
 Redis keys, namespaced by queue name so that several deployments (or test sessions) can share one Redis:
-``al:<queue>:pending:<p>`` / ``al:<queue>:pending:rescore:<p>`` = id of the waiting training / re-score job
-(cleared by that job when it starts), ``al:<queue>:labels:<p>`` = new labels since the last training started,
-``al:<queue>:jobs:<p>`` = recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
+``al:<queue>:pending[:rescore|:dedupe]:<p>`` = id of the waiting training / re-score / duplicate clean-up (cleared
+by that job when it starts), ``al:<queue>:labels:<p>`` = new labels since the last training started,
+``al:<queue>:predicted:<p>`` = when LS should have saved what /predict last returned, ``al:<queue>:jobs:<p>`` =
+recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
 """
 
 from __future__ import annotations

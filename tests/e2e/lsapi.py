@@ -197,5 +197,6 @@ def wait_for(check: Callable[[], tuple[bool, Any]], timeout: float, what: str, i
         if time.monotonic() - t0 > timeout:
             if not isinstance(state, str):
                 state = json.dumps(state, indent=1, default=str)
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last state:\n{_short(state, 4000)}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; "
+                                 f"last state:\n{_short(state, 4000)}")
         time.sleep(interval)
