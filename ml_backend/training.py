@@ -142,8 +142,8 @@ def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min
     tasks where exactly one is right carry evidence (sign test). Too few fair tasks: promote, the newer model has
     seen more labels."""
     n = len(new_correct)
-    new_acc = float(np.mean(new_correct)) if n else float("nan")
-    cur_acc = float(np.mean(current_correct)) if n else float("nan")
+    new_acc = float(np.mean(new_correct)) if n else None  # None, not NaN: metrics are stored as plain JSON
+    cur_acc = float(np.mean(current_correct)) if n else None
     worse = int(np.sum(current_correct & ~new_correct))
     better = int(np.sum(new_correct & ~current_correct))
     p = sign_test_p(worse, better)
@@ -151,7 +151,7 @@ def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min
                "fair_current_wrong_only": better, "fair_p_worse": p}
     if n < min_fair:
         return True, f"{n} fair held-out tasks (< {min_fair}): promoted", figures
-    if p < alpha and new_acc < cur_acc - tolerance:
+    if new_acc is not None and cur_acc is not None and p < alpha and new_acc < cur_acc - tolerance:
         return False, (f"worse than the current version on {n} fair held-out tasks ({new_acc:.3f} vs {cur_acc:.3f}, "
                        f"p={p:.3g}): kept the current version"), figures
     return True, f"fair held-out accuracy {new_acc:.3f} vs current {cur_acc:.3f} on {n} tasks: promoted", figures
@@ -288,8 +288,9 @@ def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[
     metrics = {**decision.metrics, "skipped_tasks": len(skipped), "ignored_labels": stats.unknown_labels}
     promote, note = decision.promote, decision.note
     if not still_owner():
-        report("stopped: the project lock was lost", len(ok), len(kept))
-        return TrainResult(None, False, trained, "the training lost its project lock; nothing published", len(ok), skipped)
+        reason = "the training may no longer publish (its lock or the project's config changed); nothing published"
+        report("not published", len(ok), len(kept), reason=reason)
+        return TrainResult(None, False, trained, reason, len(ok), skipped)
     newer = [v for v in registry.versions(project_id) if v.created_at >= started and v.n_labels >= len(task_ids)]
     if newer:
         reason = f"version {newer[-1].version} on {newer[-1].n_labels} labels appeared meanwhile; nothing published"

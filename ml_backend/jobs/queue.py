@@ -87,7 +87,8 @@ class JobQueue:
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> "JobQueue":
         """The queue the web app and the workers share: same name, timeouts, retries (one place builds it)."""
-        return cls(redis, settings.queue_name, settings.job_timeout, settings.job_retries, settings.retrain_every)
+        return cls(redis, settings.queue_name, settings.job_timeout, settings.job_retries, settings.retrain_every,
+                   late_retries=settings.late_retries)
 
     def key(self, kind: str, project_id: int) -> str:
         """A Redis key of this queue's namespace: ``pending``, ``labels``, ``jobs``, ``lock:train``, ``lock:score``."""
