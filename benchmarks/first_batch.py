@@ -17,9 +17,10 @@ import warnings
 import numpy as np
 import torch
 
-from ml_backend import simulation as sim
+from ml_backend.simulation import loop as sim
 from ml_backend.core.strategies import STRATEGIES
-from ml_backend.ranking import rank_version
+from ml_backend.learning.ranking import rank_version
+from ml_backend.tasktypes import SINGLE_CHOICE
 
 
 def mean_cos(V: np.ndarray) -> float:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in [s for base in STRATEGIES for s in (base + sim.TOPK, base)]:
             clf = sim._classifier(prep, sim.strategy_config(prep.config, name))
             clf.fit(X[init], y[init], seed=seed)
-            view = rank_version(clf, X[pool], [int(train[i]) for i in pool], seed, labelled=X[init], reference=None,
+            view = rank_version(SINGLE_CHOICE, clf, X[pool], [int(train[i]) for i in pool], seed, labelled=X[init], reference=None,
                                 explore=False)
             pick = pool[view.ranking.order[: args.batch]]
             print(f"| {seed} | {name} | {np.bincount(y[pick], minlength=10).tolist()} | {len(set(y[pick]))} | "

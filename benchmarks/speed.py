@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml_backend import datasets
+from ml_backend.simulation import datasets
 from ml_backend.core.strategies import normalized_uncertainty, to_ls_score
-from ml_backend.modelconfig import load_model_config
+from ml_backend.models.config import load_model_config
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.image import load_image
 from ml_backend.models.pool import EncoderPool

@@ -11,18 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from pathlib import Path
 
 from ml_backend.settings import Settings
-from ml_backend.simulation import add_simulate_parser
+from ml_backend.simulation.cli import add_simulate_parser
 
 log = logging.getLogger("ml_backend")
 
@@ -31,105 +24,10 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LocalRedis:
-    """A Redis for single-machine use: the real server if installed, else an embedded compatible one."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._server = None
-        binary = shutil.which("redis-server")
-        if binary:
-            workdir = tempfile.mkdtemp(prefix="ml-backend-redis-")
-            self._proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            kind = f"redis-server (PID {self._proc.pid})"
-        else:
-            from fakeredis import TcpFakeServer
-
-            self._server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
-            threading.Thread(target=self._server.serve_forever, daemon=True, name="fakeredis").start()
-            kind = "embedded fakeredis server"
-        self._wait()
-        log.info("no REDIS_URL: started a local %s at %s", kind, self.url)
-
-    def _wait(self) -> None:
-        from redis import Redis
-
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the local Redis at {self.url} did not start")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self._proc:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-        if self._server:
-            self._server.shutdown()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the serving process dies, even by SIGKILL (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-class WorkerSupervisor:
-    """Runs ``ml-backend worker`` as a child process and restarts it (with backoff) if it dies."""
-
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="worker-supervisor")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        backoff = 1.0
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker"], env=self.env,
-                                         preexec_fn=_die_with_parent)
-            log.info("started worker process %s", self.proc.pid)
-            code = self.proc.wait()
-            if self._stopping.is_set():
-                return
-            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
-            log.error("worker process exited with %s; restarting in %.0f s", code, backoff)
-            self._stopping.wait(backoff)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
+
+    from ml_backend.jobs.worker import LocalRedis, WorkerSupervisor
 
     from ml_backend.api.app import create_app
 
@@ -155,19 +53,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from rq import Queue, Worker
-
-    from ml_backend.jobs import context
-    from ml_backend.jobs.queue import connect
+    from ml_backend.jobs.worker import run_worker
 
     settings = Settings()
     if not settings.redis_url:
         sys.exit("ml-backend worker needs REDIS_URL (or use `ml-backend serve`, which starts one)")
-    # load models once, before rq forks a work horse per job: every job starts warm (copy-on-write)
-    context.install(context.WorkerContext.build(settings, preload=not args.no_preload))
-    redis = connect(settings.redis_url)
-    worker = Worker([Queue(settings.queue_name, connection=redis)], connection=redis)
-    worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    run_worker(settings, burst=args.burst, preload=not args.no_preload)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,23 +17,21 @@ from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 
 from ml_backend import __version__
 from ml_backend.api.errors import error, install_error_handlers
 from ml_backend.api.schemas import PredictRequest, SetupRequest
-from ml_backend.jobs.queue import JobQueue, connect, last_error
-from ml_backend.labelconfig import UnsupportedConfig
-from ml_backend.lsclient import LabelStudioClient, LabelStudioError
+from ml_backend.jobs.queue import JobQueue, QueueUnavailable, connect, last_error
+from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
+from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
-from ml_backend.registry import Registry
-from ml_backend.service import ScoringService, UnknownProject
+from ml_backend.learning.registry import Registry
+from ml_backend.learning.service import ScoringService, UnknownProject
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TRAIN_EVENTS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED"}
 
 
 class Backend:
@@ -43,37 +41,25 @@ class Backend:
         self.settings = settings
         self.registry = Registry(settings.projects_dir)
         fetch = None
-        if settings.label_studio_url and settings.label_studio_api_key:
-            try:
-                ls = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
-                                       settings.label_studio_timeout, settings.files_dir)
-                fetch = ls.fetch_file
-            except LabelStudioError as exc:
-                log.error("Label Studio client disabled: %s", exc)
-        self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), fetch)
+        try:
+            fetch = LabelStudioClient.from_settings(settings).fetch_file
+        except LabelStudioError as exc:  # text projects work without it; images need it (said per task)
+            log.warning("no Label Studio client, images cannot be downloaded: %s", exc)
+        self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), fetch, parse_label_config)
         self.counters: Counter[str] = Counter()
         self._queue: JobQueue | None = None
         self._queue_lock = threading.Lock()
 
     def queue(self) -> JobQueue:
-        """The job queue; raises RedisError (-> 503) when Redis is not configured or down."""
+        """The job queue; raises QueueUnavailable (-> 503) when Redis is not configured or down."""
         if not self.settings.redis_url:
-            raise RedisError("REDIS_URL is not set")
+            raise QueueUnavailable("REDIS_URL is not set")
         with self._queue_lock:
             if self._queue is None:
                 s = self.settings
                 self._queue = JobQueue.from_settings(connect(s.redis_url), s)
         self._queue.redis.ping()
         return self._queue
-
-
-def _label_count(action: str, payload: dict[str, Any]) -> int:
-    """New labels an event carries: skips (was_cancelled) and empty results are not labels."""
-    if action == "ANNOTATIONS_DELETED":
-        return max(1, len(payload.get("annotations") or []))
-    annotations = payload.get("annotation")
-    annotations = annotations if isinstance(annotations, list) else [annotations]
-    return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
 
 
 def _json_safe(value: Any) -> Any:
@@ -86,18 +72,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _project_id(payload: dict[str, Any]) -> int | None:
-    project = payload.get("project")
-    if isinstance(project, dict) and isinstance(project.get("id"), int):
-        return project["id"]
-    if isinstance(project, int):
-        return project
-    annotation = payload.get("annotation")
-    if isinstance(annotation, dict) and isinstance(annotation.get("project"), int):
-        return annotation["project"]
-    return None
 
 
 def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
@@ -125,7 +99,8 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     @app.post("/setup")
     def setup(body: SetupRequest) -> JSONResponse:
         try:
-            state, is_new = backend.service.register(body.project, body.schema_, body.extra_params)
+            state, is_new = backend.service.register(project_id_of_key(body.project), body.project,
+                                                     body.schema_, body.extra_params)
         except UnsupportedConfig as exc:
             return error(422, str(exc))
         except (FileNotFoundError, ValueError) as exc:  # unknown or mismatched model config
@@ -133,7 +108,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         if is_new:  # first connection (or a new label set): score the whole pool in the background
             try:
                 backend.queue().request_rescore(state.record.project_id)
-            except RedisError as exc:
+            except QueueUnavailable as exc:
                 log.error("project %s: could not enqueue the first scoring (Redis: %s)", state.record.project_id, exc)
         return JSONResponse({"model_version": state.version.version})
 
@@ -142,7 +117,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         ("Retrieve predictions" while the pool is scored); a debounced job keeps one prediction per task."""
         try:
             backend.queue().predicted(project_id, n_predictions)
-        except RedisError as exc:  # /predict keeps serving without Redis; the next import dedupes too
+        except QueueUnavailable as exc:  # /predict keeps serving without Redis; the next import dedupes too
             log.warning("project %s: no duplicate clean-up after /predict (Redis: %s)", project_id, exc)
 
     @app.post("/predict")
@@ -153,7 +128,8 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(400, "cannot tell the project: send 'project' as LS does ('<id>.<timestamp>')")
         try:
             if body.label_config:  # LS sends the config with every request: keeps us in sync after edits
-                state, _ = backend.service.register(body.project_key() or str(project_id), body.label_config)
+                state, _ = backend.service.register(project_id, body.project_key() or str(project_id),
+                                                    body.label_config)
             else:
                 state = backend.service.state(project_id)
         except UnknownProject as exc:
@@ -185,31 +161,27 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             payload = await request.json()
         except ValueError:
             return error(400, "the body is not valid JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
-            return error(400, "expected a JSON object with an 'action'")
-        action = payload["action"]
-        if action not in TRAIN_EVENTS | {"START_TRAINING", "TASKS_CREATED"}:
-            return JSONResponse({"status": "Unknown event", "action": action}, status_code=200)
-        project_id = _project_id(payload)
-        if project_id is None:
-            return error(400, f"{action}: payload has no project id")
-        if backend.registry.get_project(project_id) is None:
-            return error(404, f"project {project_id} is unknown: connect it to this backend in Label Studio first")
+        try:
+            event = parse_event(payload)
+        except BadEvent as exc:
+            return error(400, str(exc))
+        if not event.handled:
+            return JSONResponse({"status": "Unknown event", "action": event.action}, status_code=200)
+        if backend.registry.get_project(event.project_id) is None:
+            return error(404, f"project {event.project_id} is unknown: connect it to this backend in Label Studio first")
         try:
             queue = backend.queue()
-            if action == "TASKS_CREATED":
-                tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict)]
-                job_id = queue.request_score_new(project_id, tasks) if tasks else None
-                return JSONResponse({"status": "ok", "job": job_id, "tasks": len(tasks)}, status_code=201)
-            labels = 0 if action == "START_TRAINING" else _label_count(action, payload)
-            if action != "START_TRAINING" and labels == 0:
+            if event.creates_tasks:
+                job_id = queue.request_score_new(event.project_id, event.tasks) if event.tasks else None
+                return JSONResponse({"status": "ok", "job": job_id, "tasks": len(event.tasks)}, status_code=201)
+            if not event.forces_training and event.labels == 0:
                 return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"})
-            job_id = queue.add_labels(project_id, labels, force=action == "START_TRAINING")
-        except RedisError as exc:
+            job_id = queue.add_labels(event.project_id, event.labels, force=event.forces_training)
+        except QueueUnavailable as exc:
             backend.counters["webhooks_refused"] += 1
             return error(503, f"the job queue (Redis) is unavailable: {exc}")
         backend.counters["webhooks_accepted"] += 1
-        return JSONResponse({"status": "ok", "job": job_id, "labels": labels}, status_code=201)
+        return JSONResponse({"status": "ok", "job": job_id, "labels": event.labels}, status_code=201)
 
     @app.get("/versions")
     def versions(project: int | None = None) -> dict[str, Any]:
@@ -239,7 +211,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         try:
             body["jobs"] = backend.queue().recent_jobs(project_id)
             body["last_error"] = last_error(body["jobs"])
-        except RedisError as exc:
+        except QueueUnavailable as exc:
             body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
         return JSONResponse(_json_safe(body))
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ml_backend.labelstudio.webhooks import project_id_of_key
+
 
 class _LSBody(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -22,7 +24,7 @@ class SetupRequest(_LSBody):
     @classmethod
     def _project_key(cls, value: Any) -> str:
         value = str(value)
-        if not value.split(".", 1)[0].isdigit():
+        if project_id_of_key(value) is None:
             raise ValueError("project must look like '<id>' or '<id>.<timestamp>'")
         return value
 
@@ -35,8 +37,8 @@ class PredictRequest(_LSBody):
 
     def project_id(self) -> int | None:
         """The project id from ``project``, else from the first task's ``project`` field."""
-        if self.project is not None and str(self.project).split(".", 1)[0].isdigit():
-            return int(str(self.project).split(".", 1)[0])
+        if self.project is not None and project_id_of_key(self.project) is not None:
+            return project_id_of_key(self.project)
         for task in self.tasks:
             if isinstance(task, dict) and isinstance(task.get("project"), int):
                 return task["project"]

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ml_backend.core.coldstart import representativeness, unit_rows
+from ml_backend.core.density import representativeness, unit_rows
 from ml_backend.core.strategies import to_ls_score
 
 #: phases of the pool order, recorded per task as the reason it was ranked where it is

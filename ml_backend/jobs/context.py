@@ -13,12 +13,13 @@ from functools import cached_property
 from redis import Redis
 
 from ml_backend.jobs.queue import JobQueue, connect
-from ml_backend.lsclient import LabelStudioClient, LabelStudioError
-from ml_backend.modelconfig import load_model_config
+from ml_backend.labelstudio.client import LabelStudioClient
+from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.models.config import load_model_config
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
-from ml_backend.registry import Registry
-from ml_backend.service import ScoringService
+from ml_backend.learning.registry import Registry
+from ml_backend.learning.service import ScoringService
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,15 +48,11 @@ class WorkerContext:
 
     @cached_property
     def ls(self) -> LabelStudioClient:
-        s = self.settings
-        if not s.label_studio_url or not s.label_studio_api_key:
-            raise LabelStudioError("the worker needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to fetch labels and "
-                                   "push predictions")
-        return LabelStudioClient(s.label_studio_url, s.label_studio_api_key, s.label_studio_timeout, s.files_dir)
+        return LabelStudioClient.from_settings(self.settings)
 
     @cached_property
     def service(self) -> ScoringService:
-        return ScoringService(self.settings, self.registry, self.encoders, self.ls.fetch_file)
+        return ScoringService(self.settings, self.registry, self.encoders, self.ls.fetch_file, parse_label_config)
 
     @cached_property
     def redis(self) -> Redis:

@@ -23,12 +23,16 @@ from datetime import timedelta
 from typing import Any, Sequence
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.results import Result
 
 from ml_backend.settings import Settings
+
+#: what the web app catches when the queue cannot be reached (it never imports redis itself)
+QueueUnavailable = RedisError
 
 TRAIN = "ml_backend.jobs.tasks.train_project"
 RESCORE = "ml_backend.jobs.tasks.rescore_project"

@@ -25,11 +25,12 @@ from rq import get_current_job
 from ml_backend.jobs import context
 from ml_backend.jobs.lock import LockLost, ProjectLock
 from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_SLOT, RESCORE_SLOT, TRAIN_SLOT
-from ml_backend.labelconfig import parse_label_config
-from ml_backend.lsclient import LabelStudioError
-from ml_backend.registry import VersionInfo
-from ml_backend.service import ProjectState, ScoringService
-from ml_backend.training import is_labelled, train_version
+from ml_backend.labelstudio.annotations import is_labelled, labelled_examples
+from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.labelstudio.client import LabelStudioError
+from ml_backend.learning.registry import VersionInfo
+from ml_backend.learning.service import ProjectState, ScoringService
+from ml_backend.learning.training import train_version
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,11 @@ def _discard(ctx: context.WorkerContext, project_id: int, reason: str, labels: i
 def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock) -> dict[str, Any]:
     state = ctx.service.state(project_id)
     _progress("fetching labelled tasks from Label Studio")
-    tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
-    result = train_version(ctx.service, state, tasks, progress=_progress,
+    kept, labels, stats = labelled_examples(state.schema, list(ctx.ls.iter_tasks(project_id, labelled_only=True)))
+    if stats.unknown_labels:
+        log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
+    _progress("labels read", stats.labelled, stats.labelled, skipped_cancelled=stats.cancelled_only)
+    result = train_version(ctx.service, state, kept, labels, ignored_labels=stats.unknown_labels, progress=_progress,
                            still_owner=lambda: not _label_set_changed(ctx, state) and lock.owned())
     if result.version is None and _label_set_changed(ctx, state):
         return _discard(ctx, project_id, "the label config or model config changed during the training", result.labels)

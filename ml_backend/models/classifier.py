@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ml_backend.modelconfig import ModelConfig
+from ml_backend.models.config import ModelConfig
 from ml_backend.models.encoders import Encoder, enable_dropout
 from ml_backend.models.head import HeadParams, MCDropoutHead, build_head, fit_head, head_proba, loss_function
 

@@ -17,6 +17,11 @@ def configure_torch(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def torch_info() -> dict[str, object]:
+    """torch's version and thread count, for reports (callers outside ``models`` never import torch)."""
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
 def enable_dropout(module: nn.Module) -> None:
     """Switch dropout (and drop-connect, which follows ``training``) on, but keep batch-norm statistics frozen."""
     module.train()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ml_backend.modelconfig import EncoderConfig
+from ml_backend.models.config import EncoderConfig
 from ml_backend.models.encoders import Encoder, fingerprint_of, resolve_package_path
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1]; torchvision models on ImageNet mean/std.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ml_backend.modelconfig import ModelConfig
+from ml_backend.models.config import ModelConfig
 from ml_backend.models.encoders import Encoder
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from ml_backend.modelconfig import EncoderConfig
+from ml_backend.models.config import EncoderConfig
 from ml_backend.models.encoders import Encoder, fingerprint_of, resolve_package_path
 
 

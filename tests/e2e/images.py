@@ -25,7 +25,7 @@ def label_config(classes=DIGIT_CLASSES) -> str:
 
 def digit_images(out_dir: Path, per_class: int, classes=DIGIT_CLASSES, size: int = 64) -> list[tuple[Path, str]]:
     """``per_class`` 64x64 PNG digits of each class in ``classes`` (real handwritten digits, upscaled)."""
-    from ml_backend.datasets import digits_png
+    from ml_backend.simulation.datasets import digits_png
 
     data = digits_png(out_dir, n=per_class * 10, size=size, seed=0)  # class-balanced: per_class of each digit
     out: list[tuple[Path, str]] = []

@@ -28,7 +28,7 @@ LABEL_CONFIG = """<View>
 
 
 def _plot_and_reviews() -> tuple[list[str], list[str]]:
-    from ml_backend.datasets import rotten_tomatoes
+    from ml_backend.simulation.datasets import rotten_tomatoes
 
     plots = rotten_tomatoes(N_EACH, seed=3, full=True, categories=("plot",))
     reviews = rotten_tomatoes(N_EACH, seed=3, full=True, categories=("fresh", "rotten"))

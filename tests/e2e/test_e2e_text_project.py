@@ -26,7 +26,7 @@ LABEL_CONFIG = """<View>
 
 
 def _rotten_tomatoes(n: int, seed: int):
-    from ml_backend.datasets import rotten_tomatoes
+    from ml_backend.simulation.datasets import rotten_tomatoes
 
     data = rotten_tomatoes(n, seed=seed)
     return data.texts, data.labels

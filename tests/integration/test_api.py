@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.datasets import digits_png, rotten_tomatoes
-from ml_backend.registry import Registry, VersionInfo
-from ml_backend.training import encode_targets, train_and_decide
+from ml_backend.simulation.datasets import digits_png, rotten_tomatoes
+
+from ml_backend.learning.training import train_version as publish_version
 
 TEXT = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
 MULTI = '<View><Text name="text" value="$text"/><Choices name="topics" toName="text" choice="multiple"><Choice value="acting"/><Choice value="story"/><Choice value="music"/></Choices></View>'
@@ -47,19 +47,13 @@ def assert_valid(results: list, version: str, n_ok: int) -> list[float]:
 
 
 def train_version(client, project_id: int, texts: list[str], labels: list[list[str]]) -> str:
-    """Publish a trained version exactly as the training job does (same functions), without LS."""
+    """Publish a trained version with the training job's own step (``learning.training.train_version``), no LS."""
     service = client.app.state.backend.service
     state = service.state(project_id)
-    clf = service.new_classifier(state)
     tasks = [{"id": i + 1, "data": {state.schema.value_key: t}} for i, t in enumerate(texts)]
-    _, ok, emb, items = service.embed_tasks(clf, state.schema, tasks)
-    y = encode_targets(state.schema, [labels[i] for i in ok])
-    train_and_decide(clf, None, emb, items, y, [t["id"] for t in tasks], state.schema.labels, 0)
-    number = service.registry.next_number(project_id)
-    info = VersionInfo(version=Registry.version_name(state.config.name, number), number=number, created_at=time.time(),
-                       model_config=state.config.model_dump(), seed=0, trained=True, promoted=True)
-    service.registry.publish(project_id, info, {"model.pt": clf.state_bytes()}, promote=True)
-    return info.version
+    result = publish_version(service, state, tasks, labels)
+    assert result.version is not None and result.trained and result.promoted, result
+    return result.version.version
 
 
 @pytest.fixture()

@@ -22,8 +22,8 @@ import pytest
 import yaml
 from rq.job import Job
 
-from ml_backend.datasets import rotten_tomatoes
-from ml_backend.registry import Registry
+from ml_backend.simulation.datasets import rotten_tomatoes
+from ml_backend.learning.registry import Registry
 from tests.lsserver import free_port, stop_process_group, tail_file
 
 CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ml_backend.lsclient import LabelStudioClient, LabelStudioError
+from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 
 CONFIG = ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
           '<Choice value="b"/></Choices></View>')

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.datasets import digits_png, rotten_tomatoes
-from ml_backend.modelconfig import load_model_config
+from ml_backend.simulation.datasets import digits_png, rotten_tomatoes
+from ml_backend.models.config import load_model_config
 from ml_backend.models.image import ImageError, load_image
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ml_backend.core.coldstart import representativeness
+from ml_backend.core.density import representativeness
 
 
 def test_dense_region_is_more_representative_than_an_outlier():

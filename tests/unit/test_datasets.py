@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend import datasets
+from ml_backend.simulation import datasets
 
 
 def test_rotten_tomatoes_has_both_classes_and_real_text():

@@ -1,6 +1,6 @@
 import pytest
 
-from ml_backend.labelconfig import UnsupportedConfig, parse_label_config
+from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
 
 TEXT = '<View><Text name="text" value="$review"/><Choices name="sentiment" toName="text"><Choice value="Pos"/><Choice value="Neg"/></Choices></View>'
 MULTI = '<View><HyperText name="page" value="$html"/><Choices name="topics" toName="page" choice="multiple"><Choice value="a"/><Choice value="b"/><Choice value="c"/></Choices><TextArea name="note" toName="page"/></View>'

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ml_backend.modelconfig import load_model_config
+from ml_backend.models.config import load_model_config
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ml_backend.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
 
 
 def info(number, trained=True):

@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from ml_backend import simulation as sim
+from ml_backend.simulation import loop as sim
+from ml_backend.simulation import report
 
 NAMES = ("random", "default", "bald+topk")
 
@@ -71,7 +72,7 @@ def test_plotting_is_optional(tmp_path, monkeypatch, tiny_run):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    paths = sim.write_outputs(tiny_run[1], tmp_path)
+    paths = report.write_outputs(tiny_run[1], tmp_path)
     assert "png" not in paths and not (tmp_path / "learning_curves.png").exists()
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "simulation.json").is_file()
 
@@ -79,11 +80,11 @@ def test_plotting_is_optional(tmp_path, monkeypatch, tiny_run):
 def test_labels_to_reach_and_aulc():
     n = np.array([10, 20, 30, 40])
     acc = np.array([0.5, 0.8, 0.7, 0.9])
-    assert sim.labels_to_reach(n, acc, 0.8) == 20
-    assert sim.labels_to_reach(n, acc, 0.95) == math.inf
-    assert sim.normalised_aulc(n, acc) == pytest.approx((0.65 + 0.75 + 0.8) * 10 / 30)
-    assert sim.normalised_aulc([10, 20], [1.0, 1.0]) == pytest.approx(1.0)
-    assert sim.normalised_aulc([10, 20], [math.nan, 1.0]) == pytest.approx(0.5)  # no model yet counts as 0
+    assert report.labels_to_reach(n, acc, 0.8) == 20
+    assert report.labels_to_reach(n, acc, 0.95) == math.inf
+    assert report.normalised_aulc(n, acc) == pytest.approx((0.65 + 0.75 + 0.8) * 10 / 30)
+    assert report.normalised_aulc([10, 20], [1.0, 1.0]) == pytest.approx(1.0)
+    assert report.normalised_aulc([10, 20], [math.nan, 1.0]) == pytest.approx(0.5)  # no model yet counts as 0
 
 
 def test_summary_ratio_to_random_and_worst_round():
@@ -94,7 +95,7 @@ def test_summary_ratio_to_random_and_worst_round():
 
     runs = [run("random", 0, [0.5, 0.6, 0.9, 1.0]), run("margin", 0, [0.5, 0.95, 0.85, 1.0])]
     full = [{"seed": 0, "accuracy": 1.0}]
-    summary = sim.summarise(runs, full, target_accuracy=0.9, n_classes=3)
+    summary = report.summarise(runs, full, target_accuracy=0.9, n_classes=3)
     assert summary["random"]["labels_to_reach"]["95% of full"] == 40
     assert summary["margin"]["labels_to_reach"]["95% of full"] == 20
     assert summary["margin"]["ratio_to_random"]["95% of full"] == pytest.approx(0.5)

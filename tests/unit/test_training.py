@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from ml_backend.labelconfig import parse_label_config
-from ml_backend.modelconfig import ModelConfig
+from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.models.config import ModelConfig
 from ml_backend.models.classifier import Classifier
-from ml_backend.training import (
-    can_train, decide_next, encode_targets, evaluate, holdout_mask, labelled_examples, latest_annotation,
-    promotion_decision, sign_test_p, train_and_decide,
+from ml_backend.labelstudio.annotations import labelled_examples, latest_annotation
+from ml_backend.learning.training import (
+    decide_next, evaluate, holdout_mask, promotion_decision, sign_test_p, train_and_decide,
 )
+from ml_backend.tasktypes import SINGLE_CHOICE
 
 SCHEMA = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/></Choices></View>')
 MULTI = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t" choice="multiple"><Choice value="a"/><Choice value="b"/></Choices></View>')
@@ -35,10 +36,11 @@ def test_latest_non_skipped_annotation_wins_and_skips_are_not_labels():
 
 
 def test_targets_and_trainability():
-    assert encode_targets(SCHEMA, [["b"], ["a"]]).tolist() == [1, 0]
-    assert encode_targets(MULTI, [["a", "b"], ["b"]]).tolist() == [[1, 1], [0, 1]]
-    assert "same class" in can_train(False, np.array([1, 1, 1]))
-    assert can_train(True, np.array([[1, 0]])) is None and can_train(False, np.array([])) == "no labelled tasks yet"
+    assert SCHEMA.task.encode_targets(SCHEMA, [["b"], ["a"]]).tolist() == [1, 0]
+    assert MULTI.task.encode_targets(MULTI, [["a", "b"], ["b"]]).tolist() == [[1, 1], [0, 1]]
+    assert "same class" in SCHEMA.task.can_train(np.array([1, 1, 1]))
+    assert MULTI.task.can_train(np.array([[1, 0]])) is None
+    assert SCHEMA.task.can_train(np.array([])) == "no labelled tasks yet"
 
 
 def test_holdout_is_stable_per_task_as_labels_grow():
@@ -64,11 +66,11 @@ def _blobs(n, seed, noise=0.3):
 def test_a_better_model_is_promoted_and_trained_on_every_label():
     x, y = _blobs(80, 0)
     clf = Classifier(None, _config(), 2, False, in_dim=8)
-    outcome = train_and_decide(clf, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    outcome = train_and_decide(SINGLE_CHOICE, clf, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
     assert outcome.promote and outcome.metrics["accuracy"] > 0.9
     assert outcome.metrics["n_labels"] == 80 and 0 < outcome.metrics["n_holdout"] < 80
     again = Classifier(None, _config(), 2, False, in_dim=8)
-    train_and_decide(again, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    train_and_decide(SINGLE_CHOICE, again, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
     assert np.array_equal(again.predict_proba(x, mc=5), clf.predict_proba(x, mc=5))  # same data + seed, same model
 
 
@@ -78,11 +80,11 @@ def test_a_worse_model_is_not_promoted_unless_configured():
     current.fit(x[:40], y[:40], seed=0)
     held = holdout_mask(range(80), 0.2, min_labels=10)
     flipped = np.where(held, y, 1 - y)  # wrong labels to train on, right ones to evaluate on: the new model is worse
-    worse = train_and_decide(Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8), current, x, list(x),
+    worse = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8), current, x, list(x),
                              flipped, list(range(80)), ["a", "b"], seed=0, current_task_ids=range(40))
     assert not worse.promote and "kept the current version" in worse.reason
     assert worse.metrics["fair_n"] == int(held[40:].sum()) and worse.metrics["fair_p_worse"] < 0.05
-    anyway = train_and_decide(Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False,
+    anyway = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False,
                                          in_dim=8), current, x, list(x), flipped, list(range(80)), ["a", "b"], seed=0,
                               current_task_ids=range(40))
     assert anyway.promote
@@ -92,7 +94,7 @@ def test_promotion_compares_only_on_tasks_neither_model_trained_on():
     x, y = _blobs(80, 4, noise=1.2)  # overlapping classes: a model is far better on its own training tasks
     current = Classifier(None, _config(), 2, False, in_dim=8)
     current.fit(x, y, seed=0)  # the served version was refitted on every label, the held-out ones included
-    outcome = train_and_decide(Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), y,
+    outcome = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), y,
                                list(range(80)), ["a", "b"], seed=0, current_task_ids=range(80))
     assert outcome.promote and outcome.metrics["fair_n"] == 0 and "fair held-out tasks" in outcome.reason
 
@@ -108,7 +110,7 @@ def test_sign_test_and_decision():
 
 
 def _digits_stream():
-    from ml_backend.datasets import digits_features
+    from ml_backend.simulation.datasets import digits_features
 
     data = digits_features()
     order = np.random.default_rng(0).permutation(len(data))
@@ -129,7 +131,7 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     served, served_ids, decisions, served_acc = None, [], [], []
     for n in range(20, 301, 20):
         clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-        decision = decide_next(clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0)
+        decision = decide_next(SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0)
         if decision.outcome is not None and served is not None:
             decisions.append(decision.promote)
         if decision.promote and decision.outcome is not None:
@@ -143,7 +145,7 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     held = holdout_mask(range(n), 0.2, 10)
     shuffled = np.where(held, y[:n], np.random.default_rng(1).permutation(y[:n]))
     clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-    bad = decide_next(clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0)
+    bad = decide_next(SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0)
     assert bad.outcome is not None and not bad.promote, bad.note
 
 
@@ -151,11 +153,11 @@ def test_no_model_yet_gives_an_exploration_version_once_per_label_set():
     x, y = _blobs(6, 5)
     y[:] = 1  # one class only
     clf = Classifier(None, _config(), 2, False, in_dim=8)
-    first = decide_next(clf, None, [], x, list(x), y, list(range(6)), ["a", "b"], seed=0)
+    first = decide_next(SINGLE_CHOICE, clf, None, [], x, list(x), y, list(range(6)), ["a", "b"], seed=0)
     assert first is not None and first.outcome is None and first.promote and "exploration" in first.note
     assert first.metrics["unseen_classes"] == ["a"]
-    assert decide_next(clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
-    assert decide_next(clf, None, [], x[:0], [], y[:0], [], ["a", "b"], seed=0) is None
+    assert decide_next(SINGLE_CHOICE, clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
+    assert decide_next(SINGLE_CHOICE, clf, None, [], x[:0], [], y[:0], [], ["a", "b"], seed=0) is None
 
 
 @pytest.mark.parametrize("multilabel", [False, True])

@@ -19,22 +19,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ml_backend.core.coldstart import representativeness
+from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
-from ml_backend.embcache import EmbeddingCache, content_key
-from ml_backend.labelconfig import TaskSchema, parse_label_config
-from ml_backend.modelconfig import ModelConfig, load_model_config
+from ml_backend.learning.embcache import EmbeddingCache, content_key
+from ml_backend.tasktypes import TaskSchema
+from ml_backend.models.config import ModelConfig, load_model_config
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.image import ImageError, load_image
 from ml_backend.models.pool import EncoderPool
-from ml_backend.ranking import mc_probabilities, rank_version, uncertainty_of
-from ml_backend.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
+from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: fetches a file URL of a task's data to a local path (implemented by the LS client)
 FileFetcher = Callable[[str, int | None], Path]
+#: label config XML -> schema; raises ValueError for a config we cannot learn (implemented in ``labelstudio``)
+ConfigParser = Callable[[str], TaskSchema]
 
 
 
@@ -62,11 +64,13 @@ class ProjectState:
 class ScoringService:
     """Per-project model state (read from the registry) and scoring. Shared by the web app and the worker."""
 
-    def __init__(self, settings: Settings, registry: Registry, encoders: EncoderPool, fetch_file: FileFetcher | None):
+    def __init__(self, settings: Settings, registry: Registry, encoders: EncoderPool, fetch_file: FileFetcher | None,
+                 parse_config: ConfigParser):
         self.settings = settings
         self.registry = registry
         self.encoders = encoders
         self.fetch_file = fetch_file
+        self.parse_config = parse_config
         self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
         self._caches: dict[str, EmbeddingCache] = {}
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
@@ -81,14 +85,15 @@ class ScoringService:
             return known.model_config
         return self.settings.text_model_config if schema.kind == "text" else self.settings.image_model_config
 
-    def register(self, project_key: str, label_config: str, extra_params: Any = None) -> tuple[ProjectState, bool]:
+    def register(self, project_id: int, project_key: str, label_config: str, extra_params: Any = None
+                 ) -> tuple[ProjectState, bool]:
         """Create or refresh a project from /setup; returns its state and whether it is new (needs a first scoring).
 
         Cheap on purpose (LS gives /setup 3 s): parses the config and writes small files, never loads a model.
-        Raises UnsupportedConfig for a config we cannot learn and FileNotFoundError for an unknown model config.
+        Raises the parser's error (a ValueError) for a config we cannot learn and FileNotFoundError for an unknown
+        model config.
         """
-        schema = parse_label_config(label_config)
-        project_id = int(str(project_key).split(".", 1)[0])
+        schema = self.parse_config(label_config)
         record = self.registry.get_project(project_id)
         if record and record.project_key != project_key and "." in record.project_key and "." in str(project_key):
             # same id, different creation time: the LS database was replaced; start this project afresh
@@ -101,7 +106,8 @@ class ScoringService:
             raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         created = record is None
         # a new label set or model family invalidates the trained heads; a layout-only edit of the config does not
-        changed = record is not None and (parse_label_config(record.label_config) != schema or record.model_config != config_name)
+        changed = record is not None and (self.parse_config(record.label_config) != schema
+                                          or record.model_config != config_name)
         if created or changed or record.label_config != label_config:
             record = ProjectRecord(project_id, str(project_key), label_config, config_name)
             self.registry.save_project(record)
@@ -126,7 +132,7 @@ class ScoringService:
         current = self.registry.current(project_id)
         if record is None or current is None:
             raise UnknownProject(f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
-        schema = parse_label_config(record.label_config)
+        schema = self.parse_config(record.label_config)
         config = load_model_config(self.settings.model_configs_dir, record.model_config)
         return ProjectState(record, schema, config, current)
 
@@ -228,13 +234,8 @@ class ScoringService:
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _decisions(self, schema: TaskSchema, probs: np.ndarray | None, n: int) -> list[list[str]]:
-        """Pre-annotations from the MC mean; none from an untrained head (it would be random)."""
-        if probs is None:
-            return [[] for _ in range(n)]
-        mean = probs.mean(axis=1)
-        if schema.multilabel:
-            return [[schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in mean]
-        return [[schema.labels[int(row.argmax())]] for row in mean]
+        """Pre-annotations from the MC probabilities; none from an untrained head (it would be random)."""
+        return [[] for _ in range(n)] if probs is None else schema.task.decisions(schema, probs)
 
     def _predictions(self, state: ProjectState, version: VersionInfo, outcomes: list[TaskScore], ok: list[int],
                      scores: Sequence[float], chosen: list[list[str]]) -> list[TaskScore]:
@@ -261,7 +262,7 @@ class ScoringService:
         if clf.trained:
             with self._lock:
                 probs = mc_probabilities(clf, emb, version.seed, items)
-            value = uncertainty_of(clf, probs)
+            value = uncertainty_of(state.schema.task, clf, probs)
         else:
             stored = self.registry.pool_reference(state.record.project_id)
             reference = emb if stored is None else stored
@@ -305,7 +306,7 @@ class ScoringService:
         self.registry.save_pool_reference(project_id, emb[sample])
         keys = [int(outcomes[i].task_id) if outcomes[i].task_id is not None else -i for i in ok]
         report("scoring: ordering the pool", len(ok), len(tasks))
-        view = rank_version(clf, emb, keys, version.seed, labelled=self.registry.labelled_embeddings(project_id, version.version),
+        view = rank_version(state.schema.task, clf, emb, keys, version.seed, labelled=self.registry.labelled_embeddings(project_id, version.version),
                             reference=emb[sample], explore=bool(version.metrics.get("unseen_classes")),
                             probs=np.concatenate(probs) if probs else None)
         self.registry.save_ranking(project_id, version.version, keys, view.ranking.scores, view.ranking.reasons,

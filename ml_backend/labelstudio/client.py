@@ -19,6 +19,8 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
 from label_studio_sdk.core.api_error import ApiError
 
+from ml_backend.settings import Settings
+
 log = logging.getLogger(__name__)
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -54,6 +56,15 @@ def _is_jwt(token: str) -> bool:
 
 class LabelStudioClient:
     """Projects, tasks, predictions and files of one LS instance."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LabelStudioClient":
+        """The client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``; LabelStudioError if they are not set."""
+        if not settings.label_studio_url or not settings.label_studio_api_key:
+            raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to fetch labels and files "
+                                   "and to push predictions")
+        return cls(settings.label_studio_url, settings.label_studio_api_key, settings.label_studio_timeout,
+                   settings.files_dir)
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0, files_dir: Path | None = None):
         if not url or not url.startswith(("http://", "https://")):

@@ -12,9 +12,10 @@ from typing import Sequence
 import numpy as np
 
 from ml_backend.core.selection import Ranking, SelectionParams, rank_pool
-from ml_backend.core.strategies import get_strategy, normalized_uncertainty
-from ml_backend.modelconfig import AcquisitionConfig
+from ml_backend.core.strategies import get_strategy
+from ml_backend.models.config import AcquisitionConfig
 from ml_backend.models.classifier import Classifier
+from ml_backend.tasktypes import TaskType
 
 
 @dataclass
@@ -35,18 +36,19 @@ def mc_probabilities(clf: Classifier, embeddings: np.ndarray, seed: int, items: 
     return clf.predict_proba(embeddings, mc=clf.config.acquisition.mc_samples, items=items, seed=seed)
 
 
-def uncertainty_of(clf: Classifier, probs: np.ndarray) -> np.ndarray:
-    return normalized_uncertainty(probs, get_strategy(clf.config.acquisition.strategy), clf.multilabel)
+def uncertainty_of(task: TaskType, clf: Classifier, probs: np.ndarray) -> np.ndarray:
+    """The version's acquisition function, reduced to one value per task the way the task type says."""
+    return task.uncertainty(probs, get_strategy(clf.config.acquisition.strategy))
 
 
-def rank_version(clf: Classifier, embeddings: np.ndarray, keys: Sequence[int | str], seed: int, *,
+def rank_version(task: TaskType, clf: Classifier, embeddings: np.ndarray, keys: Sequence[int | str], seed: int, *,
                  labelled: np.ndarray | None, reference: np.ndarray | None, explore: bool,
                  probs: np.ndarray | None = None) -> PoolView:
     """Order the unlabelled pool for one version: uncertainty-led when its head is trained, coverage (cold start,
     exploration) when not. ``probs`` may be passed when already computed (batched scoring of a large pool)."""
     if clf.trained and probs is None:
         probs = mc_probabilities(clf, embeddings, seed)
-    uncertainty = uncertainty_of(clf, probs) if clf.trained else None
+    uncertainty = uncertainty_of(task, clf, probs) if clf.trained else None
     ranking = rank_pool(embeddings, keys, selection_params(clf.config.acquisition, seed), uncertainty=uncertainty,
                         labelled=labelled, reference=reference, explore=explore and clf.trained)
     return PoolView(ranking, probs if clf.trained else None)

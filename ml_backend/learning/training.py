@@ -1,7 +1,7 @@
-"""Turning LS annotations into training data, and training + evaluating + deciding on a new version.
+"""Training, fair evaluation and the decision on a new version: the step the worker and the simulator share.
 
-No Redis and no HTTP here: the training job feeds it tasks and embeddings, and the simulator can reuse the
-same split / fit / evaluate steps.
+No Redis, no HTTP and no Label Studio here: the training job turns LS annotations into labels
+(``labelstudio.annotations``) and calls :func:`train_version`; the simulator calls :func:`decide_next`.
 """
 
 from __future__ import annotations
@@ -16,66 +16,12 @@ import numpy as np
 
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
-from ml_backend.labelconfig import TaskSchema
+from ml_backend.tasktypes import TaskType
 from ml_backend.models.classifier import Classifier
-from ml_backend.registry import Registry, VersionInfo, embeddings_bytes
-from ml_backend.service import ProjectState, ScoringService
+from ml_backend.learning.registry import Registry, VersionInfo, embeddings_bytes
+from ml_backend.learning.service import ProjectState, ScoringService
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LabelStats:
-    labelled: int = 0
-    cancelled_only: int = 0
-    unknown_labels: dict[str, int] = field(default_factory=dict)
-    no_known_label: int = 0
-
-
-def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The most recently updated annotation that is not a skip and has a result; None if there is none."""
-    valid = [a for a in task.get("annotations") or [] if not a.get("was_cancelled") and a.get("result")]
-    if not valid:
-        return None
-    return max(valid, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
-
-
-def is_labelled(task: dict[str, Any]) -> bool:
-    return latest_annotation(task) is not None
-
-
-def labelled_examples(schema: TaskSchema, tasks: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[str]], LabelStats]:
-    """Tasks with a usable label and their label lists. Skips (was_cancelled) are not labels; labels that are not
-    in the config (renamed or removed choices) are ignored and counted, so the caller can warn."""
-    stats = LabelStats()
-    kept, labels = [], []
-    for task in tasks:
-        annotation = latest_annotation(task)
-        if annotation is None:
-            if any(a.get("was_cancelled") for a in task.get("annotations") or []):
-                stats.cancelled_only += 1
-            continue
-        known, unknown = schema.labels_from_result(annotation["result"])
-        for name in unknown:
-            stats.unknown_labels[name] = stats.unknown_labels.get(name, 0) + 1
-        if not known:
-            stats.no_known_label += 1
-            continue
-        kept.append(task)
-        labels.append(known if schema.multilabel else known[:1])
-        stats.labelled += 1
-    return kept, labels, stats
-
-
-def encode_targets(schema: TaskSchema, labels: Sequence[list[str]]) -> np.ndarray:
-    """Class indices (n,) for single-label, a 0/1 matrix (n, L) for multi-label."""
-    index = {name: i for i, name in enumerate(schema.labels)}
-    if schema.multilabel:
-        y = np.zeros((len(labels), len(schema.labels)), dtype=np.int64)
-        for row, names in enumerate(labels):
-            y[row, [index[n] for n in names]] = 1
-        return y
-    return np.array([index[names[0]] for names in labels], dtype=np.int64)
 
 
 def holdout_mask(task_ids: Sequence[int], fraction: float, min_labels: int) -> np.ndarray:
@@ -84,15 +30,6 @@ def holdout_mask(task_ids: Sequence[int], fraction: float, min_labels: int) -> n
     if len(task_ids) < min_labels or fraction <= 0:
         return np.zeros(len(task_ids), dtype=bool)
     return np.array([stable_fraction(f"holdout:{t}") < fraction for t in task_ids], dtype=bool)
-
-
-def can_train(multilabel: bool, y: np.ndarray) -> str | None:
-    """Why this label set cannot train a classifier yet, or None if it can."""
-    if len(y) == 0:
-        return "no labelled tasks yet"
-    if not multilabel and len(np.unique(y)) < 2:
-        return f"all {len(y)} labels are the same class; need at least 2 classes"
-    return None
 
 
 def evaluate(clf: Classifier, embeddings: np.ndarray, y: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
@@ -157,8 +94,8 @@ def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min
     return True, f"fair held-out accuracy {new_acc:.3f} vs current {cur_acc:.3f} on {n} tasks: promoted", figures
 
 
-def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np.ndarray, items: Sequence[Any],
-                     y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int,
+def train_and_decide(task: TaskType, clf: Classifier, current: Classifier | None, embeddings: np.ndarray,
+                     items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int,
                      current_task_ids: Collection[int] = ()) -> TrainOutcome:
     """Fit on the training split, evaluate on the held-out split, decide promotion fairly, refit on all labels.
 
@@ -172,7 +109,7 @@ def train_and_decide(clf: Classifier, current: Classifier | None, embeddings: np
     metrics: dict[str, Any] = {"n_labels": int(len(y)), "n_holdout": int(held.sum()),
                                "class_counts": class_counts(y, list(labels)), "mode": t.mode}
     promote, reason = True, "no held-out data yet: promoted"
-    if held.any() and can_train(clf.multilabel, y[~held]) is None:
+    if held.any() and task.can_train(y[~held]) is None:
         train_items = [items[i] for i in np.flatnonzero(~held)]
         clf.fit_examples(embeddings[~held], train_items, y[~held], seed=seed)
         held_idx = np.flatnonzero(held)
@@ -212,12 +149,6 @@ class TrainResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def unseen_classes(labels: Sequence[str], y: np.ndarray) -> list[str]:
-    """Classes of the label config with no labelled example yet (the model cannot predict them)."""
-    counts = class_counts(y, list(labels)) if len(y) else {label: 0 for label in labels}
-    return [label for label, n in counts.items() if n == 0]
-
-
 @dataclass
 class Decision:
     """What a training step wants published: a trained model (``outcome``) or an exploration version (None)."""
@@ -228,29 +159,30 @@ class Decision:
     metrics: dict[str, Any]
 
 
-def decide_next(clf: Classifier, current: Classifier | None, current_task_ids: Sequence[int], embeddings: np.ndarray,
-                items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str],
-                seed: int) -> Decision | None:
+def decide_next(task: TaskType, clf: Classifier, current: Classifier | None, current_task_ids: Sequence[int],
+                embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int],
+                labels: Sequence[str], seed: int) -> Decision | None:
     """The training step shared by the worker and the simulator: train and decide, or, when no model can be
     trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what is
     labelled, so the missing classes surface and the queue never freezes. None: nothing new to publish (the same
     labels as the current version and still nothing to train)."""
-    why_not = can_train(clf.multilabel, y)
+    why_not = task.can_train(y)
     metrics: dict[str, Any] = {"n_labels": len(task_ids), "class_counts": class_counts(y, list(labels)),
-                               "unseen_classes": unseen_classes(labels, y)}
+                               "unseen_classes": task.unseen_labels(labels, y)}
     if why_not:
         if not len(task_ids) or sorted(task_ids) == sorted(current_task_ids):
             return None
         note = f"exploration ({why_not}): the queue moves away from the {len(task_ids)} labelled tasks"
         return Decision(None, True, note, {**metrics, "decision": note})
-    outcome = train_and_decide(clf, current, embeddings, items, y, task_ids, labels, seed, current_task_ids)
+    outcome = train_and_decide(task, clf, current, embeddings, items, y, task_ids, labels, seed, current_task_ids)
     return Decision(outcome, outcome.promote, outcome.reason, {**metrics, **outcome.metrics})
 
 
-def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[dict[str, Any]], *,
+def train_version(service: ScoringService, state: ProjectState, kept: Sequence[dict[str, Any]],
+                  labels: Sequence[list[str]], *, ignored_labels: dict[str, int] | None = None,
                   still_owner: Callable[[], bool] = lambda: True,
                   progress: Callable[..., None] | None = None) -> TrainResult:
-    """Labelled LS tasks -> a published version: trained (promoted if not significantly worse), or, when no model
+    """Labelled tasks (``kept``: id and data; ``labels``: their label lists) -> a published version: trained (promoted if not significantly worse), or, when no model
     can be trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what
     is labelled, so the missing classes surface and the queue never freezes.
 
@@ -261,31 +193,29 @@ def train_version(service: ScoringService, state: ProjectState, tasks: Sequence[
     report = progress or (lambda *a, **k: None)
     registry, project_id = service.registry, state.record.project_id
     started = time.time()
-    kept, labels, stats = labelled_examples(state.schema, tasks)
-    if stats.unknown_labels:
-        log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
-    report("embedding labelled tasks", 0, len(kept), skipped_cancelled=stats.cancelled_only)
+    report("embedding labelled tasks", 0, len(kept))
     config = state.config
     clf = service.new_classifier(state, config)
     outcomes, ok, emb, items = service.embed_tasks(clf, state.schema, kept)
     skipped = {str(o.task_id): o.reason or "" for o in outcomes if o.reason}
     if skipped:
         log.warning("project %s: %d labelled tasks could not be used: %s", project_id, len(skipped), skipped)
-    y = encode_targets(state.schema, [labels[i] for i in ok])
+    task = state.schema.task
+    y = task.encode_targets(state.schema, [labels[i] for i in ok])
     task_ids = sorted(int(kept[i]["id"]) for i in ok)
     order = np.argsort([int(kept[i]["id"]) for i in ok], kind="stable")  # rows in task-id order, like task_ids
     emb, y, items = emb[order], y[order], [items[i] for i in order]
     report("training", len(ok), len(kept))
     current = service.classifier(state) if state.version.trained else None
-    decision = decide_next(clf, current, state.version.labelled_task_ids, emb, items, y, task_ids,
+    decision = decide_next(task, clf, current, state.version.labelled_task_ids, emb, items, y, task_ids,
                            state.schema.labels, config.training.seed)
     if decision is None:
-        reason = can_train(state.schema.multilabel, y) or "nothing new to train on"
+        reason = task.can_train(y) or "nothing new to train on"
         report("not trained", len(ok), len(kept), reason=reason)
         return TrainResult(None, False, False, reason, len(ok), skipped)
     trained = decision.outcome is not None
     files = {"model.pt": decision.outcome.classifier.state_bytes()} if decision.outcome else {}
-    metrics = {**decision.metrics, "skipped_tasks": len(skipped), "ignored_labels": stats.unknown_labels}
+    metrics = {**decision.metrics, "skipped_tasks": len(skipped), "ignored_labels": ignored_labels or {}}
     promote, note = decision.promote, decision.note
     if not still_owner():
         reason = "the training may no longer publish (its lock or the project's config changed); nothing published"

@@ -1,0 +1,86 @@
+"""Label Studio's webhook events and project keys: which events train, how many labels an event carries.
+
+LS sends one webhook per saved annotation inside the annotator's own request (1 s timeout, no retry), so the web
+app only reads the event here and enqueues; everything else happens in the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: events that change the labels (skips and empty results are not labels)
+TRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED", "ANNOTATIONS_DELETED"})
+#: the model card's "Start Training"
+FORCE_TRAINING = "START_TRAINING"
+#: new tasks imported into the project: score them with the current version
+TASKS_CREATED = "TASKS_CREATED"
+HANDLED_EVENTS = TRAIN_EVENTS | {FORCE_TRAINING, TASKS_CREATED}
+
+
+class BadEvent(ValueError):
+    """A webhook payload that cannot be acted on; the message says why (answered with 400)."""
+
+
+@dataclass
+class WebhookEvent:
+    action: str
+    project_id: int | None = None
+    labels: int = 0
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def handled(self) -> bool:
+        return self.action in HANDLED_EVENTS
+
+    @property
+    def forces_training(self) -> bool:
+        return self.action == FORCE_TRAINING
+
+    @property
+    def creates_tasks(self) -> bool:
+        return self.action == TASKS_CREATED
+
+
+def project_id_of_key(key: Any) -> int | None:
+    """The project id of LS's project key ``"<id>.<created timestamp>"`` (or a bare id); None if it is not one."""
+    head = str(key).split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def parse_event(payload: Any) -> WebhookEvent:
+    """Read a webhook payload; raises :class:`BadEvent` for one that is not an LS event we can act on."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+        raise BadEvent("expected a JSON object with an 'action'")
+    event = WebhookEvent(payload["action"])
+    if not event.handled:
+        return event
+    event.project_id = _project_id(payload)
+    if event.project_id is None:
+        raise BadEvent(f"{event.action}: payload has no project id")
+    if event.creates_tasks:
+        event.tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict)]
+    elif not event.forces_training:
+        event.labels = _label_count(event.action, payload)
+    return event
+
+
+def _label_count(action: str, payload: dict[str, Any]) -> int:
+    """New labels an event carries: skips (was_cancelled) and empty results are not labels."""
+    if action == "ANNOTATIONS_DELETED":
+        return max(1, len(payload.get("annotations") or []))
+    annotations = payload.get("annotation")
+    annotations = annotations if isinstance(annotations, list) else [annotations]
+    return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
+
+
+def _project_id(payload: dict[str, Any]) -> int | None:
+    project = payload.get("project")
+    if isinstance(project, dict) and isinstance(project.get("id"), int):
+        return project["id"]
+    if isinstance(project, int):
+        return project
+    annotation = payload.get("annotation")
+    if isinstance(annotation, dict) and isinstance(annotation.get("project"), int):
+        return annotation["project"]
+    return None
