@@ -1,13 +1,13 @@
 # The two set-up commands (see README):
 #   make serve   install into .venv and run the backend with its defaults (web + worker + local Redis)
-#   make test    install into .venv (with test extras) and run every test, Label Studio end to end included
+#   make test    install into .venv (with test extras), lint (ruff), run every test, Label Studio end to end included
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9090
 
-.PHONY: serve test bench install clean
+.PHONY: serve test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ install: $(VENV)/.installed
 serve: install
 	$(BIN)/ml-backend serve --host $(HOST) --port $(PORT)
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -ra
 
 bench: install

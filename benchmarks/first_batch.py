@@ -17,9 +17,9 @@ import warnings
 import numpy as np
 import torch
 
-from ml_backend.simulation import loop as sim
 from ml_backend.core.strategies import STRATEGIES
 from ml_backend.learning.ranking import rank_version
+from ml_backend.simulation import loop as sim
 from ml_backend.tasktypes import SINGLE_CHOICE
 
 
@@ -43,19 +43,33 @@ def main(argv: list[str] | None = None) -> int:
         X, y = prep.X[train], prep.y[train]
         init = np.random.default_rng([seed, 11]).choice(len(train), 20, replace=False)
         pool = np.setdiff1d(np.arange(len(train)), init)
-        print(f"| {seed} | (initial labels) | {np.bincount(y[init], minlength=10).tolist()} | "
-              f"{len(set(y[init]))} | {mean_cos(X[init]):.3f} |")
+        print(
+            f"| {seed} | (initial labels) | {np.bincount(y[init], minlength=10).tolist()} | "
+            f"{len(set(y[init]))} | {mean_cos(X[init]):.3f} |"
+        )
         rnd = np.random.default_rng([seed, 13]).choice(pool, args.batch, replace=False)
-        print(f"| {seed} | random | {np.bincount(y[rnd], minlength=10).tolist()} | {len(set(y[rnd]))} | "
-              f"{mean_cos(X[rnd]):.3f} |")
+        print(
+            f"| {seed} | random | {np.bincount(y[rnd], minlength=10).tolist()} | {len(set(y[rnd]))} | "
+            f"{mean_cos(X[rnd]):.3f} |"
+        )
         for name in [s for base in STRATEGIES for s in (base + sim.TOPK, base)]:
             clf = sim._classifier(prep, sim.strategy_config(prep.config, name))
             clf.fit(X[init], y[init], seed=seed)
-            view = rank_version(SINGLE_CHOICE, clf, X[pool], [int(train[i]) for i in pool], seed, labelled=X[init], reference=None,
-                                explore=False)
+            view = rank_version(
+                SINGLE_CHOICE,
+                clf,
+                X[pool],
+                [int(train[i]) for i in pool],
+                seed,
+                labelled=X[init],
+                reference=None,
+                explore=False,
+            )
             pick = pool[view.ranking.order[: args.batch]]
-            print(f"| {seed} | {name} | {np.bincount(y[pick], minlength=10).tolist()} | {len(set(y[pick]))} | "
-                  f"{mean_cos(X[pick]):.3f} |")
+            print(
+                f"| {seed} | {name} | {np.bincount(y[pick], minlength=10).tolist()} | {len(set(y[pick]))} | "
+                f"{mean_cos(X[pick]):.3f} |"
+            )
     return 0
 
 

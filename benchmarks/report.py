@@ -38,13 +38,17 @@ def _ratio_line(summary: dict, target: str) -> str:
             parts.append(f"{name}: not reached by both within the budget")
         else:
             verdict = "meets" if ratio <= 0.6 else "misses"
-            parts.append(f"{name} needs {e['labels_to_reach'][target]:.0f} vs random {rnd:.0f} labels = "
-                         f"**{ratio:.2f}x** ({verdict} the <= 0.6x target)")
+            parts.append(
+                f"{name} needs {e['labels_to_reach'][target]:.0f} vs random {rnd:.0f} labels = "
+                f"**{ratio:.2f}x** ({verdict} the <= 0.6x target)"
+            )
         worst = e.get("worst_vs_random")
         if worst is not None:
             verdict = "meets" if worst >= -0.02 else "misses"
-            parts.append(f"its worst round is {100 * worst:+.1f} points against random at {e['worst_vs_random_at']} "
-                         f"labels ({verdict} the >= -2 points target)")
+            parts.append(
+                f"its worst round is {100 * worst:+.1f} points against random at {e['worst_vs_random_at']} "
+                f"labels ({verdict} the >= -2 points target)"
+            )
         seen = e.get("labels_to_all_classes")
         if seen is not None:
             parts.append(f"every class labelled after {seen:.0f} labels (median)")
@@ -53,8 +57,10 @@ def _ratio_line(summary: dict, target: str) -> str:
     line = f"Target check ({target}): " + "; ".join(parts) + "."
     r = summary["random"]
     if r["reached"][target] < r["seeds"]:
-        line += (f" Random reached it in only {r['reached'][target]} of {r['seeds']} seeds within "
-                 f"{r['final_labels']} labels, so its median (and the ratio's denominator) is a lower bound.")
+        line += (
+            f" Random reached it in only {r['reached'][target]} of {r['seeds']} seeds within "
+            f"{r['final_labels']} labels, so its median (and the ratio's denominator) is a lower bound."
+        )
     return line
 
 
@@ -71,7 +77,8 @@ def simulation_section(results: Path, folder: str, title: str, target: str | Non
         + (f" --lag {s['lag']}" if s.get("lag") else "")
         + (f" --duplicates {s['duplicates']}" if s.get("duplicates", 1) > 1 else "")
         + (f" --target-accuracy {s['target_accuracy']}" if s.get("target_accuracy") else "")
-        + (f" --n {s['n']}" if s.get("n") else "") + "`: "
+        + (f" --n {s['n']}" if s.get("n") else "")
+        + "`: "
         f"{result['dataset_description']}; test split {s['test_fraction']:.0%}; head and training from model config "
         f"`{result['model_config']['name']}` (head {result['model_config']['head']['hidden']} hidden, dropout "
         f"{result['model_config']['head']['dropout']}, {result['model_config']['training']['epochs']} epochs); "
@@ -85,9 +92,13 @@ def simulation_section(results: Path, folder: str, title: str, target: str | Non
         if check:
             lines += ["", check]
     if (d / "first_batch.md").is_file():
-        lines += ["", "The first 20 tasks served after 20 random labels, plain top-k (`+topk`) vs the batch-aware order "
-                  "(`benchmarks/first_batch.py`):",
-                  "", (d / "first_batch.md").read_text().strip()]
+        lines += [
+            "",
+            "The first 20 tasks served after 20 random labels, plain top-k (`+topk`) vs the batch-aware order "
+            "(`benchmarks/first_batch.py`):",
+            "",
+            (d / "first_batch.md").read_text().strip(),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -109,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         "Pool-based simulation of a Label Studio project: the simulated annotator labels the tasks the served "
         "version puts first (lowest Label Studio score), 10 per version. `random` is LS's random order (the same "
         "training and promotion). Accuracy is the *served* version's on a held-out test split (no model yet = 0). "
-        "\"labels to X% of full\" = fewest labels at which it first reaches X% of the accuracy of the same head "
-        "trained on the whole training pool (same seed); \"x random\" = that number divided by random's (below 1 = "
-        "fewer labels than random); \"worst round vs random\" = the largest drop of the median curve below random's "
+        '"labels to X% of full" = fewest labels at which it first reaches X% of the accuracy of the same head '
+        'trained on the whole training pool (same seed); "x random" = that number divided by random\'s (below 1 = '
+        'fewer labels than random); "worst round vs random" = the largest drop of the median curve below random\'s '
         "after the first round; AULC = area under the learning curve divided by the label range.",
         "",
     ]
@@ -127,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                 cost = f"**{r['cost_vs_deterministic']:.2f}x** (whole passes)"
                 if "encoder_seconds" in r:
                     cost += f", **{1 + r['head_mc_seconds'] / r['encoder_seconds']:.3f}x** (components)"
-                checks.append(f"{r['model']} head-only MC (T={r['mc']}) costs {cost} a deterministic pass at "
-                              f"{r['threads']} thread(s) (target <= 1.3x)")
+                checks.append(
+                    f"{r['model']} head-only MC (T={r['mc']}) costs {cost} a deterministic pass at "
+                    f"{r['threads']} thread(s) (target <= 1.3x)"
+                )
             if r["model"] == "minilm" and r["mode"] == "deterministic":
-                checks.append(f"MiniLM pool scoring {r['tokens_per_s']:,.0f} tokens/s at {r['threads']} thread(s) "
-                              f"(target >= 5,000)")
+                checks.append(
+                    f"MiniLM pool scoring {r['tokens_per_s']:,.0f} tokens/s at {r['threads']} thread(s) "
+                    f"(target >= 5,000)"
+                )
         parts += ["", "Target checks: " + "; ".join(checks) + "."]
     else:
         parts.append("Not run (`python benchmarks/speed.py`).")

@@ -33,8 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -55,8 +56,13 @@ LABEL_CONFIG = """<View>
 
 def percentiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values) * 1000.0
-    return {"n": len(values), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+    return {
+        "n": len(values),
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "max_ms": float(a.max()),
+    }
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -83,12 +89,21 @@ class Backend:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
-        env.update(DATA_DIR=str(data_dir), LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=ls_token,
-                   TORCH_THREADS="1", LOG_LEVEL="INFO")
+        env.update(
+            DATA_DIR=str(data_dir),
+            LABEL_STUDIO_URL=ls_url,
+            LABEL_STUDIO_API_KEY=ls_token,
+            TORCH_THREADS="1",
+            LOG_LEVEL="INFO",
+        )
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.http = httpx.Client(base_url=self.url, timeout=120.0, trust_env=False)
         wait_for(lambda: self.http.get("/health").status_code == 200, 120, "the backend's /health", 0.5)
 
@@ -108,8 +123,9 @@ class LS:
     """The few Label Studio API calls the benchmark needs (legacy token auth)."""
 
     def __init__(self, url: str, token: str):
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=300.0,
-                                 trust_env=False)
+        self.http = httpx.Client(
+            base_url=url, headers={"Authorization": f"Token {token}"}, timeout=300.0, trust_env=False
+        )
 
     def call(self, method: str, path: str, expect: tuple[int, ...] = (200,), **kw) -> Any:
         r = self.http.request(method, path, **kw)
@@ -123,8 +139,13 @@ class LS:
     def import_tasks(self, pid: int, texts: list[str], batch: int = 2000) -> list[int]:
         ids: list[int] = []
         for i in range(0, len(texts), batch):
-            body = self.call("POST", f"/api/projects/{pid}/import", (201,), params={"return_task_ids": "true"},
-                             json=[{"text": t} for t in texts[i : i + batch]])
+            body = self.call(
+                "POST",
+                f"/api/projects/{pid}/import",
+                (201,),
+                params={"return_task_ids": "true"},
+                json=[{"text": t} for t in texts[i : i + batch]],
+            )
             ids.extend(body.get("task_ids") or [])
         return ids
 
@@ -132,16 +153,24 @@ class LS:
         return self.call("GET", f"/api/tasks/{task_id}/")
 
     def connect(self, pid: int, url: str) -> dict:
-        return self.call("POST", "/api/ml/", (200, 201),
-                         json={"project": pid, "url": url, "title": "al-backend", "is_interactive": False})
+        return self.call(
+            "POST",
+            "/api/ml/",
+            (200, 201),
+            json={"project": pid, "url": url, "title": "al-backend", "is_interactive": False},
+        )
 
     def model_versions(self, pid: int) -> dict[str, int]:
         return self.call("GET", f"/api/projects/{pid}/model-versions/") or {}
 
     def annotate(self, task_id: int, label: str) -> dict:
         result = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
-        return self.call("POST", f"/api/tasks/{task_id}/annotations/", (201,),
-                         json={"result": result, "was_cancelled": False, "lead_time": 1.0})
+        return self.call(
+            "POST",
+            f"/api/tasks/{task_id}/annotations/",
+            (201,),
+            json={"result": result, "was_cancelled": False, "lead_time": 1.0},
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -154,8 +183,15 @@ def _versions_count(ls: LS, pid: int, version: str) -> int:
     return 0
 
 
-def wait_all_predictions(ls: LS, be: Backend, pid: int, n_unlabelled: int, timeout: float,
-                         not_version: str | None = None, min_labels: int = 0) -> tuple[str, float]:
+def wait_all_predictions(
+    ls: LS,
+    be: Backend,
+    pid: int,
+    n_unlabelled: int,
+    timeout: float,
+    not_version: str | None = None,
+    min_labels: int = 0,
+) -> tuple[str, float]:
     """Wait until the backend's current version, trained on at least ``min_labels`` labels (0: the untrained
     cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS."""
     t0 = time.perf_counter()
@@ -180,8 +216,9 @@ def wait_all_predictions(ls: LS, be: Backend, pid: int, n_unlabelled: int, timeo
     return version, time.perf_counter() - t0
 
 
-def bench_pool(ls: LS, be: Backend, texts: list[str], labels: list[str], n: int, repeats: int, timeout: float,
-               extra: dict) -> dict:
+def bench_pool(
+    ls: LS, be: Backend, texts: list[str], labels: list[str], n: int, repeats: int, timeout: float, extra: dict
+) -> dict:
     out: dict[str, Any] = {"pool": n}
     project = ls.create_project(f"bench pool {n}")
     pid = project["id"]
@@ -193,8 +230,11 @@ def bench_pool(ls: LS, be: Backend, texts: list[str], labels: list[str], n: int,
     ls.connect(pid, be.url)
     version, _ = wait_all_predictions(ls, be, pid, n, timeout)
     out["connect_to_cold_start_predictions_seconds"] = time.perf_counter() - t0
-    print(f"  pool {n}: cold-start predictions of {version} for all tasks "
-          f"{out['connect_to_cold_start_predictions_seconds']:.1f} s after connecting", file=sys.stderr)
+    print(
+        f"  pool {n}: cold-start predictions of {version} for all tasks "
+        f"{out['connect_to_cold_start_predictions_seconds']:.1f} s after connecting",
+        file=sys.stderr,
+    )
 
     # a few labels of both classes, then wait for the trained version to be fully in LS
     by_class = {c: [i for i, label in zip(ids, labels[:n]) if label == c] for c in ("fresh", "rotten")}
@@ -214,8 +254,11 @@ def bench_pool(ls: LS, be: Backend, texts: list[str], labels: list[str], n: int,
         # rows of the new version land for unlabelled tasks only: the labelled ones are skipped by the rescore
         new, _ = wait_all_predictions(ls, be, pid, n - labelled, timeout, not_version=previous, min_labels=labelled)
         out["retrain_to_ls_seconds"].append(time.perf_counter() - t0)
-        print(f"  pool {n}: annotation -> all {n - labelled} predictions of {new} in LS: "
-              f"{out['retrain_to_ls_seconds'][-1]:.1f} s", file=sys.stderr)
+        print(
+            f"  pool {n}: annotation -> all {n - labelled} predictions of {new} in LS: "
+            f"{out['retrain_to_ls_seconds'][-1]:.1f} s",
+            file=sys.stderr,
+        )
         previous = new
     if extra.get("latency"):
         out.update(latency_benchmarks(be, ls, pid, ids, texts, labels, extra))
@@ -234,8 +277,9 @@ def wait_idle(be: Backend, pid: int, timeout: float) -> None:
     wait_for(idle, timeout, f"project {pid}'s jobs to finish", 1.0)
 
 
-def latency_benchmarks(be: Backend, ls: LS, pid: int, ids: list[int], texts: list[str], labels: list[str],
-                       extra: dict) -> dict:
+def latency_benchmarks(
+    be: Backend, ls: LS, pid: int, ids: list[int], texts: list[str], labels: list[str], extra: dict
+) -> dict:
     """/predict (1 and 100 tasks; cached pool tasks and never-seen texts) and /webhook, on the warm server."""
     n_pool = len(ids)
     unseen = texts[len(texts) - 2000 :]  # texts not imported into this pool
@@ -260,66 +304,101 @@ def latency_benchmarks(be: Backend, ls: LS, pid: int, ids: list[int], texts: lis
         predict(new_tasks[-100:])
     res["predict_1_cached"] = percentiles([predict([pool_tasks[int(rng.integers(n_pool))]]) for _ in range(r1)])
     res["predict_100_cached"] = percentiles(
-        [predict([pool_tasks[int(i)] for i in rng.choice(n_pool, 100, replace=False)]) for _ in range(r1 // 3)])
+        [predict([pool_tasks[int(i)] for i in rng.choice(n_pool, 100, replace=False)]) for _ in range(r1 // 3)]
+    )
     res["predict_1_new"] = percentiles([predict([new_tasks[j]]) for j in range(r1)])
     res["predict_100_new"] = percentiles(
-        [predict(new_tasks[r1 + 100 * j : r1 + 100 * (j + 1)]) for j in range(min(r1 // 3, (len(new_tasks) - r1) // 100))])
+        [
+            predict(new_tasks[r1 + 100 * j : r1 + 100 * (j + 1)])
+            for j in range(min(r1 // 3, (len(new_tasks) - r1) // 100))
+        ]
+    )
 
     def webhook(task_id: int, text: str, label: str) -> float:
-        payload = {"action": "ANNOTATION_CREATED", "project": {"id": pid},
-                   "task": {"id": task_id, "project": pid, "data": {"text": text}},
-                   "annotation": {"id": 1, "task": task_id, "project": pid, "was_cancelled": False,
-                                  "result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
-                                              "value": {"choices": [label]}}]}}
+        payload = {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": pid},
+            "task": {"id": task_id, "project": pid, "data": {"text": text}},
+            "annotation": {
+                "id": 1,
+                "task": task_id,
+                "project": pid,
+                "was_cancelled": False,
+                "result": [
+                    {"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}
+                ],
+            },
+        }
         t0 = time.perf_counter()
         r = be.http.post("/webhook", json=payload)
         dt = time.perf_counter() - t0
         assert r.status_code in (200, 201), r.text[:300]
         return dt
 
-    res["webhook"] = percentiles([webhook(ids[j % n_pool], texts[j % n_pool], labels[j % n_pool])
-                                  for j in range(extra["webhook_repeats"])])
+    res["webhook"] = percentiles(
+        [webhook(ids[j % n_pool], texts[j % n_pool], labels[j % n_pool]) for j in range(extra["webhook_repeats"])]
+    )
     for name, v in res.items():
-        print(f"  {name}: p50 {v['p50_ms']:.1f} ms, p95 {v['p95_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms (n={v['n']})",
-              file=sys.stderr)
+        print(
+            f"  {name}: p50 {v['p50_ms']:.1f} ms, p95 {v['p95_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms (n={v['n']})",
+            file=sys.stderr,
+        )
     return res
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["| measurement | pool | n | p50 | p95 | p99 |", "|---|---|---|---|---|---|"]
-    names = {"predict_1_cached": "/predict, 1 task (pool task, embedding cached)",
-             "predict_100_cached": "/predict, 100 tasks (pool tasks, embeddings cached)",
-             "predict_1_new": "/predict, 1 task (text never seen)",
-             "predict_100_new": "/predict, 100 tasks (texts never seen)",
-             "webhook": "/webhook ANNOTATION_CREATED (enqueue only)"}
+    names = {
+        "predict_1_cached": "/predict, 1 task (pool task, embedding cached)",
+        "predict_100_cached": "/predict, 100 tasks (pool tasks, embeddings cached)",
+        "predict_1_new": "/predict, 1 task (text never seen)",
+        "predict_100_new": "/predict, 100 tasks (texts never seen)",
+        "webhook": "/webhook ANNOTATION_CREATED (enqueue only)",
+    }
     for pool in result["pools"]:
         for key, label in names.items():
             if key in pool:
                 v = pool[key]
-                lines.append(f"| {label} | {pool['pool']:,} | {v['n']} | {v['p50_ms']:.0f} ms | {v['p95_ms']:.0f} ms "
-                             f"| {v['p99_ms']:.0f} ms |")
-    lines += ["", "| pool | connect -> cold-start predictions of all tasks in LS | annotation -> all predictions of the "
-              "new version in LS (each run) | median |", "|---|---|---|---|"]
+                lines.append(
+                    f"| {label} | {pool['pool']:,} | {v['n']} | {v['p50_ms']:.0f} ms | {v['p95_ms']:.0f} ms "
+                    f"| {v['p99_ms']:.0f} ms |"
+                )
+    lines += [
+        "",
+        "| pool | connect -> cold-start predictions of all tasks in LS | annotation -> all predictions of the "
+        "new version in LS (each run) | median |",
+        "|---|---|---|---|",
+    ]
     for pool in result["pools"]:
         runs = pool["retrain_to_ls_seconds"]
-        lines.append(f"| {pool['pool']:,} | {pool['connect_to_cold_start_predictions_seconds']:.1f} s | "
-                     f"{', '.join(f'{x:.1f} s' for x in runs)} | {statistics.median(runs):.1f} s |")
-    lines += ["", f"Machine: {m['cores']} cores, no GPU, torch threads 1 in the web app and the worker (TORCH_THREADS=1); "
-              f"Label Studio {result['ls_version']} (SQLite) on the same machine. Default text model (MiniLM), "
-              f"Rotten Tomatoes review snippets."]
+        lines.append(
+            f"| {pool['pool']:,} | {pool['connect_to_cold_start_predictions_seconds']:.1f} s | "
+            f"{', '.join(f'{x:.1f} s' for x in runs)} | {statistics.median(runs):.1f} s |"
+        )
+    lines += [
+        "",
+        f"Machine: {m['cores']} cores, no GPU, torch threads 1 in the web app and the worker (TORCH_THREADS=1); "
+        f"Label Studio {result['ls_version']} (SQLite) on the same machine. Default text model (MiniLM), "
+        f"Rotten Tomatoes review snippets.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pools", default="1001,10001",
-                   help="pool sizes (default: %(default)s; not multiples of 500: the worker's task listing then "
-                        "asks LS for a page past the end, see README-benchmarks)")
+    p.add_argument(
+        "--pools",
+        default="1001,10001",
+        help="pool sizes (default: %(default)s; not multiples of 500: the worker's task listing then "
+        "asks LS for a page past the end, see README-benchmarks)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="retrain-to-LS measurements per pool (default: %(default)s)")
     p.add_argument("--predict-repeats", type=int, default=60, help="/predict requests of 1 task (default: %(default)s)")
     p.add_argument("--webhook-repeats", type=int, default=300, help="/webhook requests (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for each stage (default: %(default)s)")
+    p.add_argument(
+        "--timeout", type=float, default=1200.0, help="seconds to wait for each stage (default: %(default)s)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args(argv)
 
@@ -339,9 +418,22 @@ def main(argv: list[str] | None = None) -> int:
         be = Backend(work / "data", ls_server.url, ls_server.token, work / "backend.log")
         try:
             for k, n in enumerate(pools):
-                result["pools"].append(bench_pool(ls, be, texts, labels, n, args.repeats, args.timeout,
-                                                  {"latency": k == 0, "predict_repeats": args.predict_repeats,
-                                                   "webhook_repeats": args.webhook_repeats}))
+                result["pools"].append(
+                    bench_pool(
+                        ls,
+                        be,
+                        texts,
+                        labels,
+                        n,
+                        args.repeats,
+                        args.timeout,
+                        {
+                            "latency": k == 0,
+                            "predict_repeats": args.predict_repeats,
+                            "webhook_repeats": args.webhook_repeats,
+                        },
+                    )
+                )
         except BaseException:
             print(f"backend log tail:\n{Path(work / 'backend.log').read_text()[-3000:]}", file=sys.stderr)
             raise

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ml_backend.simulation import datasets
 from ml_backend.core.strategies import normalized_uncertainty, to_ls_score
-from ml_backend.models.config import load_model_config
 from ml_backend.models.classifier import Classifier
+from ml_backend.models.config import load_model_config
 from ml_backend.models.image import load_image
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
+from ml_backend.simulation import datasets
 
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 _POOL = EncoderPool()  # each encoder loaded once per process
@@ -59,8 +59,13 @@ def cpu_model() -> str:
 
 
 def machine() -> dict:
-    return {"cores": os.cpu_count(), "cpu": cpu_model(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def score_pool(clf: Classifier, raw: list, mc: int, strategy: str, load=None) -> np.ndarray:
@@ -82,8 +87,18 @@ def timed(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def bench_model(kind: str, items: list, labels: np.ndarray, n_classes: int, n_full: int, threads: int,
-                repeats: int, mc: int, tokens_of=None, load=None) -> list[dict]:
+def bench_model(
+    kind: str,
+    items: list,
+    labels: np.ndarray,
+    n_classes: int,
+    n_full: int,
+    threads: int,
+    repeats: int,
+    mc: int,
+    tokens_of=None,
+    load=None,
+) -> list[dict]:
     settings = Settings()
     name = settings.text_model_config if kind == "text" else settings.image_model_config
     config = load_model_config(settings.model_configs_dir, name)
@@ -107,18 +122,30 @@ def bench_model(kind: str, items: list, labels: np.ndarray, n_classes: int, n_fu
         modes.insert(1, ("deterministic, pool sorted by length", clf, by_length, 1, "entropy"))
     for mode, model, batch, t, strategy in modes:
         load1 = os.getloadavg()[0]
-        seconds, times = timed(lambda: score_pool(model, batch, t, strategy, load), repeats)
+        seconds, times = timed(lambda m=model, b=batch, t=t, s=strategy: score_pool(m, b, t, s, load), repeats)
         row = {
-            "model": config.name, "kind": kind, "mode": mode, "mc": t, "strategy": strategy, "tasks": len(batch),
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "seconds": seconds, "all_seconds": times,
-            "tasks_per_s": len(batch) / seconds, "load_avg_1m_before": load1,
+            "model": config.name,
+            "kind": kind,
+            "mode": mode,
+            "mc": t,
+            "strategy": strategy,
+            "tasks": len(batch),
+            "threads": torch.get_num_threads(),
+            "cores": os.cpu_count(),
+            "seconds": seconds,
+            "all_seconds": times,
+            "tasks_per_s": len(batch) / seconds,
+            "load_avg_1m_before": load1,
         }
         if tokens_of is not None:
             row["tokens"] = tokens_of(batch)
             row["tokens_per_s"] = row["tokens"] / seconds
         rows.append(row)
-        print(f"  {config.name:14s} {mode:16s} threads={row['threads']} {row['tasks_per_s']:9.1f} tasks/s"
-              + (f" {row['tokens_per_s']:9.0f} tokens/s" if "tokens_per_s" in row else ""), file=sys.stderr)
+        print(
+            f"  {config.name:14s} {mode:16s} threads={row['threads']} {row['tasks_per_s']:9.1f} tasks/s"
+            + (f" {row['tokens_per_s']:9.0f} tokens/s" if "tokens_per_s" in row else ""),
+            file=sys.stderr,
+        )
     det = rows[0]["tasks_per_s"]
     for row in rows:
         row["cost_vs_deterministic"] = det / row["tasks_per_s"]
@@ -139,26 +166,36 @@ def markdown(rows: list[dict], info: dict) -> str:
     ]
     for r in rows:
         tok = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "-"
-        lines.append(f"| {r['model']} | {r['mode']} | {r['tasks']} | {r['threads']} | {r['cores']} | "
-                     f"{r['tasks_per_s']:,.1f} | {tok} | {r['cost_vs_deterministic']:.2f}x |")
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['tasks']} | {r['threads']} | {r['cores']} | "
+            f"{r['tasks_per_s']:,.1f} | {tok} | {r['cost_vs_deterministic']:.2f}x |"
+        )
     lines.append("")
-    lines.append("Where the time of a head-only MC pass goes (timed apart, same tasks): the cost of T dropout passes "
-                 "relative to one deterministic pass is 1 + head time / encoder time, which is less noisy than the "
-                 "ratio of two whole passes on a shared machine.")
+    lines.append(
+        "Where the time of a head-only MC pass goes (timed apart, same tasks): the cost of T dropout passes "
+        "relative to one deterministic pass is 1 + head time / encoder time, which is less noisy than the "
+        "ratio of two whole passes on a shared machine."
+    )
     lines.append("")
-    lines.append("| model | torch threads | encoder (s) | T head passes + BALD (s) | head-only MC cost vs deterministic |")
+    lines.append(
+        "| model | torch threads | encoder (s) | T head passes + BALD (s) | head-only MC cost vs deterministic |"
+    )
     lines.append("|---|---|---|---|---|")
     for r in rows:
         if "encoder_seconds" in r:
-            lines.append(f"| {r['model']} | {r['threads']} | {r['encoder_seconds']:.2f} | {r['head_mc_seconds']:.3f} | "
-                         f"{1 + r['head_mc_seconds'] / r['encoder_seconds']:.3f}x |")
+            lines.append(
+                f"| {r['model']} | {r['threads']} | {r['encoder_seconds']:.2f} | {r['head_mc_seconds']:.3f} | "
+                f"{1 + r['head_mc_seconds'] / r['encoder_seconds']:.3f}x |"
+            )
     lines.append("")
-    lines.append(f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, no GPU; shared with other "
-                 f"jobs (1-minute load average before each measurement is in speed.json). Median of "
-                 f"{info['repeats']} runs after a warm-up; each run = embed + predict_proba + normalized_uncertainty "
-                 f"+ to_ls_score from raw inputs. Text: Rotten Tomatoes review snippets (real tokens counted after "
-                 f"truncation, padding excluded). Images: digits PNGs ({info['image_size']} px, resized to the "
-                 f"model's 224 px), decoding included.")
+    lines.append(
+        f"Machine: {info['cores']} cores ({info['cpu']}), torch {info['torch']}, no GPU; shared with other "
+        f"jobs (1-minute load average before each measurement is in speed.json). Median of "
+        f"{info['repeats']} runs after a warm-up; each run = embed + predict_proba + normalized_uncertainty "
+        f"+ to_ls_score from raw inputs. Text: Rotten Tomatoes review snippets (real tokens counted after "
+        f"truncation, padding excluded). Images: digits PNGs ({info['image_size']} px, resized to the "
+        f"model's 224 px), decoding included."
+    )
     return "\n".join(lines)
 
 
@@ -190,13 +227,23 @@ def main(argv: list[str] | None = None) -> int:
         if "text" in kinds:
             data = datasets.rotten_tomatoes(n=args.text_n, seed=0)
             enc = _POOL.get(load_model_config(Settings().model_configs_dir, Settings().text_model_config))
-            rows += bench_model("text", data.texts, data.y(), 2, args.full_text_n, threads, args.repeats, args.mc,
-                                tokens_of=enc.count_tokens)
+            rows += bench_model(
+                "text",
+                data.texts,
+                data.y(),
+                2,
+                args.full_text_n,
+                threads,
+                args.repeats,
+                args.mc,
+                tokens_of=enc.count_tokens,
+            )
         if "image" in kinds:
             with tempfile.TemporaryDirectory() as tmp:
                 data = datasets.digits_png(Path(tmp), n=args.image_n, size=args.image_size, seed=0)
-                rows += bench_model("image", data.paths, data.y(), 10, args.full_image_n, threads, args.repeats,
-                                    args.mc, load=_decode)
+                rows += bench_model(
+                    "image", data.paths, data.y(), 10, args.full_image_n, threads, args.repeats, args.mc, load=_decode
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, info)
     (args.out / "speed.json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")

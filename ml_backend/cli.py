@@ -27,9 +27,8 @@ def _setup_logging(level: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from ml_backend.jobs.worker import LocalRedis, WorkerSupervisor
-
     from ml_backend.api.app import create_app
+    from ml_backend.jobs.worker import LocalRedis, WorkerSupervisor
 
     local_redis = None
     if not os.environ.get("REDIS_URL"):
@@ -43,8 +42,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the cleanup below runs
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower(),
-                    timeout_keep_alive=75)
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=settings.log_level.lower(),
+            timeout_keep_alive=75,
+        )
     finally:
         if supervisor:
             supervisor.stop()

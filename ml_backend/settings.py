@@ -32,11 +32,15 @@ class Settings(BaseSettings):
     queue_name: str = "ml-backend"
     job_timeout: int = Field(3600, description="Seconds a training or re-scoring job may run.")
     job_retries: int = Field(3, description="Retries (with backoff) of a failed or abandoned job.")
-    late_retries: list[int] = Field([600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600],
-                                    description="Seconds until the later attempts of a re-score that failed all its retries "
-                                                "(e.g. LS down for long); the pool gets scored once LS is back.")
+    late_retries: list[int] = Field(
+        [600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600],
+        description="Seconds until the later attempts of a re-score that failed all its retries "
+        "(e.g. LS down for long); the pool gets scored once LS is back.",
+    )
     retrain_every: int = Field(1, ge=1, description="Retrain after this many new labels (START_TRAINING forces it).")
-    set_uncertainty_sampling: bool = Field(True, description="On connect, switch the LS project to Uncertainty sampling.")
+    set_uncertainty_sampling: bool = Field(
+        True, description="On connect, switch the LS project to Uncertainty sampling."
+    )
     import_batch_size: int = Field(500, ge=1, description="Predictions per LS import request.")
     score_batch_size: int = Field(64, ge=1, description="Tasks per encoder batch when scoring the pool.")
 

@@ -53,9 +53,21 @@ DEFAULT_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 DEFAULT_SECRET_KEY = "al-backend-tests-secret-key-not-for-production"
 
 # Environment variables of the calling process that must not leak into LS's interpreter.
-_SCRUB_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DJANGO_SETTINGS_MODULE", "LABEL_STUDIO_URL",
-              "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_HOST", "DATABASE_URL", "POSTGRE_HOST", "DJANGO_DB",
-              "LABEL_STUDIO_BASE_DATA_DIR", "LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_SERVING_ENABLED")
+_SCRUB_ENV = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "DJANGO_SETTINGS_MODULE",
+    "LABEL_STUDIO_URL",
+    "LABEL_STUDIO_API_KEY",
+    "LABEL_STUDIO_HOST",
+    "DATABASE_URL",
+    "POSTGRE_HOST",
+    "DJANGO_DB",
+    "LABEL_STUDIO_BASE_DATA_DIR",
+    "LOCAL_FILES_DOCUMENT_ROOT",
+    "LOCAL_FILES_SERVING_ENABLED",
+)
 
 
 class LabelStudioError(RuntimeError):
@@ -80,12 +92,19 @@ def tail_file(path: Path | str | None, n: int = 40) -> str:
     """The last ``n`` lines of a text file ('' if it does not exist)."""
     if not path or not os.path.exists(path):
         return ""
-    with open(path, "r", encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         return "".join(deque(f, maxlen=n))
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, what: str, log_path: Path | str | None, timeout: float,
-                 error: type[Exception] = AssertionError, expect: str = "") -> None:
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen,
+    what: str,
+    log_path: Path | str | None,
+    timeout: float,
+    error: type[Exception] = AssertionError,
+    expect: str = "",
+) -> None:
     """Poll ``url`` until it answers 200 (with ``expect`` in the body); fail early if ``proc`` exits, and always
     say what the server last answered and the tail of its log."""
     deadline = time.monotonic() + timeout
@@ -93,8 +112,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, what: str, log_path: Path | s
     with httpx.Client(timeout=3.0, trust_env=False) as c:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise error(f"{what} exited with code {proc.returncode} before it was ready; "
-                            f"tail of {log_path}:\n{tail_file(log_path, 60)}")
+                raise error(
+                    f"{what} exited with code {proc.returncode} before it was ready; "
+                    f"tail of {log_path}:\n{tail_file(log_path, 60)}"
+                )
             try:
                 r = c.get(url)
                 if r.status_code == 200 and expect in r.text:
@@ -103,8 +124,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, what: str, log_path: Path | s
             except httpx.HTTPError as e:
                 last = repr(e)
             time.sleep(0.25)
-    raise error(f"{what} did not answer {url} within {timeout:.0f} s (last: {last}); "
-                f"tail of {log_path}:\n{tail_file(log_path, 60)}")
+    raise error(
+        f"{what} did not answer {url} within {timeout:.0f} s (last: {last}); "
+        f"tail of {log_path}:\n{tail_file(log_path, 60)}"
+    )
 
 
 def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
@@ -221,8 +244,9 @@ class LabelStudioServer:
         """A label-studio-sdk client (imported lazily: only tests that want it need the SDK)."""
         from label_studio_sdk import LabelStudio
 
-        return LabelStudio(base_url=self.url, api_key=api_key or self.token,
-                           httpx_client=httpx.Client(timeout=60.0, trust_env=False))
+        return LabelStudio(
+            base_url=self.url, api_key=api_key or self.token, httpx_client=httpx.Client(timeout=60.0, trust_env=False)
+        )
 
     def tail_log(self, n: int = 40) -> str:
         return tail_file(self.log_path, n)
@@ -249,16 +273,26 @@ class LabelStudioServer:
                 if r.returncode != 0:
                     raise LabelStudioError(f"could not create venv {self.venv}:\n{r.stdout}\n{r.stderr}")
             env = _scrubbed_env()
-            cmd = [str(self.venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                   f"label-studio=={self.version}"]
+            cmd = [
+                str(self.venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                f"label-studio=={self.version}",
+            ]
             t0 = time.monotonic()
             with open(log, "w") as f:
                 r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=1800)
             if r.returncode != 0 or not self._ls_installed():
-                raise LabelStudioError(f"pip install label-studio=={self.version} into {self.venv} failed "
-                                       f"(exit {r.returncode}); tail of {log}:\n{tail_file(log, 30)}")
-            print(f"[lsserver] installed label-studio {self.version} into {self.venv} in "
-                  f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
+                raise LabelStudioError(
+                    f"pip install label-studio=={self.version} into {self.venv} failed "
+                    f"(exit {r.returncode}); tail of {log}:\n{tail_file(log, 30)}"
+                )
+            print(
+                f"[lsserver] installed label-studio {self.version} into {self.venv} in {time.monotonic() - t0:.0f} s",
+                file=sys.stderr,
+            )
         return self.venv
 
     def ensure_template(self) -> Path:
@@ -275,13 +309,25 @@ class LabelStudioServer:
             data.mkdir()
             log = self.cache_dir / "ls-template-init.log"
             env = self._ls_env(data, tmp / "home")
-            cmd = [str(self.label_studio_bin), "init", "--username", self.user, "--password", self.password,
-                   "--user-token", self.token, "--enable-legacy-api-token", "--quiet", "--no-browser"]
+            cmd = [
+                str(self.label_studio_bin),
+                "init",
+                "--username",
+                self.user,
+                "--password",
+                self.password,
+                "--user-token",
+                self.token,
+                "--enable-legacy-api-token",
+                "--quiet",
+                "--no-browser",
+            ]
             t0 = time.monotonic()
             with open(log, "w") as f:
                 try:
-                    r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp, timeout=900,
-                                       stdin=subprocess.DEVNULL)
+                    r = subprocess.run(
+                        cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp, timeout=900, stdin=subprocess.DEVNULL
+                    )
                 except subprocess.TimeoutExpired:
                     r = None
             if r is None or r.returncode != 0 or not (data / "label_studio.sqlite3").exists():
@@ -298,27 +344,36 @@ class LabelStudioServer:
     def _ls_env(self, data_dir: Path, home: Path) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
         env = _scrubbed_env()
-        env.update({
-            "HOME": str(home),  # LS writes ~/.config/label-studio/
-            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-            "DJANGO_DB": "sqlite",
-            # no outbound calls: version check, Sentry, analytics; any other stray request dies on a dead port
-            "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-            "COLLECT_ANALYTICS": "false",
-            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            "LABEL_STUDIO_USERNAME": self.user, "LABEL_STUDIO_PASSWORD": self.password,
-            "LABEL_STUDIO_USER_TOKEN": self.token,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-            "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
-            "SECRET_KEY": self.secret_key,
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "HOME": str(home),  # LS writes ~/.config/label-studio/
+                "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+                "DJANGO_DB": "sqlite",
+                # no outbound calls: version check, Sentry, analytics; any other stray request dies on a dead port
+                "LATEST_VERSION_CHECK": "false",
+                "SENTRY_DSN": "",
+                "FRONTEND_SENTRY_DSN": "",
+                "COLLECT_ANALYTICS": "false",
+                "HTTP_PROXY": "http://127.0.0.1:9",
+                "HTTPS_PROXY": "http://127.0.0.1:9",
+                "http_proxy": "http://127.0.0.1:9",
+                "https_proxy": "http://127.0.0.1:9",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+                "LABEL_STUDIO_USERNAME": self.user,
+                "LABEL_STUDIO_PASSWORD": self.password,
+                "LABEL_STUDIO_USER_TOKEN": self.token,
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+                "ML_BLOCK_LOCAL_IP": "false",
+                "SSRF_PROTECTION_ENABLED": "false",
+                "SECRET_KEY": self.secret_key,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
-    def start(self) -> "LabelStudioServer":
+    def start(self) -> LabelStudioServer:
         if self.running:
             return self
         template = self.ensure_template()
@@ -337,20 +392,44 @@ class LabelStudioServer:
         self.log_path = self.run_dir / f"ls-{self.port}.log"
         self._log_file = open(self.log_path, "w")
         env = self._ls_env(self.data_dir, self.run_dir / "home")
-        cmd = [str(self.label_studio_bin), "start", "--no-browser", "--internal-host", "127.0.0.1",
-               "--port", str(self.port)]
+        cmd = [
+            str(self.label_studio_bin),
+            "start",
+            "--no-browser",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
-                                     cwd=self.run_dir, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.run_dir,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
-            wait_healthy(f"{self.url}/health", self.proc, "Label Studio", self.log_path,
-                         self.startup_timeout - (time.monotonic() - t0), LabelStudioError, expect="UP")
+            wait_healthy(
+                f"{self.url}/health",
+                self.proc,
+                "Label Studio",
+                self.log_path,
+                self.startup_timeout - (time.monotonic() - t0),
+                LabelStudioError,
+                expect="UP",
+            )
             self._ensure_token()
         except BaseException:
             self.stop()
             raise
-        print(f"[lsserver] Label Studio {self.version} up at {self.url} in {time.monotonic() - t0:.1f} s "
-              f"(PID {self.proc.pid}, log {self.log_path})", file=sys.stderr)
+        print(
+            f"[lsserver] Label Studio {self.version} up at {self.url} in {time.monotonic() - t0:.1f} s "
+            f"(PID {self.proc.pid}, log {self.log_path})",
+            file=sys.stderr,
+        )
         return self
 
     def _ensure_token(self) -> None:
@@ -362,8 +441,11 @@ class LabelStudioServer:
             first = f"{r.status_code} {r.text[:300]}"
             s = self._login()
             if "legacy token authentication has been disabled" in r.text:
-                s.post("/api/jwt/settings", json={"legacy_api_tokens_enabled": True, "api_tokens_enabled": True},
-                       headers=self._csrf_headers(s))
+                s.post(
+                    "/api/jwt/settings",
+                    json={"legacy_api_tokens_enabled": True, "api_tokens_enabled": True},
+                    headers=self._csrf_headers(s),
+                )
             else:
                 rt = s.get("/api/current-user/token")
                 if rt.status_code == 200 and rt.json().get("token"):
@@ -371,8 +453,9 @@ class LabelStudioServer:
             with self.client() as c2:
                 r = c2.get("/api/current-user/whoami")
             if r.status_code != 200:
-                raise LabelStudioError(f"the admin token is rejected: first {first}; after repair "
-                                       f"{r.status_code} {r.text[:300]}")
+                raise LabelStudioError(
+                    f"the admin token is rejected: first {first}; after repair {r.status_code} {r.text[:300]}"
+                )
 
     def _login(self) -> httpx.Client:
         """A cookie session logged in as the admin (Django form login with CSRF)."""
@@ -383,9 +466,11 @@ class LabelStudioServer:
         csrf = s.cookies.get("csrftoken")
         if not csrf:
             raise LabelStudioError("no csrftoken cookie from /user/login/")
-        r = s.post("/user/login/", data={"email": self.user, "password": self.password,
-                                         "csrfmiddlewaretoken": csrf},
-                   headers={"Referer": f"{self.url}/user/login/"})
+        r = s.post(
+            "/user/login/",
+            data={"email": self.user, "password": self.password, "csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"{self.url}/user/login/"},
+        )
         if r.status_code not in (200, 302) or not s.cookies.get("sessionid"):
             raise LabelStudioError(f"login as {self.user} failed: {r.status_code} {r.text[:300]}")
         self._session = s
@@ -427,7 +512,7 @@ class LabelStudioServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         self._pat = None
 
-    def __enter__(self) -> "LabelStudioServer":
+    def __enter__(self) -> LabelStudioServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

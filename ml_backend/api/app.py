@@ -25,10 +25,10 @@ from ml_backend.jobs.queue import JobQueue, QueueUnavailable, connect, last_erro
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
 from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
-from ml_backend.models.encoders import configure_torch
-from ml_backend.models.pool import EncoderPool
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import ScoringService, UnknownProject
+from ml_backend.models.encoders import configure_torch
+from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,9 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     @app.post("/setup")
     def setup(body: SetupRequest) -> JSONResponse:
         try:
-            state, is_new = backend.service.register(project_id_of_key(body.project), body.project,
-                                                     body.schema_, body.extra_params)
+            state, is_new = backend.service.register(
+                project_id_of_key(body.project), body.project, body.schema_, body.extra_params
+            )
         except UnsupportedConfig as exc:
             return error(422, str(exc))
         except (FileNotFoundError, ValueError) as exc:  # unknown or mismatched model config
@@ -128,8 +129,9 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(400, "cannot tell the project: send 'project' as LS does ('<id>.<timestamp>')")
         try:
             if body.label_config:  # LS sends the config with every request: keeps us in sync after edits
-                state, _ = backend.service.register(project_id, body.project_key() or str(project_id),
-                                                    body.label_config)
+                state, _ = backend.service.register(
+                    project_id, body.project_key() or str(project_id), body.label_config
+                )
             else:
                 state = backend.service.state(project_id)
         except UnknownProject as exc:
@@ -168,7 +170,9 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         if not event.handled:
             return JSONResponse({"status": "Unknown event", "action": event.action}, status_code=200)
         if backend.registry.get_project(event.project_id) is None:
-            return error(404, f"project {event.project_id} is unknown: connect it to this backend in Label Studio first")
+            return error(
+                404, f"project {event.project_id} is unknown: connect it to this backend in Label Studio first"
+            )
         try:
             queue = backend.queue()
             if event.creates_tasks:
@@ -205,8 +209,17 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             "trained": state.version.trained,
             "metrics": state.version.metrics,
             "n_labels": state.version.n_labels,
-            "versions": [{"version": v.version, "promoted": v.promoted, "trained": v.trained, "n_labels": v.n_labels,
-                          "accuracy": v.metrics.get("accuracy"), "note": v.note} for v in history],
+            "versions": [
+                {
+                    "version": v.version,
+                    "promoted": v.promoted,
+                    "trained": v.trained,
+                    "n_labels": v.n_labels,
+                    "accuracy": v.metrics.get("accuracy"),
+                    "note": v.note,
+                }
+                for v in history
+            ],
         }
         try:
             body["jobs"] = backend.queue().recent_jobs(project_id)

@@ -12,8 +12,8 @@ independent Bernoulli, scored as a 2-class problem, and the per-label values are
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 

@@ -15,11 +15,11 @@ from redis import Redis
 from ml_backend.jobs.queue import JobQueue, connect
 from ml_backend.labelstudio.client import LabelStudioClient
 from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.learning.registry import Registry
+from ml_backend.learning.service import ScoringService
 from ml_backend.models.config import load_model_config
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
-from ml_backend.learning.registry import Registry
-from ml_backend.learning.service import ScoringService
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class WorkerContext:
     encoders: EncoderPool
 
     @classmethod
-    def build(cls, settings: Settings, preload: bool = True) -> "WorkerContext":
+    def build(cls, settings: Settings, preload: bool = True) -> WorkerContext:
         configure_torch(settings.torch_threads)
         encoders = EncoderPool()
         if preload:

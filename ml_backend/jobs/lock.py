@@ -44,8 +44,12 @@ def _fail_fast_client(redis: Redis, timeout: float) -> Redis:
     redis-py's default retries make one call against a frozen server block for many seconds (6 s measured with a
     0.2 s socket timeout), longer than the TTL: the heartbeat could neither extend in time nor notice the loss.
     """
-    kwargs = {**redis.connection_pool.connection_kwargs, "socket_timeout": timeout,
-              "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
+    kwargs = {
+        **redis.connection_pool.connection_kwargs,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     pool = type(redis.connection_pool)(connection_class=redis.connection_pool.connection_class, **kwargs)
     return Redis(connection_pool=pool)
 
@@ -61,7 +65,7 @@ class ProjectLock:
         self._beat: threading.Thread | None = None
         self._confirmed = 0.0  # monotonic time of the last successful extension: the key lives until + ttl
 
-    def __enter__(self) -> "ProjectLock":
+    def __enter__(self) -> ProjectLock:
         deadline = time.monotonic() + self.wait
         ttl_ms = int(self.ttl * 1000)
         while True:
@@ -137,8 +141,9 @@ class ProjectLock:
         if not self.owned():
             raise LockLost(f"{self.key}: lost the project lock ({self.lost_reason}); stopped before {before}")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._stop.set()
         if self._beat:
             self._beat.join(timeout=self.ttl)

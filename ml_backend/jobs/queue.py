@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -51,8 +52,10 @@ DEDUPE_AFTER, DEDUPE_PER_TASK = 10.0, 0.25
 #: bounded, so a project whose LS is gone for good stops costing work after about a day
 LATE_RETRIES = (600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600)
 _CLEAR_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-_SET_MAX = ("local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
-            "if tonumber(ARGV[1]) > cur then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0")
+_SET_MAX = (
+    "local cur = tonumber(redis.call('get', KEYS[1]) or '0') "
+    "if tonumber(ARGV[1]) > cur then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end return 0"
+)
 
 
 def connect(redis_url: str) -> Redis:
@@ -79,8 +82,15 @@ def last_error(jobs: list[dict[str, Any]]) -> str | None:
 class JobQueue:
     """The project's jobs on one rq queue, with explicit ids, timeouts, retries and meta."""
 
-    def __init__(self, redis: Redis, name: str, job_timeout: int, retries: int, retrain_every: int,
-                 late_retries: Sequence[int] = LATE_RETRIES):
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        job_timeout: int,
+        retries: int,
+        retrain_every: int,
+        late_retries: Sequence[int] = LATE_RETRIES,
+    ):
         self.redis = redis
         self.queue = Queue(name, connection=redis)
         self.job_timeout = job_timeout
@@ -89,22 +99,32 @@ class JobQueue:
         self.late_retries = tuple(late_retries)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> "JobQueue":
+    def from_settings(cls, redis: Redis, settings: Settings) -> JobQueue:
         """The queue the web app and the workers share: same name, timeouts, retries (one place builds it)."""
-        return cls(redis, settings.queue_name, settings.job_timeout, settings.job_retries, settings.retrain_every,
-                   late_retries=settings.late_retries)
+        return cls(
+            redis,
+            settings.queue_name,
+            settings.job_timeout,
+            settings.job_retries,
+            settings.retrain_every,
+            late_retries=settings.late_retries,
+        )
 
     def key(self, kind: str, project_id: int) -> str:
         """A Redis key of this queue's namespace: ``pending``, ``labels``, ``jobs``, ``lock:train``, ``lock:score``."""
         return f"al:{self.queue.name}:{kind}:{project_id}"
 
-    def _enqueue(self, func: str, project_id: int, *args: Any, job_id: str | None = None,
-                 delay: float | None = None, **meta: Any) -> Job:
+    def _enqueue(
+        self, func: str, project_id: int, *args: Any, job_id: str | None = None, delay: float | None = None, **meta: Any
+    ) -> Job:
         """Enqueue (or schedule in ``delay`` seconds) a job and list it among the project's recent jobs."""
         kind = _KIND[func]
         options: dict[str, Any] = dict(
             job_id=job_id or f"{kind}-{project_id}-{uuid.uuid4().hex[:12]}",
-            job_timeout=self.job_timeout, retry=self.retry, result_ttl=7 * 86400, failure_ttl=7 * 86400,
+            job_timeout=self.job_timeout,
+            retry=self.retry,
+            result_ttl=7 * 86400,
+            failure_ttl=7 * 86400,
             meta={"project": project_id, "kind": kind, "stage": "queued", "enqueued": time.time(), **meta},
             description=f"{kind} project {project_id}",
         )
@@ -177,8 +197,14 @@ class JobQueue:
         if late_round >= len(self.late_retries):
             return None
         delay = self.late_retries[late_round]
-        job = self._enqueue(RESCORE, project_id, delay=delay, late_round=late_round + 1, last_error=error,
-                            stage=f"scheduled in {delay} s after: {error}")
+        job = self._enqueue(
+            RESCORE,
+            project_id,
+            delay=delay,
+            late_round=late_round + 1,
+            last_error=error,
+            stage=f"scheduled in {delay} s after: {error}",
+        )
         return job.id
 
     def request_score_new(self, project_id: int, tasks: list[dict[str, Any]]) -> str:
@@ -210,14 +236,16 @@ class JobQueue:
                 continue
             result = job.latest_result()  # the last attempt: a failure shows here while a retry is scheduled
             exc = result.exc_string if result is not None and result.type == Result.Type.FAILED else None
-            jobs.append({
-                "id": job.id,
-                "kind": job.meta.get("kind"),
-                "status": str(job.get_status().value),
-                "meta": job.meta,
-                "retries_left": job.retries_left,
-                "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
-                "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-                "error": exc.strip().splitlines()[-1] if exc else None,
-            })
+            jobs.append(
+                {
+                    "id": job.id,
+                    "kind": job.meta.get("kind"),
+                    "status": str(job.get_status().value),
+                    "meta": job.meta,
+                    "retries_left": job.retries_left,
+                    "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
+                    "ended_at": job.ended_at.isoformat() if job.ended_at else None,
+                    "error": exc.strip().splitlines()[-1] if exc else None,
+                }
+            )
         return jobs

@@ -26,8 +26,8 @@ from ml_backend.jobs import context
 from ml_backend.jobs.lock import LockLost, ProjectLock
 from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_SLOT, RESCORE_SLOT, TRAIN_SLOT
 from ml_backend.labelstudio.annotations import is_labelled, labelled_examples
-from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.labelstudio.client import LabelStudioError
+from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
 from ml_backend.learning.training import train_version
@@ -38,11 +38,17 @@ log = logging.getLogger(__name__)
 def _progress(stage: str, done: int | None = None, total: int | None = None, **extra: Any) -> None:
     """Record the job's stage and done/total in its rq meta (readable over GET /projects/{id}/status)."""
     job = get_current_job()
-    log.info("%s: %s%s %s", job.id if job else "-", stage, f" {done}/{total}" if total is not None else "",
-             " ".join(f"{k}={v}" for k, v in extra.items()))
+    log.info(
+        "%s: %s%s %s",
+        job.id if job else "-",
+        stage,
+        f" {done}/{total}" if total is not None else "",
+        " ".join(f"{k}={v}" for k, v in extra.items()),
+    )
     if job is not None:
-        job.meta.update({"stage": stage, "done": done, "total": total, "updated": time.time(), "pid": os.getpid(),
-                         **extra})
+        job.meta.update(
+            {"stage": stage, "done": done, "total": total, "updated": time.time(), "pid": os.getpid(), **extra}
+        )
         job.save_meta()
 
 
@@ -74,16 +80,26 @@ def _label_set_changed(ctx: context.WorkerContext, state: ProjectState) -> bool:
     A training must not publish a head for the old labels over the untrained version that registration made.
     """
     record = ctx.registry.get_project(state.record.project_id)
-    return record is None or record.model_config != state.record.model_config or (
-        record.label_config != state.record.label_config and parse_label_config(record.label_config) != state.schema)
+    return (
+        record is None
+        or record.model_config != state.record.model_config
+        or (
+            record.label_config != state.record.label_config and parse_label_config(record.label_config) != state.schema
+        )
+    )
 
 
 def _discard(ctx: context.WorkerContext, project_id: int, reason: str, labels: int) -> dict[str, Any]:
     """Drop a finished training that must not be published; the next training starts from the new config."""
     _progress("discarded", reason=reason)
     log.warning("project %s: training discarded: %s", project_id, reason)
-    return {"trained": False, "discarded": True, "reason": reason, "labels": labels,
-            "next_training_job": ctx.queue.request_training(project_id)}
+    return {
+        "trained": False,
+        "discarded": True,
+        "reason": reason,
+        "labels": labels,
+        "next_training_job": ctx.queue.request_training(project_id),
+    }
 
 
 def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock) -> dict[str, Any]:
@@ -93,28 +109,48 @@ def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock) -> di
     if stats.unknown_labels:
         log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
     _progress("labels read", stats.labelled, stats.labelled, skipped_cancelled=stats.cancelled_only)
-    result = train_version(ctx.service, state, kept, labels, ignored_labels=stats.unknown_labels, progress=_progress,
-                           still_owner=lambda: not _label_set_changed(ctx, state) and lock.owned())
+    result = train_version(
+        ctx.service,
+        state,
+        kept,
+        labels,
+        ignored_labels=stats.unknown_labels,
+        progress=_progress,
+        still_owner=lambda: not _label_set_changed(ctx, state) and lock.owned(),
+    )
     if result.version is None and _label_set_changed(ctx, state):
         return _discard(ctx, project_id, "the label config or model config changed during the training", result.labels)
     if result.version is None and lock.lost.is_set():
         raise LockLost(f"project {project_id}: lost the training lock ({lock.lost_reason}); nothing published")
-    return {"trained": result.trained, "version": result.version.version if result.version else None,
-            "promoted": result.promoted, "labels": result.labels, "reason": result.reason,
-            "skipped": result.skipped}
+    return {
+        "trained": result.trained,
+        "version": result.version.version if result.version else None,
+        "promoted": result.promoted,
+        "labels": result.labels,
+        "reason": result.reason,
+        "skipped": result.skipped,
+    }
 
 
 # -- scoring ----------------------------------------------------------------------------------------------------
-def _score_and_collect(service: ScoringService, state: ProjectState, tasks: list[dict[str, Any]], version: VersionInfo,
-                       batch_size: int, stage: str, whole_pool: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
+def _score_and_collect(
+    service: ScoringService,
+    state: ProjectState,
+    tasks: list[dict[str, Any]],
+    version: VersionInfo,
+    batch_size: int,
+    stage: str,
+    whole_pool: bool,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Predictions ready for LS import for ``tasks`` and the reasons of skipped tasks.
 
     ``whole_pool``: ``tasks`` are all unlabelled tasks, ranked together (the batch-aware pool order); otherwise
     each task is scored on its own, placed among the version's stored order (new tasks, filling gaps).
     """
     if whole_pool:
-        outcomes = service.score_pool(state, tasks, version, batch_size,
-                                      progress=lambda what, *a, **k: _progress(f"{stage}: {what}", *a, **k))
+        outcomes = service.score_pool(
+            state, tasks, version, batch_size, progress=lambda what, *a, **k: _progress(f"{stage}: {what}", *a, **k)
+        )
     else:
         outcomes = []
         for start in range(0, len(tasks), batch_size):
@@ -137,8 +173,9 @@ def _version_scores(ctx: context.WorkerContext, project_id: int, version: str) -
     return ranking.scores if ranking is not None else {}
 
 
-def _import(ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]],
-            lock: ProjectLock) -> int:
+def _import(
+    ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]], lock: ProjectLock
+) -> int:
     """Import while we still hold the scoring lock, then keep one prediction of the version per task (ours)."""
     lock.ensure_owned(f"importing {len(predictions)} predictions")
     _progress("importing predictions", 0, len(predictions))
@@ -153,8 +190,9 @@ def rescore_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
     job_id = _job_id(f"rescore-{project_id}-local")
     try:
-        with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), job_id,
-                         wait=ctx.settings.job_timeout) as lock:
+        with ProjectLock(
+            ctx.redis, ctx.queue.key("lock:score", project_id), job_id, wait=ctx.settings.job_timeout
+        ) as lock:
             ctx.queue.started(RESCORE_SLOT, project_id, job_id)  # a later request waits for a new re-score
             state = ctx.service.state(project_id)
             _progress("reading the project in Label Studio", version=state.version.version)
@@ -173,12 +211,17 @@ def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioEr
     if job is None or job.retries_left:
         return  # rq retries this job itself
     late = ctx.queue.schedule_late_rescore(project_id, int(job.meta.get("late_round", 0)), str(exc))
-    log.warning("project %s: re-score failed for good (%s); %s", project_id, exc,
-                f"scheduled again as {late}" if late else "no more late retries")
+    log.warning(
+        "project %s: re-score failed for good (%s); %s",
+        project_id,
+        exc,
+        f"scheduled again as {late}" if late else "no more late retries",
+    )
 
 
-def _rescore_pool(ctx: context.WorkerContext, project_id: int, state: ProjectState,
-                  lock: ProjectLock) -> dict[str, Any]:
+def _rescore_pool(
+    ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock
+) -> dict[str, Any]:
     """Score the whole pool with a version the project does not point at yet, then switch LS over to it."""
     version = state.version.version
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
@@ -187,12 +230,18 @@ def _rescore_pool(ctx: context.WorkerContext, project_id: int, state: ProjectSta
     tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
     # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
     # a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
-    scored, skipped = _score_and_collect(ctx.service, state, tasks, state.version,
-                                         ctx.settings.score_batch_size, "rescore", whole_pool=True)
-    stored = {t["id"]: [p.get("score") for p in t.get("predictions") or [] if p.get("model_version") == version]
-              for t in tasks}
-    predictions = [p for p in scored if not any(s is not None and math.isclose(s, p["score"], abs_tol=1e-9)
-                                                for s in stored.get(p["task"], []))]
+    scored, skipped = _score_and_collect(
+        ctx.service, state, tasks, state.version, ctx.settings.score_batch_size, "rescore", whole_pool=True
+    )
+    stored = {
+        t["id"]: [p.get("score") for p in t.get("predictions") or [] if p.get("model_version") == version]
+        for t in tasks
+    }
+    predictions = [
+        p
+        for p in scored
+        if not any(s is not None and math.isclose(s, p["score"], abs_tol=1e-9) for s in stored.get(p["task"], []))
+    ]
     created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
     if version not in ctx.ls.model_versions(project_id):
         # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
@@ -206,8 +255,14 @@ def _rescore_pool(ctx: context.WorkerContext, project_id: int, state: ProjectSta
     if skipped:
         log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
     _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted)
-    return {"version": version, "mode": "pool", "unlabelled": len(tasks), "imported": created, "skipped": skipped,
-            "deleted_old_predictions": deleted}
+    return {
+        "version": version,
+        "mode": "pool",
+        "unlabelled": len(tasks),
+        "imported": created,
+        "skipped": skipped,
+        "deleted_old_predictions": deleted,
+    }
 
 
 def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
@@ -215,8 +270,9 @@ def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock
     version = state.version.version
     _progress("listing tasks in Label Studio")
     todo = [t for t in ctx.ls.iter_tasks(project_id) if _lacks(t, version)]
-    predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
-                                              ctx.settings.score_batch_size, "fill", whole_pool=False)
+    predictions, skipped = _score_and_collect(
+        ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "fill", whole_pool=False
+    )
     created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
     _progress("done: filled the tasks without a current prediction", created, len(todo), skipped=len(skipped))
     return {"version": version, "mode": "fill", "missing": len(todo), "imported": created, "skipped": skipped}
@@ -234,13 +290,18 @@ def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: st
 
 def score_new_tasks(project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     ctx = context.current()
-    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), _job_id(f"score-{project_id}-local"),
-                     wait=ctx.settings.job_timeout) as lock:
+    with ProjectLock(
+        ctx.redis,
+        ctx.queue.key("lock:score", project_id),
+        _job_id(f"score-{project_id}-local"),
+        wait=ctx.settings.job_timeout,
+    ) as lock:
         state = ctx.service.state(project_id)
         version = state.version.version
         todo = [t for t in tasks if isinstance(t, dict) and "id" in t and _lacks(t, version)]
-        predictions, skipped = _score_and_collect(ctx.service, state, todo, state.version,
-                                                  ctx.settings.score_batch_size, "new tasks", whole_pool=False)
+        predictions, skipped = _score_and_collect(
+            ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "new tasks", whole_pool=False
+        )
         created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
         _progress("done", created, len(predictions), skipped=len(skipped))
         return {"version": version, "imported": created, "skipped": skipped}

@@ -51,8 +51,22 @@ class LocalRedis:
         if binary:
             workdir = tempfile.mkdtemp(prefix="ml-backend-redis-")
             self._proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    workdir,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
             kind = f"redis-server (PID {self._proc.pid})"
         else:
             from fakeredis import TcpFakeServer
@@ -69,9 +83,9 @@ class LocalRedis:
             try:
                 Redis.from_url(self.url, socket_connect_timeout=0.5).ping()
                 return
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the local Redis at {self.url} did not start")
+                    raise RuntimeError(f"the local Redis at {self.url} did not start") from exc
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -108,8 +122,9 @@ class WorkerSupervisor:
         backoff = 1.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.proc = subprocess.Popen([sys.executable, "-m", "ml_backend.cli", "worker"], env=self.env,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ml_backend.cli", "worker"], env=self.env, preexec_fn=_die_with_parent
+            )
             log.info("started worker process %s", self.proc.pid)
             code = self.proc.wait()
             if self._stopping.is_set():
@@ -126,5 +141,3 @@ class WorkerSupervisor:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ml_backend.tasktypes import TaskSchema
 
@@ -28,8 +29,9 @@ def is_labelled(task: dict[str, Any]) -> bool:
     return latest_annotation(task) is not None
 
 
-def labelled_examples(schema: TaskSchema, tasks: Sequence[dict[str, Any]]
-                      ) -> tuple[list[dict[str, Any]], list[list[str]], LabelStats]:
+def labelled_examples(
+    schema: TaskSchema, tasks: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[list[str]], LabelStats]:
     """Tasks with a usable label and their label lists. Skips (was_cancelled) are not labels; labels that are not
     in the config (renamed or removed choices) are ignored and counted, so the caller can warn."""
     stats = LabelStats()

@@ -10,8 +10,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import jwt
 import requests
@@ -58,13 +59,15 @@ class LabelStudioClient:
     """Projects, tasks, predictions and files of one LS instance."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "LabelStudioClient":
+    def from_settings(cls, settings: Settings) -> LabelStudioClient:
         """The client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``; LabelStudioError if they are not set."""
         if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to fetch labels and files "
-                                   "and to push predictions")
-        return cls(settings.label_studio_url, settings.label_studio_api_key, settings.label_studio_timeout,
-                   settings.files_dir)
+            raise LabelStudioError(
+                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to fetch labels and files and to push predictions"
+            )
+        return cls(
+            settings.label_studio_url, settings.label_studio_api_key, settings.label_studio_timeout, settings.files_dir
+        )
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0, files_dir: Path | None = None):
         if not url or not url.startswith(("http://", "https://")):
@@ -83,12 +86,16 @@ class LabelStudioClient:
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
-            hint = (" (check LABEL_STUDIO_API_KEY; legacy tokens are off by default in LS 1.23)"
-                    if exc.status_code == 401 else "")
+            hint = (
+                " (check LABEL_STUDIO_API_KEY; legacy tokens are off by default in LS 1.23)"
+                if exc.status_code == 401
+                else ""
+            )
             raise LabelStudioError(f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}") from exc
         except Exception as exc:  # connection refused, DNS, timeouts (httpx or requests)
             raise LabelStudioError(
-                f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}") from exc
+                f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     # -- projects -------------------------------------------------------------------------------------------
     def get_project(self, project_id: int) -> Any:
@@ -104,8 +111,9 @@ class LabelStudioClient:
         self.update_project(project_id, sampling=UNCERTAINTY_SAMPLING)
 
     # -- tasks ----------------------------------------------------------------------------------------------
-    def iter_tasks(self, project_id: int, labelled_only: bool = False,
-                   page_size: int = 500) -> Iterator[dict[str, Any]]:
+    def iter_tasks(
+        self, project_id: int, labelled_only: bool = False, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
         """Every task of the project (or only those with a non-skipped annotation) as a plain dict (id, data,
         annotations, predictions), page by page. LS spends ~5 ms per task listed, so ask only for what is needed.
 
@@ -117,7 +125,12 @@ class LabelStudioClient:
         while True:
             resp = self._call(
                 f"list tasks of project {project_id} (page {page})",
-                self.sdk.tasks.list, project=project_id, fields="all", query=query, page=page, page_size=page_size,
+                self.sdk.tasks.list,
+                project=project_id,
+                fields="all",
+                query=query,
+                page=page,
+                page_size=page_size,
             )
             items = list(resp.items or [])
             for task in items:
@@ -137,7 +150,9 @@ class LabelStudioClient:
             batch = predictions[i : i + batch_size]
             resp = self._call(
                 f"import {len(batch)} predictions into project {project_id}",
-                self.sdk.projects.import_predictions, project_id, request=batch,
+                self.sdk.projects.import_predictions,
+                project_id,
+                request=batch,
             )
             created += int(getattr(resp, "created", 0) or 0)
         return created
@@ -186,8 +201,13 @@ class LabelStudioClient:
         what = f"{method} /{path}"
         headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
         try:
-            resp = requests.request(method, f"{self.url}/{path}", headers=headers,
-                                    data=json.dumps(body) if body is not None else None, timeout=self.timeout)
+            resp = requests.request(
+                method,
+                f"{self.url}/{path}",
+                headers=headers,
+                data=json.dumps(body) if body is not None else None,
+                timeout=self.timeout,
+            )
         except requests.RequestException as exc:
             raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {exc}") from exc
         if missing_ok and resp.status_code == 404:
@@ -221,8 +241,11 @@ class LabelStudioClient:
         try:
             with http_session(_TimeoutSession(min(self.timeout, 30.0))):
                 path = get_local_path(
-                    url, cache_dir=str(self.files_dir) if self.files_dir else None, hostname=self.url,
-                    access_token=self.access_token(), task_id=task_id,
+                    url,
+                    cache_dir=str(self.files_dir) if self.files_dir else None,
+                    hostname=self.url,
+                    access_token=self.access_token(),
+                    task_id=task_id,
                 )
         except LabelStudioError:
             raise

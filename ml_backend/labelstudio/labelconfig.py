@@ -35,14 +35,16 @@ def parse_label_config(config: str) -> TaskSchema:
     learnable = [(c, t) for c in interface.controls if (t := for_control(c.tag, c.attr or {})) is not None]
     if len(learnable) != 1:
         found = sorted({c.tag for c in interface.controls}) or ["no controls"]
-        raise UnsupportedConfig(f"found {len(learnable)} learnable controls ({', '.join(found)}); "
-                                f"supported: {SUPPORTED}")
+        raise UnsupportedConfig(
+            f"found {len(learnable)} learnable controls ({', '.join(found)}); supported: {SUPPORTED}"
+        )
     control, task = learnable[0]
     targets = list(control.to_name or [])
     objects = {o.name: o for o in interface.objects}
     if len(targets) != 1 or targets[0] not in objects:
-        raise UnsupportedConfig(f"<{control.tag} name={control.name!r}> must point to exactly one object; "
-                                f"supported: {SUPPORTED}")
+        raise UnsupportedConfig(
+            f"<{control.tag} name={control.name!r}> must point to exactly one object; supported: {SUPPORTED}"
+        )
     obj = objects[targets[0]]
     if obj.tag not in _OBJECT_KINDS:
         raise UnsupportedConfig(f"<{control.tag}> on <{obj.tag}> is not supported; supported: {SUPPORTED}")
@@ -52,5 +54,12 @@ def parse_label_config(config: str) -> TaskSchema:
     labels = tuple(control.labels or [])
     if len(labels) < 2:
         raise UnsupportedConfig(f"<{control.tag} name={control.name!r}> needs at least 2 labels, found {len(labels)}")
-    return TaskSchema(task_type=task.name, kind=_OBJECT_KINDS[obj.tag], from_name=control.name, to_name=obj.name,
-                      object_tag=obj.tag, value_key=value[1:], labels=labels)
+    return TaskSchema(
+        task_type=task.name,
+        kind=_OBJECT_KINDS[obj.tag],
+        from_name=control.name,
+        to_name=obj.name,
+        object_tag=obj.tag,
+        value_key=value[1:],
+        labels=labels,
+    )

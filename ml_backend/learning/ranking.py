@@ -6,15 +6,15 @@ simulator, so that the simulator measures the very order Label Studio serves.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from ml_backend.core.selection import Ranking, SelectionParams, rank_pool
 from ml_backend.core.strategies import get_strategy
-from ml_backend.models.config import AcquisitionConfig
 from ml_backend.models.classifier import Classifier
+from ml_backend.models.config import AcquisitionConfig
 from ml_backend.tasktypes import TaskType
 
 
@@ -27,8 +27,9 @@ class PoolView:
 
 
 def selection_params(acq: AcquisitionConfig, seed: int) -> SelectionParams:
-    return SelectionParams(front_size=acq.front_size, weights=dict(acq.weights), neighbours=acq.cold_start_neighbours,
-                           seed=seed)
+    return SelectionParams(
+        front_size=acq.front_size, weights=dict(acq.weights), neighbours=acq.cold_start_neighbours, seed=seed
+    )
 
 
 def mc_probabilities(clf: Classifier, embeddings: np.ndarray, seed: int, items: Sequence | None = None) -> np.ndarray:
@@ -41,14 +42,30 @@ def uncertainty_of(task: TaskType, clf: Classifier, probs: np.ndarray) -> np.nda
     return task.uncertainty(probs, get_strategy(clf.config.acquisition.strategy))
 
 
-def rank_version(task: TaskType, clf: Classifier, embeddings: np.ndarray, keys: Sequence[int | str], seed: int, *,
-                 labelled: np.ndarray | None, reference: np.ndarray | None, explore: bool,
-                 probs: np.ndarray | None = None) -> PoolView:
+def rank_version(
+    task: TaskType,
+    clf: Classifier,
+    embeddings: np.ndarray,
+    keys: Sequence[int | str],
+    seed: int,
+    *,
+    labelled: np.ndarray | None,
+    reference: np.ndarray | None,
+    explore: bool,
+    probs: np.ndarray | None = None,
+) -> PoolView:
     """Order the unlabelled pool for one version: uncertainty-led when its head is trained, coverage (cold start,
     exploration) when not. ``probs`` may be passed when already computed (batched scoring of a large pool)."""
     if clf.trained and probs is None:
         probs = mc_probabilities(clf, embeddings, seed)
     uncertainty = uncertainty_of(task, clf, probs) if clf.trained else None
-    ranking = rank_pool(embeddings, keys, selection_params(clf.config.acquisition, seed), uncertainty=uncertainty,
-                        labelled=labelled, reference=reference, explore=explore and clf.trained)
+    ranking = rank_pool(
+        embeddings,
+        keys,
+        selection_params(clf.config.acquisition, seed),
+        uncertainty=uncertainty,
+        labelled=labelled,
+        reference=reference,
+        explore=explore and clf.trained,
+    )
     return PoolView(ranking, probs if clf.trained else None)

@@ -16,6 +16,7 @@ reads ``current.json`` on each request: no per-process copy of "the current vers
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -24,8 +25,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import io
 
 import numpy as np
 
@@ -187,11 +186,23 @@ class Registry:
         path = self._dir(project_id) / "versions" / version / "labelled.npy"
         return np.load(path).astype(np.float32) if path.is_file() else None
 
-    def save_ranking(self, project_id: int, version: str, task_ids: list[int], scores: np.ndarray,
-                     reasons: list[str], rest_floor: float) -> None:
+    def save_ranking(
+        self,
+        project_id: int,
+        version: str,
+        task_ids: list[int],
+        scores: np.ndarray,
+        reasons: list[str],
+        rest_floor: float,
+    ) -> None:
         buf = io.BytesIO()
-        np.savez(buf, task_ids=np.asarray(task_ids, dtype=np.int64), scores=np.asarray(scores, dtype=np.float64),
-                 reasons=np.asarray(reasons, dtype=str), rest_floor=np.float64(rest_floor))
+        np.savez(
+            buf,
+            task_ids=np.asarray(task_ids, dtype=np.int64),
+            scores=np.asarray(scores, dtype=np.float64),
+            reasons=np.asarray(reasons, dtype=str),
+            rest_floor=np.float64(rest_floor),
+        )
         _write_atomic(self._dir(project_id) / "versions" / version / "ranking.npz", buf.getvalue())
 
     def ranking(self, project_id: int, version: str) -> StoredRanking | None:
@@ -200,8 +211,11 @@ class Registry:
             return None
         with np.load(path) as data:
             ids = data["task_ids"].tolist()
-            return StoredRanking(dict(zip(ids, data["scores"].tolist())), dict(zip(ids, data["reasons"].tolist())),
-                                 float(data["rest_floor"]))
+            return StoredRanking(
+                dict(zip(ids, data["scores"].tolist())),
+                dict(zip(ids, data["reasons"].tolist())),
+                float(data["rest_floor"]),
+            )
 
     def cleanup_temp(self, project_id: int) -> None:
         """Remove half-written versions left by a crashed job (they were never visible)."""

@@ -13,23 +13,24 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
 from ml_backend.learning.embcache import EmbeddingCache, content_key
-from ml_backend.tasktypes import TaskSchema
-from ml_backend.models.config import ModelConfig, load_model_config
-from ml_backend.models.classifier import Classifier
-from ml_backend.models.image import ImageError, load_image
-from ml_backend.models.pool import EncoderPool
 from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.models.classifier import Classifier
+from ml_backend.models.config import ModelConfig, load_model_config
+from ml_backend.models.image import ImageError, load_image
+from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
+from ml_backend.tasktypes import TaskSchema
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 FileFetcher = Callable[[str, int | None], Path]
 #: label config XML -> schema; raises ValueError for a config we cannot learn (implemented in ``labelstudio``)
 ConfigParser = Callable[[str], TaskSchema]
-
 
 
 class UnknownProject(LookupError):
@@ -64,8 +64,14 @@ class ProjectState:
 class ScoringService:
     """Per-project model state (read from the registry) and scoring. Shared by the web app and the worker."""
 
-    def __init__(self, settings: Settings, registry: Registry, encoders: EncoderPool, fetch_file: FileFetcher | None,
-                 parse_config: ConfigParser):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        encoders: EncoderPool,
+        fetch_file: FileFetcher | None,
+        parse_config: ConfigParser,
+    ):
         self.settings = settings
         self.registry = registry
         self.encoders = encoders
@@ -76,7 +82,9 @@ class ScoringService:
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
 
     # -- projects -------------------------------------------------------------------------------------------
-    def model_config_name(self, schema: TaskSchema, extra_params: Any = None, known: ProjectRecord | None = None) -> str:
+    def model_config_name(
+        self, schema: TaskSchema, extra_params: Any = None, known: ProjectRecord | None = None
+    ) -> str:
         """The project's model config: ``extra_params: {"model_config": name}`` set in LS, else the one the project
         already uses (LS sends no extra_params with /predict), else the default for its data kind."""
         if isinstance(extra_params, dict) and isinstance(extra_params.get("model_config"), str):
@@ -85,8 +93,9 @@ class ScoringService:
             return known.model_config
         return self.settings.text_model_config if schema.kind == "text" else self.settings.image_model_config
 
-    def register(self, project_id: int, project_key: str, label_config: str, extra_params: Any = None
-                 ) -> tuple[ProjectState, bool]:
+    def register(
+        self, project_id: int, project_key: str, label_config: str, extra_params: Any = None
+    ) -> tuple[ProjectState, bool]:
         """Create or refresh a project from /setup; returns its state and whether it is new (needs a first scoring).
 
         Cheap on purpose (LS gives /setup 3 s): parses the config and writes small files, never loads a model.
@@ -97,7 +106,9 @@ class ScoringService:
         record = self.registry.get_project(project_id)
         if record and record.project_key != project_key and "." in record.project_key and "." in str(project_key):
             # same id, different creation time: the LS database was replaced; start this project afresh
-            log.warning("project %s: key %s replaces %s; archiving the old state", project_id, project_key, record.project_key)
+            log.warning(
+                "project %s: key %s replaces %s; archiving the old state", project_id, project_key, record.project_key
+            )
             self.registry.archive_project(project_id)
             record = None
         config_name = self.model_config_name(schema, extra_params, record)
@@ -106,8 +117,9 @@ class ScoringService:
             raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         created = record is None
         # a new label set or model family invalidates the trained heads; a layout-only edit of the config does not
-        changed = record is not None and (self.parse_config(record.label_config) != schema
-                                          or record.model_config != config_name)
+        changed = record is not None and (
+            self.parse_config(record.label_config) != schema or record.model_config != config_name
+        )
         if created or changed or record.label_config != label_config:
             record = ProjectRecord(project_id, str(project_key), label_config, config_name)
             self.registry.save_project(record)
@@ -118,11 +130,17 @@ class ScoringService:
             current = self.registry.publish(
                 project_id,
                 VersionInfo(
-                    version=Registry.version_name(config.name, number), number=number,
-                    created_at=time.time(), model_config=config.model_dump(), seed=config.training.seed, trained=False, promoted=True,
+                    version=Registry.version_name(config.name, number),
+                    number=number,
+                    created_at=time.time(),
+                    model_config=config.model_dump(),
+                    seed=config.training.seed,
+                    trained=False,
+                    promoted=True,
                     note="untrained: cold-start scores from representativeness",
                 ),
-                files={}, promote=True,
+                files={},
+                promote=True,
             )
             created = True
         return ProjectState(record, schema, config, current), created
@@ -131,7 +149,9 @@ class ScoringService:
         record = self.registry.get_project(project_id)
         current = self.registry.current(project_id)
         if record is None or current is None:
-            raise UnknownProject(f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
+            raise UnknownProject(
+                f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)"
+            )
         schema = self.parse_config(record.label_config)
         config = load_model_config(self.settings.model_configs_dir, record.model_config)
         return ProjectState(record, schema, config, current)
@@ -180,8 +200,9 @@ class ScoringService:
         path = self.fetch_file(value, task.get("id"))
         return content_key("image", Path(path).read_bytes()), lambda: load_image(path, self.settings.max_image_pixels)
 
-    def embed_tasks(self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
-                    ) -> tuple[list[TaskScore], list[int], np.ndarray, list[Any]]:
+    def embed_tasks(
+        self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
+    ) -> tuple[list[TaskScore], list[int], np.ndarray, list[Any]]:
         """Embed every usable task (cache first). Returns outcomes, indices of embedded tasks, their embeddings
         and their raw inputs; the raw inputs are loaded (and listed) only when the config needs them (full-network
         MC or full fine-tuning), else the list holds None."""
@@ -237,15 +258,26 @@ class ScoringService:
         """Pre-annotations from the MC probabilities; none from an untrained head (it would be random)."""
         return [[] for _ in range(n)] if probs is None else schema.task.decisions(schema, probs)
 
-    def _predictions(self, state: ProjectState, version: VersionInfo, outcomes: list[TaskScore], ok: list[int],
-                     scores: Sequence[float], chosen: list[list[str]]) -> list[TaskScore]:
+    def _predictions(
+        self,
+        state: ProjectState,
+        version: VersionInfo,
+        outcomes: list[TaskScore],
+        ok: list[int],
+        scores: Sequence[float],
+        chosen: list[list[str]],
+    ) -> list[TaskScore]:
         for j, i in enumerate(ok):
-            outcomes[i].prediction = {"result": state.schema.make_result(chosen[j]), "score": float(scores[j]),
-                                      "model_version": version.version}
+            outcomes[i].prediction = {
+                "result": state.schema.make_result(chosen[j]),
+                "score": float(scores[j]),
+                "model_version": version.version,
+            }
         return outcomes
 
-    def score(self, state: ProjectState, tasks: Sequence[dict[str, Any]], version: VersionInfo | None = None
-              ) -> list[TaskScore]:
+    def score(
+        self, state: ProjectState, tasks: Sequence[dict[str, Any]], version: VersionInfo | None = None
+    ) -> list[TaskScore]:
         """Score a few tasks with a version (default: current): /predict, new tasks, filling gaps.
 
         A task the version's last pool scoring ranked gets exactly that score (one score per task per version,
@@ -273,8 +305,14 @@ class ScoringService:
             scores = np.array([ranked.scores.get(k, s) if isinstance(k, int) else s for k, s in zip(keys, scores)])
         return self._predictions(state, version, outcomes, ok, scores, self._decisions(state.schema, probs, len(ok)))
 
-    def score_pool(self, state: ProjectState, tasks: Sequence[dict[str, Any]], version: VersionInfo | None = None,
-                   batch_size: int = 64, progress: Callable[..., None] | None = None) -> list[TaskScore]:
+    def score_pool(
+        self,
+        state: ProjectState,
+        tasks: Sequence[dict[str, Any]],
+        version: VersionInfo | None = None,
+        batch_size: int = 64,
+        progress: Callable[..., None] | None = None,
+    ) -> list[TaskScore]:
         """Rank the whole unlabelled pool with a version and score every task (the worker's re-score).
 
         Embeds in batches (cached), refreshes the project's pool reference (the one density reference /predict
@@ -297,8 +335,12 @@ class ScoringService:
             if clf.trained and len(emb):
                 with self._lock:
                     probs.append(mc_probabilities(clf, emb, version.seed, items))
-            report("scoring: embedding", min(start + batch_size, len(tasks)), len(tasks),
-                   skipped=sum(1 for o in outcomes if o.reason))
+            report(
+                "scoring: embedding",
+                min(start + batch_size, len(tasks)),
+                len(tasks),
+                skipped=sum(1 for o in outcomes if o.reason),
+            )
         if not ok:
             return outcomes
         emb = np.concatenate([c for c in chunks if len(c)])
@@ -306,10 +348,20 @@ class ScoringService:
         self.registry.save_pool_reference(project_id, emb[sample])
         keys = [int(outcomes[i].task_id) if outcomes[i].task_id is not None else -i for i in ok]
         report("scoring: ordering the pool", len(ok), len(tasks))
-        view = rank_version(state.schema.task, clf, emb, keys, version.seed, labelled=self.registry.labelled_embeddings(project_id, version.version),
-                            reference=emb[sample], explore=bool(version.metrics.get("unseen_classes")),
-                            probs=np.concatenate(probs) if probs else None)
-        self.registry.save_ranking(project_id, version.version, keys, view.ranking.scores, view.ranking.reasons,
-                                   view.ranking.rest_floor)
-        return self._predictions(state, version, outcomes, ok, view.ranking.scores,
-                                 self._decisions(state.schema, view.probs, len(ok)))
+        view = rank_version(
+            state.schema.task,
+            clf,
+            emb,
+            keys,
+            version.seed,
+            labelled=self.registry.labelled_embeddings(project_id, version.version),
+            reference=emb[sample],
+            explore=bool(version.metrics.get("unseen_classes")),
+            probs=np.concatenate(probs) if probs else None,
+        )
+        self.registry.save_ranking(
+            project_id, version.version, keys, view.ranking.scores, view.ranking.reasons, view.ranking.rest_floor
+        )
+        return self._predictions(
+            state, version, outcomes, ok, view.ranking.scores, self._decisions(state.schema, view.probs, len(ok))
+        )

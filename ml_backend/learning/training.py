@@ -9,17 +9,18 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
-from ml_backend.tasktypes import TaskType
-from ml_backend.models.classifier import Classifier
 from ml_backend.learning.registry import Registry, VersionInfo, embeddings_bytes
 from ml_backend.learning.service import ProjectState, ScoringService
+from ml_backend.models.classifier import Classifier
+from ml_backend.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ def sign_test_p(worse: int, better: int) -> float:
     return float(sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n)
 
 
-def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min_fair: int, alpha: float,
-                       tolerance: float) -> tuple[bool, str, dict[str, Any]]:
+def promotion_decision(
+    new_correct: np.ndarray, current_correct: np.ndarray, min_fair: int, alpha: float, tolerance: float
+) -> tuple[bool, str, dict[str, Any]]:
     """Promote unless the new model is significantly worse on tasks *neither* model was trained on.
 
     A model refitted on every label scores ~100 % on its own training tasks, so comparing a fresh model with it on
@@ -84,19 +86,40 @@ def promotion_decision(new_correct: np.ndarray, current_correct: np.ndarray, min
     worse = int(np.sum(current_correct & ~new_correct))
     better = int(np.sum(new_correct & ~current_correct))
     p = sign_test_p(worse, better)
-    figures = {"fair_n": n, "fair_accuracy": new_acc, "fair_current_accuracy": cur_acc, "fair_new_wrong_only": worse,
-               "fair_current_wrong_only": better, "fair_p_worse": p}
+    figures = {
+        "fair_n": n,
+        "fair_accuracy": new_acc,
+        "fair_current_accuracy": cur_acc,
+        "fair_new_wrong_only": worse,
+        "fair_current_wrong_only": better,
+        "fair_p_worse": p,
+    }
     if n < min_fair:
         return True, f"{n} fair held-out tasks (< {min_fair}): promoted", figures
     if new_acc is not None and cur_acc is not None and p < alpha and new_acc < cur_acc - tolerance:
-        return False, (f"worse than the current version on {n} fair held-out tasks ({new_acc:.3f} vs {cur_acc:.3f}, "
-                       f"p={p:.3g}): kept the current version"), figures
+        return (
+            False,
+            (
+                f"worse than the current version on {n} fair held-out tasks ({new_acc:.3f} vs {cur_acc:.3f}, "
+                f"p={p:.3g}): kept the current version"
+            ),
+            figures,
+        )
     return True, f"fair held-out accuracy {new_acc:.3f} vs current {cur_acc:.3f} on {n} tasks: promoted", figures
 
 
-def train_and_decide(task: TaskType, clf: Classifier, current: Classifier | None, embeddings: np.ndarray,
-                     items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int], labels: Sequence[str], seed: int,
-                     current_task_ids: Collection[int] = ()) -> TrainOutcome:
+def train_and_decide(
+    task: TaskType,
+    clf: Classifier,
+    current: Classifier | None,
+    embeddings: np.ndarray,
+    items: Sequence[Any],
+    y: np.ndarray,
+    task_ids: Sequence[int],
+    labels: Sequence[str],
+    seed: int,
+    current_task_ids: Collection[int] = (),
+) -> TrainOutcome:
     """Fit on the training split, evaluate on the held-out split, decide promotion fairly, refit on all labels.
 
     The returned classifier is trained on *every* label (the held-out split only gives the metrics and the
@@ -106,8 +129,12 @@ def train_and_decide(task: TaskType, clf: Classifier, current: Classifier | None
     """
     t = clf.config.training
     held = holdout_mask(task_ids, t.holdout_fraction, t.min_labels_for_holdout)
-    metrics: dict[str, Any] = {"n_labels": int(len(y)), "n_holdout": int(held.sum()),
-                               "class_counts": class_counts(y, list(labels)), "mode": t.mode}
+    metrics: dict[str, Any] = {
+        "n_labels": int(len(y)),
+        "n_holdout": int(held.sum()),
+        "class_counts": class_counts(y, list(labels)),
+        "mode": t.mode,
+    }
     promote, reason = True, "no held-out data yet: promoted"
     if held.any() and task.can_train(y[~held]) is None:
         train_items = [items[i] for i in np.flatnonzero(~held)]
@@ -124,10 +151,16 @@ def train_and_decide(task: TaskType, clf: Classifier, current: Classifier | None
             promote, reason, figures = promotion_decision(
                 _correct(clf, embeddings[fair_idx], fair_items, y[fair_idx]),
                 _correct(current, embeddings[fair_idx], fair_items, y[fair_idx]),
-                t.promote_min_fair, t.promote_alpha, t.promote_tolerance)
+                t.promote_min_fair,
+                t.promote_alpha,
+                t.promote_tolerance,
+            )
             metrics.update(figures)
             if not promote and not t.promote_if_not_worse:
-                promote, reason = True, reason.replace("kept the current version", "promoted anyway (promote_if_not_worse: false)")
+                promote, reason = (
+                    True,
+                    reason.replace("kept the current version", "promoted anyway (promote_if_not_worse: false)"),
+                )
         else:
             reason = f"held-out accuracy {metrics['accuracy']:.3f}; no trained version to compare: promoted"
     metrics["decision"] = reason
@@ -159,16 +192,28 @@ class Decision:
     metrics: dict[str, Any]
 
 
-def decide_next(task: TaskType, clf: Classifier, current: Classifier | None, current_task_ids: Sequence[int],
-                embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, task_ids: Sequence[int],
-                labels: Sequence[str], seed: int) -> Decision | None:
+def decide_next(
+    task: TaskType,
+    clf: Classifier,
+    current: Classifier | None,
+    current_task_ids: Sequence[int],
+    embeddings: np.ndarray,
+    items: Sequence[Any],
+    y: np.ndarray,
+    task_ids: Sequence[int],
+    labels: Sequence[str],
+    seed: int,
+) -> Decision | None:
     """The training step shared by the worker and the simulator: train and decide, or, when no model can be
     trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what is
     labelled, so the missing classes surface and the queue never freezes. None: nothing new to publish (the same
     labels as the current version and still nothing to train)."""
     why_not = task.can_train(y)
-    metrics: dict[str, Any] = {"n_labels": len(task_ids), "class_counts": class_counts(y, list(labels)),
-                               "unseen_classes": task.unseen_labels(labels, y)}
+    metrics: dict[str, Any] = {
+        "n_labels": len(task_ids),
+        "class_counts": class_counts(y, list(labels)),
+        "unseen_classes": task.unseen_labels(labels, y),
+    }
     if why_not:
         if not len(task_ids) or sorted(task_ids) == sorted(current_task_ids):
             return None
@@ -178,13 +223,20 @@ def decide_next(task: TaskType, clf: Classifier, current: Classifier | None, cur
     return Decision(outcome, outcome.promote, outcome.reason, {**metrics, **outcome.metrics})
 
 
-def train_version(service: ScoringService, state: ProjectState, kept: Sequence[dict[str, Any]],
-                  labels: Sequence[list[str]], *, ignored_labels: dict[str, int] | None = None,
-                  still_owner: Callable[[], bool] = lambda: True,
-                  progress: Callable[..., None] | None = None) -> TrainResult:
-    """Labelled tasks (``kept``: id and data; ``labels``: their label lists) -> a published version: trained (promoted if not significantly worse), or, when no model
-    can be trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what
-    is labelled, so the missing classes surface and the queue never freezes.
+def train_version(
+    service: ScoringService,
+    state: ProjectState,
+    kept: Sequence[dict[str, Any]],
+    labels: Sequence[list[str]],
+    *,
+    ignored_labels: dict[str, int] | None = None,
+    still_owner: Callable[[], bool] = lambda: True,
+    progress: Callable[..., None] | None = None,
+) -> TrainResult:
+    """Labelled tasks (``kept``: id and data; ``labels``: their label lists) -> a published version: trained
+    (promoted if not significantly worse), or, when no model can be trained yet (no label, one class), an
+    untrained *exploration* version whose queue moves away from what is labelled, so the missing classes surface
+    and the queue never freezes.
 
     ``still_owner`` is asked right before publishing (the job's project lock): a training that lost its lock
     publishes nothing. Nothing is published either when a version trained on at least as many labels appeared
@@ -207,8 +259,18 @@ def train_version(service: ScoringService, state: ProjectState, kept: Sequence[d
     emb, y, items = emb[order], y[order], [items[i] for i in order]
     report("training", len(ok), len(kept))
     current = service.classifier(state) if state.version.trained else None
-    decision = decide_next(task, clf, current, state.version.labelled_task_ids, emb, items, y, task_ids,
-                           state.schema.labels, config.training.seed)
+    decision = decide_next(
+        task,
+        clf,
+        current,
+        state.version.labelled_task_ids,
+        emb,
+        items,
+        y,
+        task_ids,
+        state.schema.labels,
+        config.training.seed,
+    )
     if decision is None:
         reason = task.can_train(y) or "nothing new to train on"
         report("not trained", len(ok), len(kept), reason=reason)
@@ -228,9 +290,17 @@ def train_version(service: ScoringService, state: ProjectState, kept: Sequence[d
         return TrainResult(None, False, trained, reason, len(ok), skipped)
     number = registry.next_number(project_id)
     info = VersionInfo(
-        version=Registry.version_name(config.name, number), number=number, created_at=time.time(),
-        model_config=config.model_dump(), seed=config.training.seed, trained=trained, promoted=promote,
-        metrics=metrics, n_labels=len(task_ids), labelled_task_ids=task_ids, note=note,
+        version=Registry.version_name(config.name, number),
+        number=number,
+        created_at=time.time(),
+        model_config=config.model_dump(),
+        seed=config.training.seed,
+        trained=trained,
+        promoted=promote,
+        metrics=metrics,
+        n_labels=len(task_ids),
+        labelled_task_ids=task_ids,
+        note=note,
     )
     files["labelled.npy"] = embeddings_bytes(emb)
     registry.publish(project_id, info, files, promote=promote)

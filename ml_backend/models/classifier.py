@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,15 @@ class Classifier:
     ``encoder=None`` with ``in_dim`` works on precomputed features (e.g. raw pixels in the simulator).
     """
 
-    def __init__(self, encoder: Encoder | None, config: ModelConfig, n_outputs: int, multilabel: bool,
-                 head: MCDropoutHead | None = None, in_dim: int | None = None):
+    def __init__(
+        self,
+        encoder: Encoder | None,
+        config: ModelConfig,
+        n_outputs: int,
+        multilabel: bool,
+        head: MCDropoutHead | None = None,
+        in_dim: int | None = None,
+    ):
         self.base_encoder = encoder  # the shared, frozen encoder
         self.encoder = encoder  # the one this version uses (a fine-tuned copy in full mode)
         self.config = config
@@ -58,8 +66,9 @@ class Classifier:
             raise RuntimeError("this classifier works on precomputed features; it has no encoder")
         return self.encoder.embed(items)
 
-    def predict_proba(self, embeddings: np.ndarray, mc: int = 1, items: Sequence[Any] | None = None,
-                      seed: int = 0) -> np.ndarray:
+    def predict_proba(
+        self, embeddings: np.ndarray, mc: int = 1, items: Sequence[Any] | None = None, seed: int = 0
+    ) -> np.ndarray:
         """Probabilities (n, mc, n_outputs).
 
         Head-only MC (default): ``mc`` dropout passes over the head on the embeddings.
@@ -87,7 +96,9 @@ class Classifier:
         self.in_dim = int(embeddings.shape[1])
         return fit_head(self.head, embeddings, y, self.params, self.multilabel, seed)
 
-    def fit_examples(self, embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, seed: int | None = None) -> list[float]:
+    def fit_examples(
+        self, embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, seed: int | None = None
+    ) -> list[float]:
         """Train as the config says: the head on ``embeddings`` (head mode) or everything on ``items`` (full)."""
         if self.config.training.mode == "full":
             return self.finetune(items, y, seed)
@@ -108,10 +119,13 @@ class Classifier:
         head = self.head
         loss_fn = loss_function(y, self.n_outputs, self.multilabel)
         targets = torch.as_tensor(np.asarray(y), dtype=torch.float32 if self.multilabel else torch.long)
-        opt = torch.optim.AdamW([
-            {"params": encoder.network.parameters(), "lr": t.encoder_lr},
-            {"params": head.parameters(), "lr": t.lr},
-        ], weight_decay=t.weight_decay)
+        opt = torch.optim.AdamW(
+            [
+                {"params": encoder.network.parameters(), "lr": t.encoder_lr},
+                {"params": head.parameters(), "lr": t.lr},
+            ],
+            weight_decay=t.weight_decay,
+        )
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         enable_dropout(encoder.network)
@@ -139,11 +153,15 @@ class Classifier:
         if self.head is None:
             raise RuntimeError("nothing to save: the head is not trained")
         buf = io.BytesIO()
-        torch.save({
-            "state": self.head.state_dict(), "in_dim": self.in_dim,
-            "encoder": self.encoder.network.state_dict() if self.finetuned else None,
-            "encoder_fingerprint": self.encoder.fingerprint if self.finetuned else None,
-        }, buf)
+        torch.save(
+            {
+                "state": self.head.state_dict(),
+                "in_dim": self.in_dim,
+                "encoder": self.encoder.network.state_dict() if self.finetuned else None,
+                "encoder_fingerprint": self.encoder.fingerprint if self.finetuned else None,
+            },
+            buf,
+        )
         return buf.getvalue()
 
     def load_state(self, data: bytes) -> None:

@@ -41,7 +41,9 @@ class HeadConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    mode: Literal["head", "full"] = Field("head", description="head: frozen encoder, cached embeddings (seconds); full: fine-tune the encoder too")
+    mode: Literal["head", "full"] = Field(
+        "head", description="head: frozen encoder, cached embeddings (seconds); full: fine-tune the encoder too"
+    )
     epochs: int = Field(60, ge=1)
     full_epochs: int = Field(3, ge=1, description="Epochs of full fine-tuning (mode: full).")
     lr: float = Field(1e-3, gt=0)
@@ -49,22 +51,46 @@ class TrainingConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     batch_size: int = Field(32, ge=1)
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of labelled tasks held out for evaluation.")
-    min_labels_for_holdout: int = Field(10, ge=2, description="Below this many labels, train on all and skip the comparison.")
-    promote_if_not_worse: bool = Field(True, description="Keep the current version if the new one is significantly worse on held-out tasks neither was trained on.")
-    promote_tolerance: float = Field(0.0, ge=0.0, description="Accuracy the new version may lose and still be promoted.")
-    promote_min_fair: int = Field(10, ge=1, description="Fewer fair held-out tasks than this: promote (no evidence either way).")
-    promote_alpha: float = Field(0.05, gt=0.0, lt=1.0, description="Keep the current version only if the new one is worse with this significance (one-sided sign test).")
+    min_labels_for_holdout: int = Field(
+        10, ge=2, description="Below this many labels, train on all and skip the comparison."
+    )
+    promote_if_not_worse: bool = Field(
+        True,
+        description="Keep the current version if the new one is significantly worse on held-out tasks neither "
+        "was trained on.",
+    )
+    promote_tolerance: float = Field(
+        0.0, ge=0.0, description="Accuracy the new version may lose and still be promoted."
+    )
+    promote_min_fair: int = Field(
+        10, ge=1, description="Fewer fair held-out tasks than this: promote (no evidence either way)."
+    )
+    promote_alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Keep the current version only if the new one is worse with this significance "
+        "(one-sided sign test).",
+    )
     seed: int = 0
 
 
 class AcquisitionConfig(_Strict):
     strategy: str = "bald"
     mc_samples: int = Field(20, ge=1)
-    mc_mode: Literal["head", "full"] = Field("head", description="head: T passes over the head only; full: T passes through the whole network")
-    cold_start_neighbours: int = Field(10, ge=1, description="Neighbours for density and the coverage kernel's bandwidth.")
-    front_size: int = Field(100, ge=0, description="Queue positions ordered batch-aware (coverage-greedy); 0 = plain top-k.")
-    weights: dict[str, float] = Field(default_factory=lambda: {"uncertainty": 1.0},
-                                      description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).")
+    mc_mode: Literal["head", "full"] = Field(
+        "head", description="head: T passes over the head only; full: T passes through the whole network"
+    )
+    cold_start_neighbours: int = Field(
+        10, ge=1, description="Neighbours for density and the coverage kernel's bandwidth."
+    )
+    front_size: int = Field(
+        100, ge=0, description="Queue positions ordered batch-aware (coverage-greedy); 0 = plain top-k."
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"uncertainty": 1.0},
+        description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).",
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -93,12 +119,16 @@ class ModelConfig(_Strict):
     acquisition: AcquisitionConfig = AcquisitionConfig()
 
     @model_validator(mode="after")
-    def _mc_strategies_need_dropout(self) -> "ModelConfig":
+    def _mc_strategies_need_dropout(self) -> ModelConfig:
         """BALD and variation ratio measure disagreement between MC-dropout passes: without two passes and some
         dropout every task scores 0 and the queue is ordered by noise. Refuse such a config at load time."""
-        if STRATEGIES[self.acquisition.strategy].needs_mc and (self.acquisition.mc_samples < 2 or self.head.dropout <= 0):
-            raise ValueError(f"strategy {self.acquisition.strategy!r} needs acquisition.mc_samples >= 2 and "
-                             f"head.dropout > 0 (got {self.acquisition.mc_samples} and {self.head.dropout})")
+        if STRATEGIES[self.acquisition.strategy].needs_mc and (
+            self.acquisition.mc_samples < 2 or self.head.dropout <= 0
+        ):
+            raise ValueError(
+                f"strategy {self.acquisition.strategy!r} needs acquisition.mc_samples >= 2 and "
+                f"head.dropout > 0 (got {self.acquisition.mc_samples} and {self.head.dropout})"
+            )
         return self
 
 

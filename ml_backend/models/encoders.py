@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,8 +89,12 @@ class Encoder(ABC):
             return np.zeros((0, self.dim), dtype=np.float32)
         order = self._batch_order(items)
         ordered = [items[i] for i in order]
-        out = np.concatenate([self._forward(ordered[i : i + self.batch_size]).float().numpy()
-                              for i in range(0, len(ordered), self.batch_size)])
+        out = np.concatenate(
+            [
+                self._forward(ordered[i : i + self.batch_size]).float().numpy()
+                for i in range(0, len(ordered), self.batch_size)
+            ]
+        )
         result = np.empty_like(out)
         result[order] = out
         return result

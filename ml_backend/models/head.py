@@ -126,8 +126,9 @@ def head_proba(head: MCDropoutHead, x: np.ndarray, mc: int, multilabel: bool, se
         return _activate(head(xt).unsqueeze(1), multilabel)
     # float64: the same task must get bit-for-bit the same probabilities in a batch of 1 and in a batch of 64
     xt = xt.double()
-    w1, b1, w2, b2 = (t.detach().double() for t in (head.net[1].weight, head.net[1].bias,
-                                                     head.net[4].weight, head.net[4].bias))
+    w1, b1, w2, b2 = (
+        t.detach().double() for t in (head.net[1].weight, head.net[1].bias, head.net[4].weight, head.net[4].bias)
+    )
     m_in, m_hidden = (m.double() for m in mc_masks(head, mc, seed))
     if xt.ndim == 2:  # (x * m_t) W1^T = x (W1 * m_t)^T: one (n, d) x (d, T*h) matmul for all passes
         w1_t = (w1.unsqueeze(0) * m_in.unsqueeze(1)).reshape(mc * head.hidden, head.in_dim)

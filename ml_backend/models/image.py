@@ -6,8 +6,8 @@ wheel is a CUDA build that cannot load next to a CPU torch, so the default path 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -67,9 +67,7 @@ def _torchvision(config: EncoderConfig) -> tuple[nn.Module, int]:
     try:
         import torchvision.models as tvm
     except Exception as exc:  # ImportError, or the CUDA-build wheel failing to load its operators
-        raise RuntimeError(
-            f"{config.pretrained} needs torchvision built for torch {torch.__version__}: {exc}"
-        ) from exc
+        raise RuntimeError(f"{config.pretrained} needs torchvision built for torch {torch.__version__}: {exc}") from exc
     name = config.pretrained.split(":", 1)[1]
     net = tvm.get_model(name, weights=config.weights)
     for attr in ("fc", "classifier", "heads"):  # drop the ImageNet classifier, keep pooled features
@@ -93,7 +91,9 @@ class ImageEncoder(Encoder):
             self.network, self.dim = _efficientnet_lite(config)
             mean, std = _LITE_NORM
         else:
-            raise ValueError(f"unknown image backbone {config.pretrained!r}: use efficientnet-lite0 or torchvision:<name>")
+            raise ValueError(
+                f"unknown image backbone {config.pretrained!r}: use efficientnet-lite0 or torchvision:<name>"
+            )
         self.network.eval()
         self.size = config.image_size
         self.batch_size = config.batch_size

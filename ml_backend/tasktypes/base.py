@@ -12,8 +12,9 @@ from __future__ import annotations
 import html
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class TaskSchema:
     labels: tuple[str, ...]
 
     @property
-    def task(self) -> "TaskType":
+    def task(self) -> TaskType:
         from ml_backend.tasktypes import task_type  # the registry imports the implementations, which import us
 
         return task_type(self.task_type)
@@ -49,8 +50,9 @@ class TaskSchema:
     def task_input(self, data: dict[str, Any]) -> str:
         """The raw input of a task: the text itself, or the image URL; raises ValueError if unusable."""
         if not isinstance(data, dict) or self.value_key not in data:
-            raise ValueError(f"task data has no {self.value_key!r} key "
-                             f"(the config's {self.object_tag} reads ${self.value_key})")
+            raise ValueError(
+                f"task data has no {self.value_key!r} key (the config's {self.object_tag} reads ${self.value_key})"
+            )
         value = data[self.value_key]
         if not isinstance(value, str):
             raise ValueError(f"task data {self.value_key!r} must be a string, got {type(value).__name__}")

@@ -24,8 +24,9 @@ class _Choices(TaskType):
     def make_result(self, schema: TaskSchema, chosen: list[str]) -> list[dict[str, Any]]:
         if not chosen:
             return []
-        return [{"from_name": schema.from_name, "to_name": schema.to_name, "type": "choices",
-                 "value": {"choices": chosen}}]
+        return [
+            {"from_name": schema.from_name, "to_name": schema.to_name, "type": "choices", "value": {"choices": chosen}}
+        ]
 
     def uncertainty(self, probs: np.ndarray, strategy: Strategy) -> np.ndarray:
         return normalized_uncertainty(probs, strategy, multilabel=self.multilabel)

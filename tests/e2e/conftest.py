@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
 LOG_TAIL_LINES = int(os.environ.get("E2E_LOG_TAIL", "80"))
 
 # name -> callable returning the text to show when a test fails (LS session-wide, backends per test)
-_LOG_SOURCES: dict[str, "callable"] = {}
+_LOG_SOURCES: dict[str, callable] = {}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -135,8 +134,10 @@ def start_backend(ls_server, tmp_path, request):
     """``start_backend(api_key=None, **env) -> Backend``: ``ml-backend serve`` as a user starts it."""
     exe = Path(sys.executable).parent / "ml-backend"
     if not exe.exists():
-        pytest.fail(f"console script {exe} is missing: install the package (pip install -e .) in this environment",
-                    pytrace=False)
+        pytest.fail(
+            f"console script {exe} is missing: install the package (pip install -e .) in this environment",
+            pytrace=False,
+        )
     started: list[Backend] = []
 
     def start(api_key: str | None = None, name: str | None = None, **extra_env: str) -> Backend:
@@ -154,26 +155,41 @@ def start_backend(ls_server, tmp_path, request):
             # concurrent test session on the same Redis
             env["QUEUE_NAME"] = f"e2e-{name}-{uuid.uuid4().hex[:8]}"
         no_proxy = ",".join(x for x in (env.get("NO_PROXY"), "127.0.0.1,localhost") if x)
-        env.update({
-            "DATA_DIR": str(data_dir),
-            "LABEL_STUDIO_URL": ls_server.url,
-            "LABEL_STUDIO_API_KEY": api_key or ls_server.token,
-            "TORCH_THREADS": "1",
-            "NO_PROXY": no_proxy, "no_proxy": no_proxy,
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "DATA_DIR": str(data_dir),
+                "LABEL_STUDIO_URL": ls_server.url,
+                "LABEL_STUDIO_API_KEY": api_key or ls_server.token,
+                "TORCH_THREADS": "1",
+                "NO_PROXY": no_proxy,
+                "no_proxy": no_proxy,
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update({k: str(v) for k, v in extra_env.items()})
         log_file = open(log_path, "w")
-        proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(data_dir), start_new_session=True)
+        proc = subprocess.Popen(
+            [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(data_dir),
+            start_new_session=True,
+        )
         log_file.close()
         backend = Backend(name, f"http://127.0.0.1:{port}", proc, log_path, data_dir, env)
         started.append(backend)
         _LOG_SOURCES[f"{name} log tail"] = lambda b=backend: f"{b.log_path}\n{b.tail_log()}"
-        wait_healthy(f"{backend.url}/health", backend.proc, "`ml-backend serve`", backend.log_path,
-                     timeout=float(os.environ.get("E2E_BACKEND_STARTUP_TIMEOUT", "120")))
+        wait_healthy(
+            f"{backend.url}/health",
+            backend.proc,
+            "`ml-backend serve`",
+            backend.log_path,
+            timeout=float(os.environ.get("E2E_BACKEND_STARTUP_TIMEOUT", "120")),
+        )
         return backend
 
     yield start

@@ -38,13 +38,15 @@ def digit_images(out_dir: Path, per_class: int, classes=DIGIT_CLASSES, size: int
     return out
 
 
-def create_image_project(api: LSApi, title: str, images: list[tuple[Path, str]], chunk: int = 20) -> tuple[int, dict[int, str]]:
+def create_image_project(
+    api: LSApi, title: str, images: list[tuple[Path, str]], chunk: int = 20
+) -> tuple[int, dict[int, str]]:
     """A project whose tasks are the uploaded images; returns its id and {task id: true label}."""
     project = api.create_project(title, label_config())
     pid = project["id"]
     by_name = {p.name: label for p, label in images}
     for start in range(0, len(images), chunk):
-        part = images[start:start + chunk]
+        part = images[start : start + chunk]
         r = api.upload_files(pid, [(p.name, p.read_bytes(), "image/png") for p, _ in part])
         assert r["task_count"] == len(part), r
     truth: dict[int, str] = {}

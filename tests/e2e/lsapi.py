@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import httpx
 
@@ -42,8 +43,12 @@ class LSApi:
 
     def __post_init__(self) -> None:
         scheme = "Bearer" if self.token.count(".") == 2 else "Token"
-        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"{scheme} {self.token}"},
-                                 timeout=self.timeout, trust_env=False)
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"{scheme} {self.token}"},
+            timeout=self.timeout,
+            trust_env=False,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -54,41 +59,51 @@ class LSApi:
         self.calls.append(f"{method} {path} -> {r.status_code}")
         del self.calls[:-30]
         if r.status_code not in tuple(expect):
-            raise LSCallError(f"Label Studio: {method} {self.url}{path} -> {r.status_code}, expected "
-                              f"{tuple(expect)}; body: {_short(r.text)}")
+            raise LSCallError(
+                f"Label Studio: {method} {self.url}{path} -> {r.status_code}, expected "
+                f"{tuple(expect)}; body: {_short(r.text)}"
+            )
         if not r.content:
             return None
         try:
             return r.json()
         except ValueError:
-            raise LSCallError(f"Label Studio: {method} {path} -> {r.status_code} with non-JSON body: "
-                              f"{_short(r.text)}") from None
+            raise LSCallError(
+                f"Label Studio: {method} {path} -> {r.status_code} with non-JSON body: {_short(r.text)}"
+            ) from None
 
     # ------------------------------------------------------------------ projects
     def create_project(self, title: str, label_config: str, **extra) -> dict:
-        return self.call("POST", "/api/projects/", expect=(201,),
-                         json={"title": title, "label_config": label_config, **extra})
+        return self.call(
+            "POST", "/api/projects/", expect=(201,), json={"title": title, "label_config": label_config, **extra}
+        )
 
     def project(self, pid: int) -> dict:
         return self.call("GET", f"/api/projects/{pid}/")
 
     def import_tasks(self, pid: int, tasks: list[dict]) -> dict:
-        return self.call("POST", f"/api/projects/{pid}/import", expect=(201,),
-                         params={"return_task_ids": "true"}, json=tasks)
+        return self.call(
+            "POST", f"/api/projects/{pid}/import", expect=(201,), params={"return_task_ids": "true"}, json=tasks
+        )
 
     def upload_files(self, pid: int, files: list[tuple[str, bytes, str]]) -> dict:
         """Import files as tasks (multipart ``POST /api/projects/{id}/import``): LS stores them as uploads."""
         multipart = [(f"file{i}", (name, content, mime)) for i, (name, content, mime) in enumerate(files)]
-        return self.call("POST", f"/api/projects/{pid}/import", expect=(201,), files=multipart,
-                         params={"return_task_ids": "true"})
+        return self.call(
+            "POST", f"/api/projects/{pid}/import", expect=(201,), files=multipart, params={"return_task_ids": "true"}
+        )
 
     def tasks(self, pid: int) -> list[dict]:
         """Every task of the project with its data and annotations (paged)."""
         out: list[dict] = []
         page = 1
         while True:
-            body = self.call("GET", "/api/tasks/", expect=(200, 404),
-                             params={"project": pid, "page": page, "page_size": 500, "fields": "all"})
+            body = self.call(
+                "GET",
+                "/api/tasks/",
+                expect=(200, 404),
+                params={"project": pid, "page": page, "page_size": 500, "fields": "all"},
+            )
             if body is None or isinstance(body, dict) and "tasks" not in body:
                 break
             batch = body["tasks"] if isinstance(body, dict) else body
@@ -103,8 +118,7 @@ class LSApi:
         """Every prediction of the project, all model versions."""
         body = self.call("GET", "/api/predictions/", params={"project": pid})
         items = body["results"] if isinstance(body, dict) and "results" in body else body
-        return [Prediction(p["id"], p["task"], p.get("model_version"), p.get("score"), p.get("result"))
-                for p in items]
+        return [Prediction(p["id"], p["task"], p.get("model_version"), p.get("score"), p.get("result")) for p in items]
 
     def model_versions(self, pid: int) -> dict[str, int]:
         return self.call("GET", f"/api/projects/{pid}/model-versions/")
@@ -119,8 +133,12 @@ class LSApi:
         return r.json()
 
     def annotate(self, task_id: int, result: list, was_cancelled: bool = False) -> dict:
-        return self.call("POST", f"/api/tasks/{task_id}/annotations/", expect=(201,),
-                         json={"result": result, "was_cancelled": was_cancelled, "lead_time": 1.0})
+        return self.call(
+            "POST",
+            f"/api/tasks/{task_id}/annotations/",
+            expect=(201,),
+            json={"result": result, "was_cancelled": was_cancelled, "lead_time": 1.0},
+        )
 
     def update_annotation(self, annotation_id: int, result: list) -> dict:
         return self.call("PATCH", f"/api/annotations/{annotation_id}/", json={"result": result})
@@ -128,20 +146,27 @@ class LSApi:
     def retrieve_predictions(self, pid: int) -> dict:
         """The Data Manager action "Retrieve Predictions" on every task: LS calls the backend's /predict for the
         tasks lacking a prediction of the ML backend's version, inside this request, and saves what it gets."""
-        return self.call("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
-                         json={"selectedItems": {"all": True, "excluded": []}})
+        return self.call(
+            "POST",
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": True, "excluded": []}},
+        )
 
     # ------------------------------------------------------------------ ML backend (SDK)
     def sdk(self):
         from label_studio_sdk import LabelStudio
 
-        return LabelStudio(base_url=self.url, api_key=self.token,
-                           httpx_client=httpx.Client(timeout=self.timeout, trust_env=False))
+        return LabelStudio(
+            base_url=self.url, api_key=self.token, httpx_client=httpx.Client(timeout=self.timeout, trust_env=False)
+        )
 
     def connect_ml_backend(self, pid: int, backend_url: str, title: str) -> Any:
         """``ls.ml.create(...)`` as a user would: LS calls /health and /setup and creates the webhook itself."""
-        return self._sdk_call(f"ml.create(project={pid}, url={backend_url})",
-                              lambda ls: ls.ml.create(project=pid, url=backend_url, title=title, is_interactive=False))
+        return self._sdk_call(
+            f"ml.create(project={pid}, url={backend_url})",
+            lambda ls: ls.ml.create(project=pid, url=backend_url, title=title, is_interactive=False),
+        )
 
     def ml_backends(self, pid: int) -> list[dict]:
         """``ls.ml.list(project=pid)`` (LS calls /health and /setup of each backend for this)."""
@@ -173,12 +198,14 @@ def choices_result(from_name: str, to_name: str, label: str) -> list[dict]:
 
 
 def is_valid_score(score: Any) -> bool:
-    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) \
-        and 0.0 <= score <= 1.0
+    return (
+        isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score) and 0.0 <= score <= 1.0
+    )
 
 
-def wait_for(check: Callable[[], tuple[bool, Any]], timeout: float, what: str, interval: float = 2.0,
-             stable_for: int = 1) -> Any:
+def wait_for(
+    check: Callable[[], tuple[bool, Any]], timeout: float, what: str, interval: float = 2.0, stable_for: int = 1
+) -> Any:
     """Poll ``check() -> (ok, state)`` until ok holds ``stable_for`` polls in a row; else fail with the last state.
 
     ``check`` may raise: the exception text becomes the state (LS or the backend may be busy for a moment).
@@ -197,6 +224,7 @@ def wait_for(check: Callable[[], tuple[bool, Any]], timeout: float, what: str, i
         if time.monotonic() - t0 > timeout:
             if not isinstance(state, str):
                 state = json.dumps(state, indent=1, default=str)
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; "
-                                 f"last state:\n{_short(state, 4000)}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}; last state:\n{_short(state, 4000)}"
+            )
         time.sleep(interval)

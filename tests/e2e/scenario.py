@@ -41,11 +41,18 @@ class PoolState:
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        return {"project.model_version": self.project_version, "backend current_version": self.backend_version,
-                "sampling": self.sampling, "model-versions": self.versions,
-                "jobs": [{k: j.get(k) for k in ("kind", "status", "error")} | {"stage": (j.get("meta") or {}).get("stage")}
-                         for j in self.jobs[:8]],
-                "problems": self.problems[:15] + ([f"... {len(self.problems) - 15} more"] if len(self.problems) > 15 else [])}
+        return {
+            "project.model_version": self.project_version,
+            "backend current_version": self.backend_version,
+            "sampling": self.sampling,
+            "model-versions": self.versions,
+            "jobs": [
+                {k: j.get(k) for k in ("kind", "status", "error")} | {"stage": (j.get("meta") or {}).get("stage")}
+                for j in self.jobs[:8]
+            ],
+            "problems": self.problems[:15]
+            + ([f"... {len(self.problems) - 15} more"] if len(self.problems) > 15 else []),
+        }
 
 
 def connect(api: LSApi, backend, pid: int, title: str) -> Connected:
@@ -55,8 +62,9 @@ def connect(api: LSApi, backend, pid: int, title: str) -> Connected:
     mls = api.ml_backends(pid)
     assert [m["id"] for m in mls] == [ml_id], f"GET /api/ml?project={pid} lists {mls}"
     ml = api.ml_backend(ml_id)
-    assert ml["state"] == "CO", (f"ML backend state is {ml['state']!r} (error: {ml.get('error_message')!r}), "
-                                 f"expected 'CO' (CONNECTED): {ml}")
+    assert ml["state"] == "CO", (
+        f"ML backend state is {ml['state']!r} (error: {ml.get('error_message')!r}), expected 'CO' (CONNECTED): {ml}"
+    )
     assert ml["url"].rstrip("/") == backend.url
     version = ml.get("model_version")
     assert isinstance(version, str) and version, f"/setup gave no model_version: {ml}"
@@ -75,8 +83,13 @@ def pool_state(api: LSApi, backend, pid: int, expected_tasks: set[int], require_
     project = api.project(pid)
     status = backend.status(pid)
     preds = api.predictions(pid)
-    state = PoolState(project.get("model_version"), status.get("current_version"), project.get("sampling"),
-                      api.model_versions(pid), jobs=status.get("jobs") or [])
+    state = PoolState(
+        project.get("model_version"),
+        status.get("current_version"),
+        project.get("sampling"),
+        api.model_versions(pid),
+        jobs=status.get("jobs") or [],
+    )
     cur = state.backend_version
     for p in preds:
         if p.model_version == cur:
@@ -95,23 +108,35 @@ def pool_state(api: LSApi, backend, pid: int, expected_tasks: set[int], require_
 def converged(state: PoolState, version: str | None = None) -> bool:
     """The pool is fully scored by the backend's current version, the project points at it, nothing else is left."""
     cur = state.backend_version
-    return (bool(cur) and (version is None or cur == version) and not state.problems
-            and state.project_version == cur and set(state.versions) == {cur}
-            and not any(j.get("status") in BUSY_JOB_STATES for j in state.jobs))
+    return (
+        bool(cur)
+        and (version is None or cur == version)
+        and not state.problems
+        and state.project_version == cur
+        and set(state.versions) == {cur}
+        and not any(j.get("status") in BUSY_JOB_STATES for j in state.jobs)
+    )
 
 
 def wait_initial_predictions(api: LSApi, backend, conn: Connected, task_ids: set[int]) -> PoolState:
     """After the first /setup the backend scores the whole pool, imports it and points the project at it."""
+
     def check():
         s = pool_state(api, backend, conn.pid, task_ids)
         return converged(s, conn.setup_version), s
 
     t0 = time.monotonic()
-    state = wait_for(lambda: _summarised(check), PREDICTIONS_TIMEOUT,
-                     f"every task to get one prediction of {conn.setup_version} and the project to point at it",
-                     interval=2.0, stable_for=2)
-    print(f"[e2e] project {conn.pid}: {len(task_ids)} tasks scored by {conn.setup_version} "
-          f"{time.monotonic() - t0:.1f} s after connecting")
+    state = wait_for(
+        lambda: _summarised(check),
+        PREDICTIONS_TIMEOUT,
+        f"every task to get one prediction of {conn.setup_version} and the project to point at it",
+        interval=2.0,
+        stable_for=2,
+    )
+    print(
+        f"[e2e] project {conn.pid}: {len(task_ids)} tasks scored by {conn.setup_version} "
+        f"{time.monotonic() - t0:.1f} s after connecting"
+    )
     return state
 
 
@@ -137,12 +162,22 @@ def assert_next_is_lowest(api: LSApi, pid: int, state: PoolState, candidates: se
     assert math.isclose(scores[tid], lowest, abs_tol=1e-9), (
         f"/next served task {tid} with score {scores[tid]}, but the lowest score is {lowest} "
         f"(tasks {sorted(t for t, s in scores.items() if math.isclose(s, lowest, abs_tol=1e-9))}); "
-        f"5 lowest: {sorted(scores.items(), key=lambda kv: kv[1])[:5]}")
+        f"5 lowest: {sorted(scores.items(), key=lambda kv: kv[1])[:5]}"
+    )
     return task
 
 
-def label_following_next(api: LSApi, pid: int, truth: dict[int, str], from_name: str, to_name: str, n: int,
-                         skip_at: int, update_at: int, wrong_label: dict[str, str]) -> dict[str, Any]:
+def label_following_next(
+    api: LSApi,
+    pid: int,
+    truth: dict[int, str],
+    from_name: str,
+    to_name: str,
+    n: int,
+    skip_at: int,
+    update_at: int,
+    wrong_label: dict[str, str],
+) -> dict[str, Any]:
     """Label ``n`` tasks in the order /next serves them, like an annotator: true labels, one skip (``skip_at``),
     and one annotation first submitted with a wrong label then corrected by PATCH (``update_at``)."""
     done: list[int] = []
@@ -183,9 +218,16 @@ def wait_retrained(api: LSApi, backend, pid: int, old_version: str, all_tasks: s
         return ok, s
 
     t0 = time.monotonic()
-    state = wait_for(lambda: _summarised(check), RETRAIN_TIMEOUT,
-                     f"a version newer than {old_version} to replace it in project {pid}", interval=2.0, stable_for=2)
-    print(f"[e2e] project {pid}: {state.backend_version} replaced {old_version} on {len(unlabelled)} unlabelled "
-          f"tasks {time.monotonic() - t0:.1f} s after the last annotation; jobs: "
-          f"{[(j.get('kind'), j.get('status')) for j in state.jobs]}")
+    state = wait_for(
+        lambda: _summarised(check),
+        RETRAIN_TIMEOUT,
+        f"a version newer than {old_version} to replace it in project {pid}",
+        interval=2.0,
+        stable_for=2,
+    )
+    print(
+        f"[e2e] project {pid}: {state.backend_version} replaced {old_version} on {len(unlabelled)} unlabelled "
+        f"tasks {time.monotonic() - t0:.1f} s after the last annotation; jobs: "
+        f"{[(j.get('kind'), j.get('status')) for j in state.jobs]}"
+    )
     return state, unlabelled

@@ -47,8 +47,9 @@ def test_separate_clusters_give_a_trained_version_within_ten_annotations(ls_api,
     conn = scenario.connect(ls_api, backend, pid, title="al-backend e2e cold start")
     scenario.wait_initial_predictions(ls_api, backend, conn, set(truth))
 
-    log = scenario.label_following_next(ls_api, pid, truth, "kind", "text", N_ANNOTATE, skip_at=-1, update_at=-1,
-                                        wrong_label={})
+    log = scenario.label_following_next(
+        ls_api, pid, truth, "kind", "text", N_ANNOTATE, skip_at=-1, update_at=-1, wrong_label={}
+    )
     served = [truth[t] for t in log["annotated"]]
     assert set(served) == {"plot", "review"}, f"the first {N_ANNOTATE} tasks served were all {served[0]}: {served}"
 

@@ -30,8 +30,9 @@ def test_image_project_active_learning_loop(ls_api, start_backend, tmp_path):
     scenario.assert_next_is_lowest(ls_api, pid, state, all_ids)
 
     wrong = {c: DIGIT_CLASSES[(i + 1) % len(DIGIT_CLASSES)] for i, c in enumerate(DIGIT_CLASSES)}
-    log = scenario.label_following_next(ls_api, pid, truth, "digit", "image", N_ANNOTATE, skip_at=2, update_at=4,
-                                        wrong_label=wrong)
+    log = scenario.label_following_next(
+        ls_api, pid, truth, "digit", "image", N_ANNOTATE, skip_at=2, update_at=4, wrong_label=wrong
+    )
 
     state, unlabelled = scenario.wait_retrained(ls_api, backend, pid, conn.setup_version, all_ids)
     assert state.backend_version != conn.setup_version

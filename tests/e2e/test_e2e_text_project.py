@@ -57,8 +57,17 @@ def test_text_project_active_learning_loop(ls_api, start_backend):
     scenario.assert_next_is_lowest(ls_api, pid, state, all_ids)
 
     # 2. label 20 tasks in /next order (one skip, one update); the backend retrains from the webhooks
-    log = scenario.label_following_next(ls_api, pid, truth, "sentiment", "text", N_ANNOTATE, skip_at=3,
-                                        update_at=5, wrong_label={"fresh": "rotten", "rotten": "fresh"})
+    log = scenario.label_following_next(
+        ls_api,
+        pid,
+        truth,
+        "sentiment",
+        "text",
+        N_ANNOTATE,
+        skip_at=3,
+        update_at=5,
+        wrong_label={"fresh": "rotten", "rotten": "fresh"},
+    )
     assert len(log["annotated"]) == N_ANNOTATE
 
     state, unlabelled = scenario.wait_retrained(ls_api, backend, pid, conn.setup_version, all_ids)

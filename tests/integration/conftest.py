@@ -43,8 +43,11 @@ def configs_dir(tmp_path_factory) -> Path:
         shutil.copy(f, folder)
     base = yaml.safe_load((REPO_CONFIGS / "text-minilm.yaml").read_text())
     for strategy in ("entropy", "margin", "least_confidence"):
-        variant = {**base, "name": f"minilm-{strategy.replace('_', '')}",
-                   "acquisition": {**base["acquisition"], "strategy": strategy}}
+        variant = {
+            **base,
+            "name": f"minilm-{strategy.replace('_', '')}",
+            "acquisition": {**base["acquisition"], "strategy": strategy},
+        }
         (folder / f"text-minilm-{strategy}.yaml").write_text(yaml.safe_dump(variant))
     full = {**base, "name": "minilm-full", "training": {**base["training"], "mode": "full", "full_epochs": 1}}
     (folder / "text-minilm-full.yaml").write_text(yaml.safe_dump(full))
@@ -78,8 +81,13 @@ def make_client(tmp_path, configs_dir, encoders, file_server):
     from fastapi.testclient import TestClient
 
     def make(**overrides) -> TestClient:
-        values = dict(data_dir=tmp_path / "data", model_configs_dir=configs_dir, redis_url="redis://127.0.0.1:6379/14",
-                      label_studio_url=file_server.url, label_studio_api_key="not-used-by-the-file-server")
+        values = dict(
+            data_dir=tmp_path / "data",
+            model_configs_dir=configs_dir,
+            redis_url="redis://127.0.0.1:6379/14",
+            label_studio_url=file_server.url,
+            label_studio_api_key="not-used-by-the-file-server",
+        )
         values.update(overrides)
         return TestClient(create_app(Settings(**values), encoders=encoders))
 

@@ -9,18 +9,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ml_backend.learning.training import train_version as publish_version
 from ml_backend.simulation.datasets import digits_png, rotten_tomatoes
 
-from ml_backend.learning.training import train_version as publish_version
-
-TEXT = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
-MULTI = '<View><Text name="text" value="$text"/><Choices name="topics" toName="text" choice="multiple"><Choice value="acting"/><Choice value="story"/><Choice value="music"/></Choices></View>'
-IMAGE = '<View><Image name="image" value="$image"/><Choices name="digit" toName="image"><Choice value="0"/><Choice value="1"/><Choice value="2"/></Choices></View>'
+TEXT = (
+    '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="fresh"/>'
+    '<Choice value="rotten"/></Choices></View>'
+)
+MULTI = (
+    '<View><Text name="text" value="$text"/><Choices name="topics" toName="text" choice="multiple">'
+    '<Choice value="acting"/><Choice value="story"/><Choice value="music"/></Choices></View>'
+)
+IMAGE = (
+    '<View><Image name="image" value="$image"/><Choices name="digit" toName="image"><Choice value="0"/>'
+    '<Choice value="1"/><Choice value="2"/></Choices></View>'
+)
 
 
 def setup(client, project: str, config: str, **extra) -> str:
-    resp = client.post("/setup", json={"project": project, "schema": config, "hostname": "http://localhost:8080",
-                                       "access_token": "x", "extra_params": extra or None})
+    resp = client.post(
+        "/setup",
+        json={
+            "project": project,
+            "schema": config,
+            "hostname": "http://localhost:8080",
+            "access_token": "x",
+            "extra_params": extra or None,
+        },
+    )
     assert resp.status_code == 200, resp.text
     version = resp.json()["model_version"]
     assert isinstance(version, str) and version
@@ -28,8 +44,15 @@ def setup(client, project: str, config: str, **extra) -> str:
 
 
 def predict(client, project: str, config: str, tasks: list[dict]) -> list:
-    resp = client.post("/predict", json={"tasks": tasks, "project": project, "label_config": config,
-                                         "params": {"login": None, "password": None, "context": None}})
+    resp = client.post(
+        "/predict",
+        json={
+            "tasks": tasks,
+            "project": project,
+            "label_config": config,
+            "params": {"login": None, "password": None, "context": None},
+        },
+    )
     assert resp.status_code == 200, resp.text
     results = resp.json()["results"]
     assert len(results) == len(tasks)  # positional alignment, always
@@ -69,19 +92,28 @@ def test_health_and_unknown_routes_answer_json(client):
 
 
 def test_setup_rejects_unsupported_configs_with_what_is_supported(client):
-    resp = client.post("/setup", json={"project": "1.1", "schema": '<View><Text name="t" value="$t"/><Labels name="l" toName="t"><Label value="A"/></Labels></View>'})
+    resp = client.post(
+        "/setup",
+        json={
+            "project": "1.1",
+            "schema": '<View><Text name="t" value="$t"/><Labels name="l" toName="t"><Label value="A"/></Labels></View>',
+        },
+    )
     assert resp.status_code == 422
     assert "supported" in resp.json()["detail"] and "Choices" in resp.json()["detail"]
     resp = client.post("/setup", json={"project": "1.1", "schema": TEXT, "extra_params": {"model_config": "nope"}})
     assert resp.status_code == 400 and "available" in resp.json()["detail"]
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"{not json", 422, "invalid request body"),
-    (b'{"project": "1.2"}', 422, "tasks"),
-    (b'{"tasks": "x", "project": "1.2"}', 422, "tasks"),
-    (b'{"tasks": [{"id": 1, "data": {"text": "hi"}}]}', 400, "project"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 422, "invalid request body"),
+        (b'{"project": "1.2"}', 422, "tasks"),
+        (b'{"tasks": "x", "project": "1.2"}', 422, "tasks"),
+        (b'{"tasks": [{"id": 1, "data": {"text": "hi"}}]}', 400, "project"),
+    ],
+)
 def test_malformed_predict_requests_get_clear_json_errors(client, body, status, words):
     resp = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status
@@ -112,8 +144,11 @@ def test_text_cold_start_scores_every_good_task_and_skips_bad_ones(client):
 def test_trained_text_model_pre_annotates_and_is_unsure_where_labels_conflict(client, configs_dir):
     # entropy: the hand-made case below is aleatoric (conflicting labels), which BALD by design does not rank
     setup(client, "4.1", TEXT, model_config="text-minilm-entropy")
-    sure, unsure, other = ("An utterly joyful, brilliant and moving film.", "The movie is about a family.",
-                           "A dull, tedious and painfully bad film.")
+    sure, unsure, other = (
+        "An utterly joyful, brilliant and moving film.",
+        "The movie is about a family.",
+        "A dull, tedious and painfully bad film.",
+    )
     texts = [sure] * 10 + [unsure] * 10 + [other] * 10
     labels = [["fresh"]] * 10 + [["fresh"], ["rotten"]] * 5 + [["rotten"]] * 10
     version = train_version(client, 4, texts, labels)
@@ -130,7 +165,9 @@ def test_other_strategies_also_rank_the_conflicting_task_first(client, strategy)
     texts = ["Wonderful!"] * 8 + ["It has actors."] * 8
     labels = [["fresh"]] * 8 + [["fresh"], ["rotten"]] * 4
     version = train_version(client, 5, texts, labels)
-    results = predict(client, "5.1", TEXT, [{"id": 1, "data": {"text": "Wonderful!"}}, {"id": 2, "data": {"text": "It has actors."}}])
+    results = predict(
+        client, "5.1", TEXT, [{"id": 1, "data": {"text": "Wonderful!"}}, {"id": 2, "data": {"text": "It has actors."}}]
+    )
     scores = assert_valid(results, version, n_ok=2)
     assert scores[1] < scores[0]
 
@@ -151,8 +188,12 @@ def test_default_bald_model_scores_with_mc_dropout(client):
 
 def test_multilabel_text_project(client):
     version0 = setup(client, "7.1", MULTI)
-    texts = ["Great acting by the lead.", "The story is gripping.", "The soundtrack is beautiful.",
-             "Great acting and a gripping story."] * 4
+    texts = [
+        "Great acting by the lead.",
+        "The story is gripping.",
+        "The soundtrack is beautiful.",
+        "Great acting and a gripping story.",
+    ] * 4
     labels = [["acting"], ["story"], ["music"], ["acting", "story"]] * 4
     cold = predict(client, "7.1", MULTI, [{"id": 1, "data": {"text": texts[0]}}, {"id": 2, "data": {"text": texts[1]}}])
     assert_valid(cold, version0, n_ok=2)
@@ -189,8 +230,14 @@ def test_webhook_validates_ignores_and_reports_redis_down_fast(make_client):
     assert unknown.status_code == 200 and unknown.json()["status"] == "Unknown event"
     assert client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 12345}}).status_code == 404
     started = time.perf_counter()
-    resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 9},
-                                         "annotation": {"id": 1, "result": [{"from_name": "sentiment"}]}})
+    resp = client.post(
+        "/webhook",
+        json={
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": 9},
+            "annotation": {"id": 1, "result": [{"from_name": "sentiment"}]},
+        },
+    )
     assert resp.status_code == 503 and "Redis" in resp.json()["detail"]
     assert time.perf_counter() - started < 3.0  # at once, not after a long connect timeout
     # serving goes on without Redis

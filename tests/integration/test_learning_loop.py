@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -22,12 +22,14 @@ import pytest
 import yaml
 from rq.job import Job
 
-from ml_backend.simulation.datasets import rotten_tomatoes
 from ml_backend.learning.registry import Registry
+from ml_backend.simulation.datasets import rotten_tomatoes
 from tests.lsserver import free_port, stop_process_group, tail_file
 
-CONFIG = ('<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
-          '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>')
+CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
+    '<Choice value="fresh"/><Choice value="rotten"/></Choices></View>'
+)
 REDIS_URL = "redis://127.0.0.1:6379/11"
 
 
@@ -51,19 +53,39 @@ def start_loop(tmp_path, ls_server, loop_configs, encoders):
     started: list[tuple[subprocess.Popen, Path]] = []
 
     def start(**worker_env: str):
-        env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": REDIS_URL,
-               "QUEUE_NAME": f"test-loop-{uuid.uuid4().hex[:8]}",  # own queue and keys: no leftovers, no neighbours
-               "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
-               "MODEL_CONFIGS_DIR": str(loop_configs), "TORCH_THREADS": "1", "LOG_LEVEL": "INFO", **worker_env}
+        env = {
+            **os.environ,
+            "DATA_DIR": str(tmp_path / "data"),
+            "REDIS_URL": REDIS_URL,
+            "QUEUE_NAME": f"test-loop-{uuid.uuid4().hex[:8]}",  # own queue and keys: no leftovers, no neighbours
+            "LABEL_STUDIO_URL": ls_server.url,
+            "LABEL_STUDIO_API_KEY": ls_server.token,
+            "MODEL_CONFIGS_DIR": str(loop_configs),
+            "TORCH_THREADS": "1",
+            "LOG_LEVEL": "INFO",
+            **worker_env,
+        }
         log_path = tmp_path / f"worker-{len(started)}.log"
         with open(log_path, "w") as log:
-            worker = subprocess.Popen([str(Path(sys.executable).parent / "ml-backend"), "worker"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            worker = subprocess.Popen(
+                [str(Path(sys.executable).parent / "ml-backend"), "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started.append((worker, log_path))
-        settings = Settings(**{"data_dir": tmp_path / "data", "redis_url": REDIS_URL, "queue_name": env["QUEUE_NAME"],
-                               "label_studio_url": ls_server.url,
-                               "label_studio_api_key": ls_server.token, "model_configs_dir": loop_configs,
-                               **{k.lower(): v for k, v in worker_env.items()}})  # the web app enqueues: same knobs
+        settings = Settings(
+            **{
+                "data_dir": tmp_path / "data",
+                "redis_url": REDIS_URL,
+                "queue_name": env["QUEUE_NAME"],
+                "label_studio_url": ls_server.url,
+                "label_studio_api_key": ls_server.token,
+                "model_configs_dir": loop_configs,
+                **{k.lower(): v for k, v in worker_env.items()},
+            }
+        )  # the web app enqueues: same knobs
         return TestClient(create_app(settings, encoders=encoders)), worker
 
     yield start
@@ -88,8 +110,10 @@ def make_project(ls_server, n_tasks: int, n_labelled: int) -> tuple[int, str, li
     sdk = ls_server.sdk()
     project = sdk.projects.create(title=f"loop-{time.time()}", label_config=CONFIG)
     data = rotten_tomatoes(n=n_tasks, seed=3)
-    tasks = [{"data": {"text": t}, **({"annotations": [_annotation(label)]} if i < n_labelled else {})}
-             for i, (t, label) in enumerate(zip(data.texts, data.labels))]
+    tasks = [
+        {"data": {"text": t}, **({"annotations": [_annotation(label)]} if i < n_labelled else {})}
+        for i, (t, label) in enumerate(zip(data.texts, data.labels))
+    ]
     ids = sdk.projects.import_tasks(project.id, request=tasks, return_task_ids=True).task_ids
     labels = {tid: label for tid, label in zip(ids, data.labels)}
     created = int(project.created_at.timestamp()) if project.created_at else 0
@@ -139,15 +163,22 @@ def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(
     latencies = []
     for tid in ids[:200]:
         t0 = time.perf_counter()
-        resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": project_id},
-                                             "task": {"id": tid},
-                                             "annotation": {"task": tid, **_annotation(labels[tid])}})
+        resp = client.post(
+            "/webhook",
+            json={
+                "action": "ANNOTATION_CREATED",
+                "project": {"id": project_id},
+                "task": {"id": tid},
+                "annotation": {"task": tid, **_annotation(labels[tid])},
+            },
+        )
         latencies.append(time.perf_counter() - t0)
         assert resp.status_code == 201, resp.text
     print(f"webhook latency p50 {sorted(latencies)[100] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
 
-    status = wait_for("the loop to settle on a trained version",
-                      lambda: (s := idle(client, project_id)) and s["trained"] and s)
+    status = wait_for(
+        "the loop to settle on a trained version", lambda: (s := idle(client, project_id)) and s["trained"] and s
+    )
     trainings = [j for j in status["jobs"] if j["kind"] == "train"]
     assert 1 <= len(trainings) <= 2, trainings
     assert all(j["status"] == "finished" for j in trainings)
@@ -169,8 +200,9 @@ def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(
 def test_a_worker_killed_mid_training_keeps_the_old_version_and_the_retry_finishes(loop, ls_server):
     client, worker = loop
     project_id, key, ids, labels = make_project(ls_server, n_tasks=80, n_labelled=60)
-    v0 = client.post("/setup", json={"project": key, "schema": CONFIG,
-                                     "extra_params": {"model_config": "text-minilm-slow"}}).json()["model_version"]
+    v0 = client.post(
+        "/setup", json={"project": key, "schema": CONFIG, "extra_params": {"model_config": "text-minilm-slow"}}
+    ).json()["model_version"]
     wait_for("the first pool scoring", lambda: (s := idle(client, project_id)) and s["jobs"] and s)
     resp = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
     assert resp.status_code == 201
@@ -188,8 +220,13 @@ def test_a_worker_killed_mid_training_keeps_the_old_version_and_the_retry_finish
 
     reg = Registry(Path(client.app.state.backend.settings.projects_dir))
     assert reg.current(project_id).version == v0  # nothing half-trained was published
-    assert client.post("/predict", json={"tasks": [{"id": ids[70], "data": {"text": "ok"}}], "project": key,
-                                         "label_config": CONFIG}).json()["results"][0]["model_version"] == v0
+    assert (
+        client.post(
+            "/predict",
+            json={"tasks": [{"id": ids[70], "data": {"text": "ok"}}], "project": key, "label_config": CONFIG},
+        ).json()["results"][0]["model_version"]
+        == v0
+    )
 
     def retried_and_done():
         jobs = client.get(f"/projects/{project_id}/status").json()["jobs"]
@@ -209,11 +246,13 @@ def test_new_tasks_are_scored_with_the_current_version(loop, ls_server):
     version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
     wait_for("the first pool scoring", lambda: (s := idle(client, project_id)) and s["jobs"] and s)
     sdk = ls_server.sdk()
-    new_ids = sdk.projects.import_tasks(project_id,
-                                        request=[{"text": f"A brand new review number {i}."} for i in range(5)],
-                                        return_task_ids=True).task_ids
-    tasks = [{"id": tid, "data": {"text": f"A brand new review number {i}."}, "annotations": [], "predictions": []}
-             for i, tid in enumerate(new_ids)]
+    new_ids = sdk.projects.import_tasks(
+        project_id, request=[{"text": f"A brand new review number {i}."} for i in range(5)], return_task_ids=True
+    ).task_ids
+    tasks = [
+        {"id": tid, "data": {"text": f"A brand new review number {i}."}, "annotations": [], "predictions": []}
+        for i, tid in enumerate(new_ids)
+    ]
     resp = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": project_id}, "tasks": tasks})
     assert resp.status_code == 201 and resp.json()["tasks"] == 5
     wait_for("the new tasks to be scored", lambda: (s := idle(client, project_id)) and len(s["jobs"]) >= 2 and s)
@@ -244,8 +283,10 @@ def test_a_fully_labelled_project_trains_and_rescoring_finishes_without_a_versio
     project_id, key, _, _ = make_project(ls_server, n_tasks=12, n_labelled=12)
     client.post("/setup", json={"project": key, "schema": CONFIG})
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
-    status = wait_for("training and rescoring to settle",
-                      lambda: (s := idle(client, project_id)) and s["trained"] and len(s["jobs"]) >= 3 and s)
+    status = wait_for(
+        "training and rescoring to settle",
+        lambda: (s := idle(client, project_id)) and s["trained"] and len(s["jobs"]) >= 3 and s,
+    )
     assert [j["status"] for j in status["jobs"]] == ["finished"] * len(status["jobs"]), status["jobs"]
     assert status["jobs"][0]["meta"]["stage"] == "done: no unlabelled task to score"
 
@@ -286,11 +327,18 @@ def test_a_task_whose_annotation_is_deleted_gets_a_current_prediction_again(loop
         assert c.delete(f"/api/annotations/{annotation['id']}/").status_code == 204
     assert predictions_by_task(ls_server, project_id)[ids[0]] == []  # it was labelled: no prediction yet
     # what LS sends on the deletion; no new label comes
-    resp = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": project_id},
-                                         "annotations": [{"id": annotation["id"]}]})
+    resp = client.post(
+        "/webhook",
+        json={
+            "action": "ANNOTATIONS_DELETED",
+            "project": {"id": project_id},
+            "annotations": [{"id": annotation["id"]}],
+        },
+    )
     assert resp.status_code == 201
-    status = wait_for("the task to get a current prediction",
-                      lambda: settled(client, ls_server, project_id, min_jobs=5))
+    status = wait_for(
+        "the task to get a current prediction", lambda: settled(client, ls_server, project_id, min_jobs=5)
+    )
     (prediction,) = predictions_by_task(ls_server, project_id)[ids[0]]
     assert prediction["model_version"] == status["current_version"] and 0.0 <= prediction["score"] <= 1.0
 
@@ -307,12 +355,14 @@ def test_a_refused_training_still_leaves_every_unlabelled_task_with_a_current_pr
     assert not status["trained"]
     versions = len(status["versions"])
     # tasks whose scoring never happened (their TASKS_CREATED webhook was lost), then a training with nothing new
-    new_ids = sdk.projects.import_tasks(project_id, request=[{"text": f"An unscored review, number {i}."}
-                                                             for i in range(4)], return_task_ids=True).task_ids
+    new_ids = sdk.projects.import_tasks(
+        project_id, request=[{"text": f"An unscored review, number {i}."} for i in range(4)], return_task_ids=True
+    ).task_ids
     assert current_predictions_problems(client, ls_server, project_id)  # the 4 new tasks lack a prediction
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
-    status = wait_for("every unlabelled task to have a current prediction",
-                      lambda: settled(client, ls_server, project_id, min_jobs=5))
+    status = wait_for(
+        "every unlabelled task to have a current prediction", lambda: settled(client, ls_server, project_id, min_jobs=5)
+    )
     assert len(status["versions"]) == versions and not status["trained"]  # refused: nothing was published
     preds = predictions_by_task(ls_server, project_id)
     assert all(len(preds[t]) == 1 for t in new_ids), {t: preds[t] for t in new_ids}
@@ -324,9 +374,18 @@ def test_a_burst_of_rescore_requests_runs_at_most_two_rescores(loop, ls_server):
     project_id, key, _, _ = make_project(ls_server, n_tasks=60, n_labelled=0)
     client.post("/setup", json={"project": key, "schema": CONFIG})  # enqueues the first pool scoring
     # running: it holds the scoring lock and has freed the waiting slot (its first progress report comes after)
-    first = wait_for("the first pool scoring to start", lambda: next(
-        (j for j in client.get(f"/projects/{project_id}/status").json()["jobs"]
-         if j["kind"] == "rescore" and j["status"] == "started" and j["meta"]["stage"] != "queued"), None), every=0.02)
+    first = wait_for(
+        "the first pool scoring to start",
+        lambda: next(
+            (
+                j
+                for j in client.get(f"/projects/{project_id}/status").json()["jobs"]
+                if j["kind"] == "rescore" and j["status"] == "started" and j["meta"]["stage"] != "queued"
+            ),
+            None,
+        ),
+        every=0.02,
+    )
     queue = client.app.state.backend.queue()
     requested = {queue.request_rescore(project_id) for _ in range(200)}  # e.g. a burst of new versions
     assert len(requested) == 1 and first["id"] not in requested
@@ -418,8 +477,7 @@ def test_a_first_scoring_that_failed_for_good_is_retried_once_label_studio_is_ba
     try:
         queue = client.app.state.backend.queue()
         # skip the 10 minutes the late re-score would wait: make it due now, the worker's scheduler enqueues it
-        queue.queue.scheduled_job_registry.schedule(Job.fetch(late["id"], connection=queue.redis),
-                                                    datetime.now(timezone.utc))
+        queue.queue.scheduled_job_registry.schedule(Job.fetch(late["id"], connection=queue.redis), datetime.now(UTC))
         status = wait_for("the pool to be scored", lambda: settled(client, ls_server, project_id, min_jobs=2))
     finally:
         forwarder.close()

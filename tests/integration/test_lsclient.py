@@ -6,8 +6,10 @@ import pytest
 
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 
-CONFIG = ('<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
-          '<Choice value="b"/></Choices></View>')
+CONFIG = (
+    '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/>'
+    '<Choice value="b"/></Choices></View>'
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,9 @@ def test_duplicates_of_a_version_are_removed_keeping_ours_else_the_newest(ls_ser
     pid, ids = project
     pool = ids[2:]
     ours = {t: 0.25 for t in pool}
-    client.import_predictions(pid, [{"task": t, "result": [], "score": ours[t], "model_version": "m-v3-x"}
-                                    for t in pool])
+    client.import_predictions(
+        pid, [{"task": t, "result": [], "score": ours[t], "model_version": "m-v3-x"} for t in pool]
+    )
     # LS's own /predict results raced our import: later rows for three tasks; another version is left alone
     raced = [{"task": t, "result": [], "score": 0.75, "model_version": "m-v3-x"} for t in pool[:3]]
     client.import_predictions(pid, raced)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ml_backend.simulation.datasets import digits_png, rotten_tomatoes
 from ml_backend.models.config import load_model_config
 from ml_backend.models.image import ImageError, load_image
+from ml_backend.simulation.datasets import digits_png, rotten_tomatoes
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,10 @@ def test_text_embeddings_do_not_depend_on_batching_or_order(minilm):
     assert np.allclose(together, reversed_, atol=1e-5) and np.allclose(together[:5], alone, atol=1e-5)
     # similar sentences are closer than unrelated ones: the pretrained weights are really loaded
     a, b, c = minilm.embed(["A wonderful film.", "A great movie.", "The invoice is attached."])
-    cos = lambda u, v: float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+    def cos(u, v):
+        return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
     assert cos(a, b) > cos(a, c) + 0.2
 
 

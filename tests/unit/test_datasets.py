@@ -35,7 +35,7 @@ def test_rotten_tomatoes_sample_is_balanced_and_seeded():
 def test_digits_features():
     data = datasets.digits_features()
     assert data.X.shape == (1797, 64)
-    assert 0.0 <= data.X.min() and data.X.max() == pytest.approx(1.0)
+    assert data.X.min() >= 0.0 and data.X.max() == pytest.approx(1.0)
     assert data.classes == [str(d) for d in range(10)]
     assert data.y().max() == 9
 

@@ -36,7 +36,9 @@ def _compose_command() -> list[str] | None:
 @pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed (.ci/run installs one)")
 def test_docker_compose_config_validates():
     cmd = _compose_command()
-    result = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
+    result = subprocess.run(
+        [*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 

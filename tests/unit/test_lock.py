@@ -57,8 +57,11 @@ def own_redis() -> Iterator[tuple[subprocess.Popen, Redis]]:
     if binary is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     client = Redis(host="127.0.0.1", port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
     assert _wait_until(lambda: _pings(client), 10), "the test's redis-server did not start"
     yield proc, client
@@ -83,10 +86,12 @@ def test_the_heartbeat_keeps_the_lock_past_its_ttl_and_release_frees_it(redis, k
 
 
 def test_a_second_owner_waits_and_the_same_owner_takes_over(redis, key):
-    with ProjectLock(redis, key, "job-a", ttl=TTL):
-        with pytest.raises(LockTimeout):
-            with ProjectLock(redis, key, "job-b", ttl=TTL, wait=0.3):
-                pass
+    with (
+        ProjectLock(redis, key, "job-a", ttl=TTL),
+        pytest.raises(LockTimeout),
+        ProjectLock(redis, key, "job-b", ttl=TTL, wait=0.3),
+    ):
+        pass
     redis.set(key, "job-c", px=60_000)  # a killed attempt of job-c left its key behind
     with ProjectLock(redis, key, "job-c", ttl=TTL, wait=0.3) as lock:  # its retry takes it over at once
         assert lock.owned()

@@ -13,8 +13,13 @@ REPO_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 
 def _config(tmp_path, **acquisition_and_head):
     head = acquisition_and_head.pop("head", {})
-    body = {"name": "t", "kind": "text", "encoder": {"pretrained": "none"}, "head": head,
-            "acquisition": acquisition_and_head}
+    body = {
+        "name": "t",
+        "kind": "text",
+        "encoder": {"pretrained": "none"},
+        "head": head,
+        "acquisition": acquisition_and_head,
+    }
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(body))
     return load_model_config(tmp_path, "t")
 
@@ -30,8 +35,11 @@ def test_mc_strategies_need_two_passes_and_dropout(tmp_path, strategy):
 
 def test_selection_weights_are_checked(tmp_path):
     assert _config(tmp_path, weights={"uncertainty": 1, "density": 0.5}).acquisition.weights["density"] == 0.5
-    for bad, message in (({"curiosity": 1}, "unknown selection weights"), ({"uncertainty": 0}, "positive weight"),
-                         ({"uncertainty": -1}, ">= 0")):
+    for bad, message in (
+        ({"curiosity": 1}, "unknown selection weights"),
+        ({"uncertainty": 0}, "positive weight"),
+        ({"uncertainty": -1}, ">= 0"),
+    ):
         with pytest.raises(ValidationError, match=message):
             _config(tmp_path, weights=bad)
 

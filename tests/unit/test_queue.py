@@ -19,8 +19,14 @@ def queue():
         redis.ping()
     except Exception as exc:
         pytest.fail(f"these tests need the Redis at {REDIS_URL}: {exc}")
-    q = JobQueue(redis, f"test-queue-{uuid.uuid4().hex[:8]}", job_timeout=60, retries=2, retrain_every=3,
-                 late_retries=(600, 1800))
+    q = JobQueue(
+        redis,
+        f"test-queue-{uuid.uuid4().hex[:8]}",
+        job_timeout=60,
+        retries=2,
+        retrain_every=3,
+        late_retries=(600, 1800),
+    )
     yield q
     for key in redis.scan_iter(f"*{q.queue.name}*"):
         redis.delete(key)

@@ -8,8 +8,15 @@ from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
 
 
 def info(number, trained=True):
-    return VersionInfo(version=Registry.version_name("m", number), number=number, created_at=time.time(),
-                       model_config={"name": "m"}, seed=0, trained=trained, promoted=False)
+    return VersionInfo(
+        version=Registry.version_name("m", number),
+        number=number,
+        created_at=time.time(),
+        model_config={"name": "m"},
+        seed=0,
+        trained=trained,
+        promoted=False,
+    )
 
 
 def test_publish_promote_and_history(tmp_path):

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from ml_backend.core.selection import (
-    COLD_START, EXPLORE, LEARN, REST, SelectionParams, hybrid_value, novelty, rank_pool, rest_score,
+    COLD_START,
+    EXPLORE,
+    LEARN,
+    REST,
+    SelectionParams,
+    hybrid_value,
+    novelty,
+    rank_pool,
+    rest_score,
 )
 
 
@@ -74,8 +82,9 @@ def test_exploration_alternates_with_learning_while_a_class_is_unseen():
     x, cluster = _clusters([150, 150, 150], seed=4)
     labelled = np.concatenate([x[cluster == 0][:5], x[cluster == 1][:5]])
     u = np.where(cluster == 2, 0.05, 0.9)  # the model is sure about the cluster it has never seen
-    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=10), uncertainty=u, labelled=labelled,
-                        explore=True)
+    ranking = rank_pool(
+        x, list(range(len(x))), SelectionParams(front_size=10), uncertainty=u, labelled=labelled, explore=True
+    )
     reasons = [ranking.reasons[i] for i in ranking.order[:4]]
     assert reasons == [LEARN, EXPLORE, LEARN, EXPLORE]
     assert 2 in cluster[ranking.order[:4]].tolist()  # the unseen region surfaces at once

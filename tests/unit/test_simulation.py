@@ -20,8 +20,16 @@ NAMES = ("random", "default", "bald+topk")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
     settings = sim.SimulationSettings(
-        dataset="digits-features", out_dir=out, strategies=list(NAMES), seeds=[0, 1],
-        batch=10, rounds=3, n=200, epochs=15, mc=5, target_accuracy=0.5,
+        dataset="digits-features",
+        out_dir=out,
+        strategies=list(NAMES),
+        seeds=[0, 1],
+        batch=10,
+        rounds=3,
+        n=200,
+        epochs=15,
+        mc=5,
+        target_accuracy=0.5,
     )
     return out, sim.run_simulation(settings)
 
@@ -89,9 +97,21 @@ def test_labels_to_reach_and_aulc():
 
 def test_summary_ratio_to_random_and_worst_round():
     def run(strategy, seed, accs):
-        return {"strategy": strategy, "seed": seed,
-                "rounds": [{"n_labels": 10 * (i + 1), "accuracy": a, "fit_seconds": 0.0, "score_seconds": 0.0,
-                            "classes_seen": 1 + i, "promoted": True} for i, a in enumerate(accs)]}
+        return {
+            "strategy": strategy,
+            "seed": seed,
+            "rounds": [
+                {
+                    "n_labels": 10 * (i + 1),
+                    "accuracy": a,
+                    "fit_seconds": 0.0,
+                    "score_seconds": 0.0,
+                    "classes_seen": 1 + i,
+                    "promoted": True,
+                }
+                for i, a in enumerate(accs)
+            ],
+        }
 
     runs = [run("random", 0, [0.5, 0.6, 0.9, 1.0]), run("margin", 0, [0.5, 0.95, 0.85, 1.0])]
     full = [{"seed": 0, "accuracy": 1.0}]

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from ml_backend.core.strategies import (
-    STRATEGIES, bald, entropy, least_confidence, margin, normalized_uncertainty, stable_fraction, to_ls_score,
+    STRATEGIES,
+    bald,
+    entropy,
+    least_confidence,
+    margin,
+    normalized_uncertainty,
+    stable_fraction,
+    to_ls_score,
     variation_ratio,
 )
 
@@ -60,7 +67,9 @@ def test_normalized_uncertainty_is_within_bounds_and_orders_sure_before_unsure(n
     rng = np.random.default_rng(0)
     random = rng.dirichlet(np.ones(4), size=(50, 20))
     sure = np.tile([0.997, 0.001, 0.001, 0.001], (1, 20, 1))
-    split = np.concatenate([np.tile([0.97, 0.01, 0.01, 0.01], (10, 1)), np.tile([0.01, 0.97, 0.01, 0.01], (10, 1))])[None]
+    split = np.concatenate([np.tile([0.97, 0.01, 0.01, 0.01], (10, 1)), np.tile([0.01, 0.97, 0.01, 0.01], (10, 1))])[
+        None
+    ]
     u = normalized_uncertainty(np.concatenate([random, sure, split]), name)
     assert u.shape == (52,) and np.all((u >= 0) & (u <= 1)) and np.all(np.isfinite(u))
     assert u[-1] > u[-2]  # disagreeing samples are more informative than a confident, consistent model

@@ -3,17 +3,28 @@
 import numpy as np
 import pytest
 
-from ml_backend.labelstudio.labelconfig import parse_label_config
-from ml_backend.models.config import ModelConfig
-from ml_backend.models.classifier import Classifier
 from ml_backend.labelstudio.annotations import labelled_examples, latest_annotation
+from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.training import (
-    decide_next, evaluate, holdout_mask, promotion_decision, sign_test_p, train_and_decide,
+    decide_next,
+    evaluate,
+    holdout_mask,
+    promotion_decision,
+    sign_test_p,
+    train_and_decide,
 )
+from ml_backend.models.classifier import Classifier
+from ml_backend.models.config import ModelConfig
 from ml_backend.tasktypes import SINGLE_CHOICE
 
-SCHEMA = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/></Choices></View>')
-MULTI = parse_label_config('<View><Text name="t" value="$t"/><Choices name="c" toName="t" choice="multiple"><Choice value="a"/><Choice value="b"/></Choices></View>')
+SCHEMA = parse_label_config(
+    '<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/><Choice value="b"/>'
+    "</Choices></View>"
+)
+MULTI = parse_label_config(
+    '<View><Text name="t" value="$t"/><Choices name="c" toName="t" choice="multiple"><Choice value="a"/>'
+    '<Choice value="b"/></Choices></View>'
+)
 
 
 def ann(label, *, id, updated, cancelled=False):
@@ -25,7 +36,10 @@ def test_latest_non_skipped_annotation_wins_and_skips_are_not_labels():
     tasks = [
         {"id": 1, "annotations": [ann("a", id=1, updated="2026-01-01"), ann("b", id=2, updated="2026-01-02")]},
         {"id": 2, "annotations": [ann(None, id=3, updated="2026-01-03", cancelled=True)]},
-        {"id": 3, "annotations": [ann("b", id=4, updated="2026-01-01"), ann("a", id=5, updated="2026-01-05", cancelled=True)]},
+        {
+            "id": 3,
+            "annotations": [ann("b", id=4, updated="2026-01-01"), ann("a", id=5, updated="2026-01-05", cancelled=True)],
+        },
         {"id": 4, "annotations": [ann("zzz", id=6, updated="2026-01-01")]},
         {"id": 5, "annotations": []},
     ]
@@ -52,8 +66,14 @@ def test_holdout_is_stable_per_task_as_labels_grow():
 
 
 def _config(**training):
-    return ModelConfig.model_validate({"name": "t", "kind": "text", "encoder": {"pretrained": "none"},
-                                       "training": {"epochs": 40, "min_labels_for_holdout": 10, **training}})
+    return ModelConfig.model_validate(
+        {
+            "name": "t",
+            "kind": "text",
+            "encoder": {"pretrained": "none"},
+            "training": {"epochs": 40, "min_labels_for_holdout": 10, **training},
+        }
+    )
 
 
 def _blobs(n, seed, noise=0.3):
@@ -80,13 +100,32 @@ def test_a_worse_model_is_not_promoted_unless_configured():
     current.fit(x[:40], y[:40], seed=0)
     held = holdout_mask(range(80), 0.2, min_labels=10)
     flipped = np.where(held, y, 1 - y)  # wrong labels to train on, right ones to evaluate on: the new model is worse
-    worse = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8), current, x, list(x),
-                             flipped, list(range(80)), ["a", "b"], seed=0, current_task_ids=range(40))
+    worse = train_and_decide(
+        SINGLE_CHOICE,
+        Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8),
+        current,
+        x,
+        list(x),
+        flipped,
+        list(range(80)),
+        ["a", "b"],
+        seed=0,
+        current_task_ids=range(40),
+    )
     assert not worse.promote and "kept the current version" in worse.reason
     assert worse.metrics["fair_n"] == int(held[40:].sum()) and worse.metrics["fair_p_worse"] < 0.05
-    anyway = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False,
-                                         in_dim=8), current, x, list(x), flipped, list(range(80)), ["a", "b"], seed=0,
-                              current_task_ids=range(40))
+    anyway = train_and_decide(
+        SINGLE_CHOICE,
+        Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False, in_dim=8),
+        current,
+        x,
+        list(x),
+        flipped,
+        list(range(80)),
+        ["a", "b"],
+        seed=0,
+        current_task_ids=range(40),
+    )
     assert anyway.promote
 
 
@@ -94,8 +133,18 @@ def test_promotion_compares_only_on_tasks_neither_model_trained_on():
     x, y = _blobs(80, 4, noise=1.2)  # overlapping classes: a model is far better on its own training tasks
     current = Classifier(None, _config(), 2, False, in_dim=8)
     current.fit(x, y, seed=0)  # the served version was refitted on every label, the held-out ones included
-    outcome = train_and_decide(SINGLE_CHOICE, Classifier(None, _config(), 2, False, in_dim=8), current, x, list(x), y,
-                               list(range(80)), ["a", "b"], seed=0, current_task_ids=range(80))
+    outcome = train_and_decide(
+        SINGLE_CHOICE,
+        Classifier(None, _config(), 2, False, in_dim=8),
+        current,
+        x,
+        list(x),
+        y,
+        list(range(80)),
+        ["a", "b"],
+        seed=0,
+        current_task_ids=range(80),
+    )
     assert outcome.promote and outcome.metrics["fair_n"] == 0 and "fair held-out tasks" in outcome.reason
 
 
@@ -119,8 +168,9 @@ def _digits_stream():
 
 
 def _digits_config(**training):
-    return ModelConfig.model_validate({"name": "d", "kind": "text", "encoder": {"pretrained": "none"},
-                                       "training": {"epochs": 30, **training}})
+    return ModelConfig.model_validate(
+        {"name": "d", "kind": "text", "encoder": {"pretrained": "none"}, "training": {"epochs": 30, **training}}
+    )
 
 
 def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
@@ -131,7 +181,9 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     served, served_ids, decisions, served_acc = None, [], [], []
     for n in range(20, 301, 20):
         clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-        decision = decide_next(SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0)
+        decision = decide_next(
+            SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0
+        )
         if decision.outcome is not None and served is not None:
             decisions.append(decision.promote)
         if decision.promote and decision.outcome is not None:
@@ -145,7 +197,9 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     held = holdout_mask(range(n), 0.2, 10)
     shuffled = np.where(held, y[:n], np.random.default_rng(1).permutation(y[:n]))
     clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-    bad = decide_next(SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0)
+    bad = decide_next(
+        SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0
+    )
     assert bad.outcome is not None and not bad.promote, bad.note
 
 
@@ -156,7 +210,9 @@ def test_no_model_yet_gives_an_exploration_version_once_per_label_set():
     first = decide_next(SINGLE_CHOICE, clf, None, [], x, list(x), y, list(range(6)), ["a", "b"], seed=0)
     assert first is not None and first.outcome is None and first.promote and "exploration" in first.note
     assert first.metrics["unseen_classes"] == ["a"]
-    assert decide_next(SINGLE_CHOICE, clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
+    assert (
+        decide_next(SINGLE_CHOICE, clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
+    )
     assert decide_next(SINGLE_CHOICE, clf, None, [], x[:0], [], y[:0], [], ["a", "b"], seed=0) is None
 
 
