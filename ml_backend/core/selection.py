@@ -3,24 +3,25 @@
 Label Studio serves the lowest score first and a new model version arrives only every few labels, so the front of
 the queue is a *batch*: it must be informative **and** varied. Taking the top-k of a per-task uncertainty fills it
 with near-duplicates of one region (the known failure of batch-mode BALD), and ordering an untrained project by
-density serves one dense cluster first. One greedy rule fixes both:
-
-    pick next  argmax_i  value_i * gain_i / max_j gain_j
+density serves one dense cluster first. One greedy rule over *coverage* fixes both.
 
 ``gain_i`` is the *facility-location coverage gain* of task ``i``: how much the coverage of a reference sample of
-the pool rises if ``i`` is labelled, given everything labelled or picked before it, ``sum_j max(0, k(i, j) -
-cover_j)`` with the kernel ``k = exp(-cosine distance / bandwidth)`` (bandwidth: the pool's median distance to its
-k-th neighbour). It is large for tasks in dense regions that nothing labelled covers yet and
-drops to ~0 for a near-duplicate of a task already labelled or picked: representative, diverse and novel at once,
-with no distance threshold to tune (the objective is submodular, so greedy is within 1 - 1/e of the best cover).
-``value_i`` is what the phase cares about:
+the pool rises if ``i`` is labelled, given what is covered already, ``sum_j max(0, k(i, j) - cover_j)`` with the
+kernel ``k = exp(-cosine distance / bandwidth)`` (bandwidth: the pool's median distance to its k-th neighbour, so
+"close" means close for this encoder and data, with nothing to tune). It is large for tasks in dense regions that
+nothing covers yet and ~0 for a near-duplicate of a covered task (the objective is submodular, so greedy is within
+1 - 1/e of the best cover). The greedy front picks, one after the other:
 
-- ``cold start`` (no label): 1, pure coverage: the first tasks span the pool's clusters, densest first;
-- ``explore`` (training impossible, or a class in the config has no label yet): coverage with the labelled set
-  counted as covered, so the next tasks come from the regions the labels have not reached; with a trained model,
-  explore picks alternate with learn picks;
-- ``learn``: the normalised uncertainty of the acquisition strategy, optionally mixed with novelty and density
-  (the hybrid ``weights``); ``gain`` then only spreads the batch.
+- ``cold start`` (no label) and ``explore`` (no model can be trained yet, e.g. one class only): the largest gain,
+  with the labelled tasks counted as covered. The first tasks span the pool's clusters, densest first, then move
+  away from what is labelled, so missing classes surface;
+- ``learn`` (a trained model): the largest ``value_i * gain_i / gain0_i``, where ``value`` is the normalised
+  uncertainty of the acquisition strategy (optionally mixed with novelty and density, the hybrid ``weights``) and
+  the coverage is that of the picks *of this front* only: ``gain / gain0`` is the share of the task's
+  neighbourhood the earlier picks have not covered yet. The first pick is the most uncertain task; a later one is
+  discounted as far as it repeats earlier picks (a copy: to 0). It neither rewards density nor avoids the labelled
+  regions, where uncertainty sampling is meant to keep looking (the hybrid's ``novelty`` weight does that);
+- while a class of the config has no label although a model exists, every second pick is an ``explore`` pick.
 
 Only the first ``front_size`` positions are chosen greedily (what annotators see before the next version); the
 rest of the pool follows in order of ``value`` (or density when there is no model). Scores are Label Studio
@@ -29,8 +30,8 @@ scores: finite, in [0, 1], strictly increasing along the order, so LS serves exa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -104,8 +105,9 @@ def active_weights(weights: dict[str, float]) -> dict[str, float]:
     return active
 
 
-def hybrid_value(uncertainty: np.ndarray, novelty_: np.ndarray | None, density: np.ndarray | None,
-                 weights: dict[str, float]) -> np.ndarray:
+def hybrid_value(
+    uncertainty: np.ndarray, novelty_: np.ndarray | None, density: np.ndarray | None, weights: dict[str, float]
+) -> np.ndarray:
     """The ``learn`` value: a weighted mean of rank-normalised uncertainty, novelty and density, in [0, 1].
 
     With the default weights (uncertainty only) this is the uncertainty itself, unnormalised, so the pool order
@@ -143,9 +145,16 @@ def _bandwidth(dist: np.ndarray, neighbours: int) -> float:
     return max(float(np.median(kth)), 1e-3)
 
 
-def greedy_front(embeddings: np.ndarray, value: np.ndarray | None, labelled: np.ndarray | None, size: int,
-                 explore_every: int = 0, seed: int = 0, neighbours: int = 10) -> tuple[np.ndarray, list[str]]:
-    """The first ``size`` positions of the order, chosen greedily by ``value * coverage gain`` (see module doc).
+def greedy_front(
+    embeddings: np.ndarray,
+    value: np.ndarray | None,
+    labelled: np.ndarray | None,
+    size: int,
+    explore_every: int = 0,
+    seed: int = 0,
+    neighbours: int = 10,
+) -> tuple[np.ndarray, list[str]]:
+    """The first ``size`` positions of the order, chosen greedily (see module doc).
 
     ``value=None`` is pure coverage (cold start, exploration). ``explore_every=2`` makes every 2nd pick a pure
     coverage pick (a class is still unseen although a model exists). Returns positions and each pick's reason.
@@ -161,29 +170,41 @@ def greedy_front(embeddings: np.ndarray, value: np.ndarray | None, labelled: np.
     dist = 1.0 - emb[cand] @ emb[ref].T  # cosine distances (candidates, reference)
     bandwidth = _bandwidth(dist, neighbours)
     sim = np.exp(-np.clip(dist, 0.0, None) / bandwidth)
-    cover = np.zeros(len(ref))
+    cover_all = np.zeros(len(ref))  # what the labels and the picks cover: exploration moves away from it
     if labelled is not None and len(labelled):
-        cover = np.exp(-np.clip(1.0 - unit_rows(labelled) @ emb[ref].T, 0.0, None) / bandwidth).max(axis=0)
+        cover_all = np.exp(-np.clip(1.0 - unit_rows(labelled) @ emb[ref].T, 0.0, None) / bandwidth).max(axis=0)
+    cover_batch = np.zeros(len(ref))  # what this front's picks cover: a learn pick only avoids repeating them
+    alone = np.maximum(sim.sum(axis=1), 1e-12)  # each candidate's gain with nothing picked yet
     val = np.ones(len(cand)) if value is None else np.clip(value[cand], 0.0, None) + 1e-9
     available = np.ones(len(cand), dtype=bool)
     picked: list[int] = []
     reasons: list[str] = []
     for step in range(min(size, len(cand))):
-        gain = np.maximum(sim - cover, 0.0).sum(axis=1)
-        gain = gain / max(float(gain[available].max()), 1e-12)
         explore = value is None or (explore_every > 0 and step % explore_every == explore_every - 1)
-        objective = np.where(available, (gain if explore else val * gain) + 1e-12 * val, -np.inf)
-        best = int(np.argmax(objective))
+        if explore:
+            gain = np.maximum(sim - cover_all, 0.0).sum(axis=1)
+            objective = gain / max(float(gain[available].max()), 1e-12) + 1e-12 * val
+        else:
+            objective = val * np.maximum(sim - cover_batch, 0.0).sum(axis=1) / alone
+        best = int(np.argmax(np.where(available, objective, -np.inf)))
         available[best] = False
-        cover = np.maximum(cover, sim[best])
+        cover_all = np.maximum(cover_all, sim[best])
+        cover_batch = np.maximum(cover_batch, sim[best])
         picked.append(int(cand[best]))
         reasons.append(EXPLORE if explore else LEARN)
     return np.array(picked, dtype=np.int64), reasons
 
 
-def rank_pool(embeddings: np.ndarray, keys: Sequence[str | int], params: SelectionParams, *,
-              uncertainty: np.ndarray | None = None, labelled: np.ndarray | None = None,
-              reference: np.ndarray | None = None, explore: bool = False) -> Ranking:
+def rank_pool(
+    embeddings: np.ndarray,
+    keys: Sequence[str | int],
+    params: SelectionParams,
+    *,
+    uncertainty: np.ndarray | None = None,
+    labelled: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
+    explore: bool = False,
+) -> Ranking:
     """Order the whole unlabelled pool (see module doc) and give every task its LS score.
 
     ``uncertainty``: normalised uncertainty per task from the current version, or None when there is no trained
@@ -205,8 +226,9 @@ def rank_pool(embeddings: np.ndarray, keys: Sequence[str | int], params: Selecti
         value, rest_value = None, density
     else:
         value = rest_value = hybrid_value(uncertainty, novelty_, density, weights)
-    front, reasons = greedy_front(embeddings, value, labelled, params.front_size, 2 if explore else 0, params.seed,
-                                  params.neighbours)
+    front, reasons = greedy_front(
+        embeddings, value, labelled, params.front_size, 2 if explore else 0, params.seed, params.neighbours
+    )
     if uncertainty is None and (labelled is None or len(labelled) == 0):
         reasons = [COLD_START] * len(front)
     floor = rest_floor(len(front), n)
