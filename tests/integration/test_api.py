@@ -172,7 +172,7 @@ def test_other_strategies_also_rank_the_conflicting_task_first(client, strategy)
     assert scores[1] < scores[0]
 
 
-def test_default_bald_model_scores_with_mc_dropout(client):
+def test_default_model_scores_with_mc_dropout(client):
     version0 = setup(client, "6.1", TEXT)
     data = rotten_tomatoes(n=40, seed=2)
     version = train_version(client, 6, data.texts[:30], [[label] for label in data.labels[:30]])
