@@ -2,7 +2,7 @@
 # Regenerate every benchmark figure, plot and table into benchmarks/results/ (and README-benchmarks.md there):
 #
 #     make bench                                 # = bash benchmarks/run_all.sh with the .venv of `make install`
-#     bash benchmarks/run_all.sh                 # everything (~1 h on 2 cores; the server part installs LS once)
+#     bash benchmarks/run_all.sh                 # everything (~1.5 h on 2 cores; the server part installs LS once)
 #     bash benchmarks/run_all.sh --no-server     # without the Label Studio server benchmark
 #     BENCH_PYTHON=/path/to/venv/bin/python bash benchmarks/run_all.sh   # default: .venv/bin/python, else python
 #
@@ -24,14 +24,22 @@ for arg in "$@"; do
   esac
 done
 mkdir -p "$OUT"
-SIM="$PY -m ml_backend.simulation --jobs 2 --initial 20 --batch 20"
+SIM="$PY -m ml_backend.simulation --jobs 2 --batch 10"
+# strategies: random (LS's random order), default (the product's default config: margin + batch-aware front),
+# bald and entropy in the same pipeline, and margin+topk (the plain top-k without the batch-aware front)
+S="random,default,bald,entropy,margin+topk"
 
-# 1. active-learning simulations: random vs every strategy in STRATEGIES
-$SIM --dataset digits-features --seeds 0-4 --rounds 31 --target-accuracy 0.95 --out "$OUT/digits-features"
+# 1. active-learning simulations of the product's path: cold-start queue, 10 labels per version, 3 seeds
+$SIM --dataset digits-features --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/digits-features"
+$SIM --dataset rotten-tomatoes --strategies $S --seeds 0-2 --rounds 50 --out "$OUT/rotten-tomatoes"
+$SIM --dataset rotten-tomatoes-3 --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/rotten-tomatoes-3"
+$SIM --dataset digits-features --duplicates 3 --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/digits-duplicates"
+# the hybrid value (equal weights on uncertainty, novelty, density) against random
+$SIM --dataset digits-features --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/digits-features"
+$SIM --dataset rotten-tomatoes-3 --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/rotten-tomatoes-3"
 # (digits as PNGs through EfficientNet-Lite0 also works: --dataset digits-images; its 1280-d head trains ~15x
-#  slower than the 64-pixel one, too slow for this script on 2 cores, and its full-data accuracy is lower: 0.960)
-$SIM --dataset rotten-tomatoes --seeds 0-2 --rounds 26 --out "$OUT/rotten-tomatoes"
-# what the first acquired batch looks like per strategy (explains the early rounds on digits)
+#  slower than the 64-pixel one, too slow for this script on 2 cores)
+# what the front of the queue looks like: plain top-k vs the batch-aware order
 $PY benchmarks/first_batch.py --seeds 0,3 > "$OUT/digits-features/first_batch.md"
 
 # 2. pool-scoring speed of the default text and image models, 1 and 2 torch threads

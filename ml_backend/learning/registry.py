@@ -22,11 +22,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ml_backend.models.config import ModelConfig
 
 
 def embeddings_bytes(embeddings: np.ndarray) -> bytes:
@@ -137,6 +140,36 @@ class Registry:
     def version_name(config_name: str, number: int) -> str:
         """``<config>-v<n>-<UTC time>``: monotonic per project and unique even if the data folder is reset."""
         return f"{config_name}-v{number}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+
+    def publish_next(
+        self,
+        project_id: int,
+        config: ModelConfig,
+        *,
+        trained: bool,
+        promote: bool,
+        note: str,
+        files: dict[str, bytes],
+        metrics: dict[str, Any] | None = None,
+        labelled_task_ids: Sequence[int] = (),
+    ) -> VersionInfo:
+        """Publish the project's next version of ``config`` (number, name and time given here), trained with the
+        config's seed on ``labelled_task_ids``: everything needed to rebuild it is in its meta.json."""
+        number = self.next_number(project_id)
+        info = VersionInfo(
+            version=self.version_name(config.name, number),
+            number=number,
+            created_at=time.time(),
+            model_config=config.model_dump(),
+            seed=config.training.seed,
+            trained=trained,
+            promoted=promote,
+            metrics=metrics or {},
+            n_labels=len(labelled_task_ids),
+            labelled_task_ids=list(labelled_task_ids),
+            note=note,
+        )
+        return self.publish(project_id, info, files, promote=promote)
 
     def publish(self, project_id: int, info: VersionInfo, files: dict[str, bytes], promote: bool) -> VersionInfo:
         """Write a version atomically; make it current if ``promote``. Returns the stored info."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -126,21 +125,13 @@ class ScoringService:
         current = self.registry.current(project_id)
         if current is None or changed:
             # a new label set or model family starts from an untrained head (version 0 of this config)
-            number = self.registry.next_number(project_id)
-            current = self.registry.publish(
+            current = self.registry.publish_next(
                 project_id,
-                VersionInfo(
-                    version=Registry.version_name(config.name, number),
-                    number=number,
-                    created_at=time.time(),
-                    model_config=config.model_dump(),
-                    seed=config.training.seed,
-                    trained=False,
-                    promoted=True,
-                    note="untrained: cold-start scores from representativeness",
-                ),
-                files={},
+                config,
+                trained=False,
                 promote=True,
+                files={},
+                note="untrained: the cold-start queue covers the pool's clusters",
             )
             created = True
         return ProjectState(record, schema, config, current), created

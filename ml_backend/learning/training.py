@@ -17,7 +17,7 @@ import numpy as np
 
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
-from ml_backend.learning.registry import Registry, VersionInfo, embeddings_bytes
+from ml_backend.learning.registry import VersionInfo, embeddings_bytes
 from ml_backend.learning.service import ProjectState, ScoringService
 from ml_backend.models.classifier import Classifier
 from ml_backend.tasktypes import TaskType
@@ -288,22 +288,17 @@ def train_version(
         reason = f"version {newer[-1].version} on {newer[-1].n_labels} labels appeared meanwhile; nothing published"
         report("not published", len(ok), len(kept), reason=reason)
         return TrainResult(None, False, trained, reason, len(ok), skipped)
-    number = registry.next_number(project_id)
-    info = VersionInfo(
-        version=Registry.version_name(config.name, number),
-        number=number,
-        created_at=time.time(),
-        model_config=config.model_dump(),
-        seed=config.training.seed,
-        trained=trained,
-        promoted=promote,
-        metrics=metrics,
-        n_labels=len(task_ids),
-        labelled_task_ids=task_ids,
-        note=note,
-    )
     files["labelled.npy"] = embeddings_bytes(emb)
-    registry.publish(project_id, info, files, promote=promote)
+    info = registry.publish_next(
+        project_id,
+        config,
+        trained=trained,
+        promote=promote,
+        note=note,
+        files=files,
+        metrics=metrics,
+        labelled_task_ids=task_ids,
+    )
     report("published", len(ok), len(kept), version=info.version, promoted=promote, accuracy=metrics.get("accuracy"))
     log.info("project %s: version %s on %d labels: %s", project_id, info.version, len(task_ids), note)
     return TrainResult(info, promote, trained, note, len(ok), skipped)

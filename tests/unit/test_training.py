@@ -100,32 +100,26 @@ def test_a_worse_model_is_not_promoted_unless_configured():
     current.fit(x[:40], y[:40], seed=0)
     held = holdout_mask(range(80), 0.2, min_labels=10)
     flipped = np.where(held, y, 1 - y)  # wrong labels to train on, right ones to evaluate on: the new model is worse
-    worse = train_and_decide(
-        SINGLE_CHOICE,
-        Classifier(None, _config(promote_min_fair=5), 2, False, in_dim=8),
-        current,
-        x,
-        list(x),
-        flipped,
-        list(range(80)),
-        ["a", "b"],
-        seed=0,
-        current_task_ids=range(40),
-    )
+
+    def against_current(**training):
+        clf = Classifier(None, _config(promote_min_fair=5, **training), 2, False, in_dim=8)
+        return train_and_decide(
+            SINGLE_CHOICE,
+            clf,
+            current,
+            x,
+            list(x),
+            flipped,
+            list(range(80)),
+            ["a", "b"],
+            seed=0,
+            current_task_ids=range(40),
+        )
+
+    worse = against_current()
     assert not worse.promote and "kept the current version" in worse.reason
     assert worse.metrics["fair_n"] == int(held[40:].sum()) and worse.metrics["fair_p_worse"] < 0.05
-    anyway = train_and_decide(
-        SINGLE_CHOICE,
-        Classifier(None, _config(promote_if_not_worse=False, promote_min_fair=5), 2, False, in_dim=8),
-        current,
-        x,
-        list(x),
-        flipped,
-        list(range(80)),
-        ["a", "b"],
-        seed=0,
-        current_task_ids=range(40),
-    )
+    anyway = against_current(promote_if_not_worse=False)
     assert anyway.promote
 
 
