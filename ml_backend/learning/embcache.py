@@ -50,7 +50,3 @@ class EmbeddingCache:
                     "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
                     [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
                 )
-
-    def __len__(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM emb").fetchone()[0])
