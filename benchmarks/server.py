@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ml_backend import datasets  # noqa: E402
+from ml_backend.simulation import datasets  # noqa: E402
 
 LABEL_CONFIG = """<View>
   <Text name="text" value="$text"/>
