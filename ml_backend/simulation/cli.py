@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from ml_backend import simulation
@@ -80,27 +81,14 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _settings_from_args(args: argparse.Namespace) -> SimulationSettings:
-    return SimulationSettings(
-        dataset=args.dataset,
-        out_dir=args.out,
-        model_config=args.model_config,
-        configs_dir=args.configs_dir,
-        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()],
-        seeds=_int_list(args.seeds),
-        initial=args.initial,
-        batch=args.batch,
-        lag=args.lag,
-        rounds=args.rounds,
-        cold_start=args.cold_start,
-        duplicates=args.duplicates,
-        test_fraction=args.test_fraction,
-        mc=args.mc,
-        n=args.n,
-        epochs=args.epochs,
-        target_accuracy=args.target_accuracy,
-        jobs=args.jobs,
-        image_size=args.image_size,
-    )
+    """Every option is a settings field of the same name (dashes as underscores), except the parsed lists."""
+    parsed = {
+        "out_dir": args.out,
+        "strategies": [s.strip() for s in args.strategies.split(",") if s.strip()],
+        "seeds": _int_list(args.seeds),
+    }
+    plain = {f.name: getattr(args, f.name) for f in fields(SimulationSettings) if f.name not in parsed}
+    return SimulationSettings(**plain, **parsed)
 
 
 def _run_from_args(args: argparse.Namespace) -> int:

@@ -138,3 +138,33 @@ def test_split_is_seeded_and_settings_are_checked():
     with pytest.raises(ValueError):
         sim.SimulationSettings(lag=0).validate()
     sim.SimulationSettings(strategies=["default", "margin+topk"]).validate()
+
+
+def test_every_cli_option_reaches_the_settings():
+    import argparse
+
+    from ml_backend.simulation import cli
+
+    parser = cli._configure_parser(argparse.ArgumentParser())
+    args = parser.parse_args(
+        [
+            "--dataset",
+            "fashion-mnist",
+            "--lag",
+            "5",
+            "--seeds",
+            "0-2",
+            "--duplicates",
+            "3",
+            "--strategies",
+            "random, default",
+            "--out",
+            "x",
+            "--cold-start",
+            "random",
+        ]
+    )
+    settings = cli._settings_from_args(args)
+    assert (settings.dataset, settings.lag, settings.seeds, settings.duplicates) == ("fashion-mnist", 5, [0, 1, 2], 3)
+    assert settings.strategies == ["random", "default"] and str(settings.out_dir) == "x"
+    assert settings.cold_start == "random" and settings.batch == 10
