@@ -108,14 +108,22 @@ def promotion_decision(
     return True, f"fair held-out accuracy {new_acc:.3f} vs current {cur_acc:.3f} on {n} tasks: promoted", figures
 
 
+@dataclass
+class LabelledData:
+    """What a training step learns from: embeddings, raw inputs (for fine-tuning), targets and task ids, one row per
+    labelled task."""
+
+    embeddings: np.ndarray
+    items: Sequence[Any]
+    y: np.ndarray
+    task_ids: Sequence[int]
+
+
 def train_and_decide(
     task: TaskType,
     clf: Classifier,
     current: Classifier | None,
-    embeddings: np.ndarray,
-    items: Sequence[Any],
-    y: np.ndarray,
-    task_ids: Sequence[int],
+    data: LabelledData,
     labels: Sequence[str],
     seed: int,
     current_task_ids: Collection[int] = (),
@@ -127,6 +135,7 @@ def train_and_decide(
     only held-out tasks outside that set (see :func:`promotion_decision`). ``items`` are the raw inputs, needed when
     the config fine-tunes the encoder (``training.mode: full``).
     """
+    embeddings, items, y, task_ids = data.embeddings, data.items, data.y, data.task_ids
     t = clf.config.training
     held = holdout_mask(task_ids, t.holdout_fraction, t.min_labels_for_holdout)
     metrics: dict[str, Any] = {
@@ -197,10 +206,7 @@ def decide_next(
     clf: Classifier,
     current: Classifier | None,
     current_task_ids: Sequence[int],
-    embeddings: np.ndarray,
-    items: Sequence[Any],
-    y: np.ndarray,
-    task_ids: Sequence[int],
+    data: LabelledData,
     labels: Sequence[str],
     seed: int,
 ) -> Decision | None:
@@ -208,6 +214,7 @@ def decide_next(
     trained yet (no label, one class), an untrained *exploration* version whose queue moves away from what is
     labelled, so the missing classes surface and the queue never freezes. None: nothing new to publish (the same
     labels as the current version and still nothing to train)."""
+    y, task_ids = data.y, data.task_ids
     why_not = task.can_train(y)
     metrics: dict[str, Any] = {
         "n_labels": len(task_ids),
@@ -219,7 +226,7 @@ def decide_next(
             return None
         note = f"exploration ({why_not}): the queue moves away from the {len(task_ids)} labelled tasks"
         return Decision(None, True, note, {**metrics, "decision": note})
-    outcome = train_and_decide(task, clf, current, embeddings, items, y, task_ids, labels, seed, current_task_ids)
+    outcome = train_and_decide(task, clf, current, data, labels, seed, current_task_ids)
     return Decision(outcome, outcome.promote, outcome.reason, {**metrics, **outcome.metrics})
 
 
@@ -259,17 +266,9 @@ def train_version(
     emb, y, items = emb[order], y[order], [items[i] for i in order]
     report("training", len(ok), len(kept))
     current = service.classifier(state) if state.version.trained else None
+    data = LabelledData(emb, items, y, task_ids)
     decision = decide_next(
-        task,
-        clf,
-        current,
-        state.version.labelled_task_ids,
-        emb,
-        items,
-        y,
-        task_ids,
-        state.schema.labels,
-        config.training.seed,
+        task, clf, current, state.version.labelled_task_ids, data, state.schema.labels, config.training.seed
     )
     if decision is None:
         reason = task.can_train(y) or "nothing new to train on"

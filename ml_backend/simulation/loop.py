@@ -271,7 +271,7 @@ def _init_worker() -> None:
 
 def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: int) -> dict:
     """One learning curve of the product for one strategy and seed (see the module doc)."""
-    from ml_backend.learning.training import decide_next, evaluate
+    from ml_backend.learning.training import LabelledData, decide_next, evaluate
     from ml_backend.tasktypes import SINGLE_CHOICE
 
     _init_worker()
@@ -304,17 +304,9 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
             clf = _classifier(prep, config)
             t0 = time.perf_counter()
             current = served.clf if served.clf.trained else None
+            data = LabelledData(X_pool[ids], list(X_pool[ids]), y_pool[ids], [int(i) for i in ids])
             decision = decide_next(
-                SINGLE_CHOICE,
-                clf,
-                current,
-                served.task_ids,
-                X_pool[ids],
-                list(X_pool[ids]),
-                y_pool[ids],
-                [int(i) for i in ids],
-                prep.classes,
-                config.training.seed,
+                SINGLE_CHOICE, clf, current, served.task_ids, data, prep.classes, config.training.seed
             )
             timing["fit"] += time.perf_counter() - t0
             if decision is not None:

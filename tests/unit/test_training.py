@@ -6,6 +6,7 @@ import pytest
 from ml_backend.labelstudio.annotations import labelled_examples, latest_annotation
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.training import (
+    LabelledData,
     decide_next,
     evaluate,
     holdout_mask,
@@ -65,6 +66,11 @@ def test_holdout_is_stable_per_task_as_labels_grow():
     assert np.array_equal(a, b[:100]) and 0.1 < a.mean() < 0.3
 
 
+def _data(x, y):
+    """Labelled rows as the training step takes them: task ids 0..n-1 in row order."""
+    return LabelledData(x, list(x), y, list(range(len(y))))
+
+
 def _config(**training):
     return ModelConfig.model_validate(
         {
@@ -86,11 +92,11 @@ def _blobs(n, seed, noise=0.3):
 def test_a_better_model_is_promoted_and_trained_on_every_label():
     x, y = _blobs(80, 0)
     clf = Classifier(None, _config(), 2, False, in_dim=8)
-    outcome = train_and_decide(SINGLE_CHOICE, clf, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    outcome = train_and_decide(SINGLE_CHOICE, clf, None, _data(x, y), ["a", "b"], seed=0)
     assert outcome.promote and outcome.metrics["accuracy"] > 0.9
     assert outcome.metrics["n_labels"] == 80 and 0 < outcome.metrics["n_holdout"] < 80
     again = Classifier(None, _config(), 2, False, in_dim=8)
-    train_and_decide(SINGLE_CHOICE, again, None, x, list(x), y, list(range(80)), ["a", "b"], seed=0)
+    train_and_decide(SINGLE_CHOICE, again, None, _data(x, y), ["a", "b"], seed=0)
     assert np.array_equal(again.predict_proba(x, mc=5), clf.predict_proba(x, mc=5))  # same data + seed, same model
 
 
@@ -104,16 +110,7 @@ def test_a_worse_model_is_not_promoted_unless_configured():
     def against_current(**training):
         clf = Classifier(None, _config(promote_min_fair=5, **training), 2, False, in_dim=8)
         return train_and_decide(
-            SINGLE_CHOICE,
-            clf,
-            current,
-            x,
-            list(x),
-            flipped,
-            list(range(80)),
-            ["a", "b"],
-            seed=0,
-            current_task_ids=range(40),
+            SINGLE_CHOICE, clf, current, _data(x, flipped), ["a", "b"], seed=0, current_task_ids=range(40)
         )
 
     worse = against_current()
@@ -131,10 +128,7 @@ def test_promotion_compares_only_on_tasks_neither_model_trained_on():
         SINGLE_CHOICE,
         Classifier(None, _config(), 2, False, in_dim=8),
         current,
-        x,
-        list(x),
-        y,
-        list(range(80)),
+        _data(x, y),
         ["a", "b"],
         seed=0,
         current_task_ids=range(80),
@@ -175,9 +169,7 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     served, served_ids, decisions, served_acc = None, [], [], []
     for n in range(20, 301, 20):
         clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-        decision = decide_next(
-            SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), y[:n], list(range(n)), labels, seed=0
-        )
+        decision = decide_next(SINGLE_CHOICE, clf, served, served_ids, _data(x[:n], y[:n]), labels, seed=0)
         if decision.outcome is not None and served is not None:
             decisions.append(decision.promote)
         if decision.promote and decision.outcome is not None:
@@ -191,9 +183,7 @@ def test_a_growing_label_stream_on_digits_keeps_promoting_the_better_model():
     held = holdout_mask(range(n), 0.2, 10)
     shuffled = np.where(held, y[:n], np.random.default_rng(1).permutation(y[:n]))
     clf = Classifier(None, _digits_config(), 10, False, in_dim=64)
-    bad = decide_next(
-        SINGLE_CHOICE, clf, served, served_ids, x[:n], list(x[:n]), shuffled, list(range(n)), labels, seed=0
-    )
+    bad = decide_next(SINGLE_CHOICE, clf, served, served_ids, _data(x[:n], shuffled), labels, seed=0)
     assert bad.outcome is not None and not bad.promote, bad.note
 
 
@@ -201,13 +191,11 @@ def test_no_model_yet_gives_an_exploration_version_once_per_label_set():
     x, y = _blobs(6, 5)
     y[:] = 1  # one class only
     clf = Classifier(None, _config(), 2, False, in_dim=8)
-    first = decide_next(SINGLE_CHOICE, clf, None, [], x, list(x), y, list(range(6)), ["a", "b"], seed=0)
+    first = decide_next(SINGLE_CHOICE, clf, None, [], _data(x, y), ["a", "b"], seed=0)
     assert first is not None and first.outcome is None and first.promote and "exploration" in first.note
     assert first.metrics["unseen_classes"] == ["a"]
-    assert (
-        decide_next(SINGLE_CHOICE, clf, None, list(range(6)), x, list(x), y, list(range(6)), ["a", "b"], seed=0) is None
-    )
-    assert decide_next(SINGLE_CHOICE, clf, None, [], x[:0], [], y[:0], [], ["a", "b"], seed=0) is None
+    assert decide_next(SINGLE_CHOICE, clf, None, list(range(6)), _data(x, y), ["a", "b"], seed=0) is None
+    assert decide_next(SINGLE_CHOICE, clf, None, [], _data(x[:0], y[:0]), ["a", "b"], seed=0) is None
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
