@@ -45,7 +45,6 @@ class StoredRanking:
     version), and tasks outside it are scored above ``rest_floor`` like the rest of the pool."""
 
     scores: dict[int, float]
-    reasons: dict[int, str]
     rest_floor: float
 
 
@@ -238,6 +237,11 @@ class Registry:
         )
         _write_atomic(self._dir(project_id) / "versions" / version / "ranking.npz", buf.getvalue())
 
+    def ranking_mtime(self, project_id: int, version: str) -> float:
+        """When the version's stored pool order was last written (0.0: never)."""
+        path = self._dir(project_id) / "versions" / version / "ranking.npz"
+        return path.stat().st_mtime if path.is_file() else 0.0
+
     def ranking(self, project_id: int, version: str) -> StoredRanking | None:
         path = self._dir(project_id) / "versions" / version / "ranking.npz"
         if not path.is_file():
@@ -246,7 +250,6 @@ class Registry:
             ids = data["task_ids"].tolist()
             return StoredRanking(
                 dict(zip(ids, data["scores"].tolist())),
-                dict(zip(ids, data["reasons"].tolist())),
                 float(data["rest_floor"]),
             )
 

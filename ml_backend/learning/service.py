@@ -2,8 +2,10 @@
 
 For each task: read its input (text, or an image fetched from LS), embed it with the frozen encoder (cached by
 content), run T MC-dropout passes of the current version's head, turn the uncertainty into LS's ``score``
-(lower = label sooner) and the MC-mean decision into a pre-annotation. Before any label exists, the head is
-untrained: the score then comes from representativeness in embedding space and no pre-annotation is given.
+(lower = label sooner) and the MC-mean decision into a pre-annotation. A whole-pool scoring orders the pool
+batch-aware (``core.selection``; coverage of the pool before a model exists) and stores the order with the
+version; /predict and new tasks then get the stored score, or one placed among the rest of the pool. An untrained
+head gives no pre-annotation.
 A task that cannot be scored gets a reason instead of a prediction; the rest of the batch is unaffected.
 """
 
@@ -23,7 +25,7 @@ from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
 from ml_backend.learning.embcache import EmbeddingCache, content_key
 from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
-from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import ModelConfig, load_model_config
 from ml_backend.models.image import ImageError, load_image
@@ -78,6 +80,9 @@ class ScoringService:
         self.parse_config = parse_config
         self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
         self._caches: dict[str, EmbeddingCache] = {}
+        # the stored pool order of a version, per (project, version), with the file's mtime: /predict must not
+        # rebuild a pool-sized dict on every call, and a re-score of the same version rewrites the file
+        self._rankings: dict[tuple[int, str], tuple[float, StoredRanking | None]] = {}
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
 
     # -- projects -------------------------------------------------------------------------------------------
@@ -290,11 +295,24 @@ class ScoringService:
             stored = self.registry.pool_reference(state.record.project_id)
             reference = emb if stored is None else stored
             value = representativeness(emb, reference, clf.config.acquisition.cold_start_neighbours)
-        ranked = self.registry.ranking(state.record.project_id, version.version)
+        ranked = self._stored_ranking(state.record.project_id, version.version)
         scores = rest_score(value, ranked.rest_floor if ranked else 0.0, keys)
         if ranked is not None:
             scores = np.array([ranked.scores.get(k, s) if isinstance(k, int) else s for k, s in zip(keys, scores)])
         return self._predictions(state, version, outcomes, ok, scores, self._decisions(state.schema, probs, len(ok)))
+
+    def _stored_ranking(self, project_id: int, version: str) -> StoredRanking | None:
+        mtime = self.registry.ranking_mtime(project_id, version)
+        key = (project_id, version)
+        with self._lock:
+            cached = self._rankings.get(key)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, self.registry.ranking(project_id, version) if mtime else None)
+            with self._lock:
+                self._rankings[key] = cached
+                while len(self._rankings) > 64:
+                    self._rankings.pop(next(iter(self._rankings)))
+        return cached[1]
 
     def score_pool(
         self,
