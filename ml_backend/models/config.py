@@ -45,6 +45,12 @@ class TrainingConfig(_Strict):
         "head", description="head: frozen encoder, cached embeddings (seconds); full: fine-tune the encoder too"
     )
     epochs: int = Field(60, ge=1)
+    min_steps: int = Field(
+        600,
+        ge=0,
+        description="Train the head for at least this many optimizer steps, however few the labels (60 epochs of "
+        "20 labels are only 60 steps: an under-trained head).",
+    )
     full_epochs: int = Field(3, ge=1, description="Epochs of full fine-tuning (mode: full).")
     lr: float = Field(1e-3, gt=0)
     encoder_lr: float = Field(2e-5, gt=0, description="Learning rate of the encoder in full fine-tuning.")
