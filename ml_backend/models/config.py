@@ -93,6 +93,12 @@ class AcquisitionConfig(_Strict):
     front_size: int = Field(
         100, ge=0, description="Queue positions ordered batch-aware (coverage-greedy); 0 = plain top-k."
     )
+    explore_every: int = Field(
+        3,
+        ge=0,
+        description="Every n-th pick of the batch-aware front is a coverage (exploration) pick, away from what is "
+        "labelled and picked; 0 = none. While a class has no label, every 2nd pick is one.",
+    )
     weights: dict[str, float] = Field(
         default_factory=lambda: {"uncertainty": 1.0},
         description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).",
