@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 
 from ml_backend.settings import Settings
@@ -58,9 +59,23 @@ _SET_MAX = (
 )
 
 
-def connect(redis_url: str) -> Redis:
-    """A Redis client that fails fast: /webhook must answer 503 at once when Redis is down, not hang."""
-    return Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=30)
+#: socket timeout of the web process's Redis client: a hung Redis (accepting, never answering) must cost a
+#: request well under LS's 1 s webhook budget, not 5 s
+WEB_SOCKET_TIMEOUT = 0.5
+
+
+def connect(redis_url: str, socket_timeout: float = 5.0) -> Redis:
+    """A Redis client that fails fast: /webhook must answer 503 at once when Redis is down, not hang.
+
+    Workers keep 5 s (a job's Redis writes may wait behind a busy server); the web app uses
+    ``WEB_SOCKET_TIMEOUT``.
+    """
+    return Redis.from_url(
+        redis_url,
+        socket_connect_timeout=min(1.0, socket_timeout * 2),
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
 
 
 def last_error(jobs: list[dict[str, Any]]) -> str | None:
@@ -169,6 +184,23 @@ class JobQueue:
             self.redis.eval(_CLEAR_IF, 1, key, waiting_id)
         raise RuntimeError(f"could not enqueue a {_KIND[func]} job for project {project_id}")
 
+    def hold_for_retry(self, slot: str, project_id: int, job_id: str) -> str | None:
+        """A coalesced job failed and rq will retry it: make the retry the project's waiting job, so requests
+        during the backoff join it instead of enqueuing more jobs that fail the same way. Returns the id of another
+        job already waiting in the slot (then this one need not be retried), else None."""
+        key = self.key(slot, project_id)
+        if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
+            return None
+        waiting = self.redis.get(key)
+        waiting_id = waiting.decode() if waiting is not None else None
+        if waiting_id is None or waiting_id == job_id:
+            return None
+        if self._is_waiting(waiting_id):
+            return waiting_id
+        self.redis.eval(_CLEAR_IF, 1, key, waiting_id)  # a stale record: take the slot over
+        self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4)
+        return None
+
     def started(self, slot: str, project_id: int, job_id: str) -> None:
         """Called by a coalesced job once it holds its project lock: the slot is free for the next request,
         which must wait for a new job (this one has already read what it works on)."""
@@ -225,6 +257,35 @@ class JobQueue:
         """Seconds until LS should have saved what the project's last /predict answers returned (<= 0: now)."""
         until = self.redis.get(self.key("predicted", project_id))
         return float(until) - time.time() if until is not None else 0.0
+
+    # -- metrics ----------------------------------------------------------------------------------------------
+    def record_duration(self, kind: str, seconds: float, outcome: str) -> None:
+        """Add a finished job's run time to the queue's totals (read by the web app's /metrics)."""
+        key = f"al:{self.queue.name}:durations"
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, f"{kind}|{outcome}|count", 1)
+            pipe.hincrbyfloat(key, f"{kind}|{outcome}|sum", seconds)
+            pipe.execute()
+
+    def durations(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(kind, outcome) -> (jobs, total seconds) since the queue's Redis was created."""
+        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(f"al:{self.queue.name}:durations").items()}
+        out: dict[tuple[str, str], tuple[int, float]] = {}
+        for field, value in raw.items():
+            kind, outcome, what = field.rsplit("|", 2)
+            count, total = out.get((kind, outcome), (0, 0.0))
+            out[(kind, outcome)] = (int(value), total) if what == "count" else (count, value)
+        return out
+
+    def depth(self) -> dict[str, int]:
+        """Jobs by state: queued (ready), scheduled (delayed retries and clean-ups), started, failed."""
+        q = self.queue
+        return {
+            "queued": q.count,
+            "scheduled": ScheduledJobRegistry(queue=q).count,
+            "started": StartedJobRegistry(queue=q).count,
+            "failed": FailedJobRegistry(queue=q).count,
+        }
 
     # -- status -----------------------------------------------------------------------------------------------
     def recent_jobs(self, project_id: int) -> list[dict[str, Any]]:
