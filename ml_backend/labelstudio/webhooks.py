@@ -75,7 +75,8 @@ def parse_event(payload: Any) -> WebhookEvent:
     if event.project_id is None:
         raise BadEvent(f"{event.action}: payload has no project id")
     if event.creates_tasks:
-        event.tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict)]
+        tasks = payload.get("tasks")
+        event.tasks = [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
     elif not event.forces_training:
         event.labels = _label_count(event.action, payload)
     return event
