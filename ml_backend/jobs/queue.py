@@ -306,7 +306,8 @@ class JobQueue:
                     "retries_left": job.retries_left,
                     "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
                     "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-                    "error": exc.strip().splitlines()[-1] if exc else None,
+                    # a retried attempt leaves no rq result: the worker keeps its error in the meta
+                    "error": exc.strip().splitlines()[-1] if exc else job.meta.get("last_error"),
                 }
             )
         return jobs
