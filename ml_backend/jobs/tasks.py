@@ -89,7 +89,7 @@ def _timed(kind: str) -> Callable[[_F], _F]:
 def _after_failure(ctx: context.WorkerContext, slot: str | None, project_id: int, exc: Exception) -> bool:
     """Decide what follows a failed attempt; True if rq will retry this job.
 
-    - No LS configured: retrying cannot help, so no retry (the status and one log line say what to set).
+    - No LS configured: retrying cannot help (the worker cancels the retries), so nothing is held.
     - A coalesced job (``slot``): while rq's retry waits, it is the project's waiting job, so requests in the
       meantime join it; if another job already waits in the slot, this one is not retried at all. A burst of
       webhooks while LS is down thus costs at most two jobs, each with its bounded retries.
@@ -98,7 +98,6 @@ def _after_failure(ctx: context.WorkerContext, slot: str | None, project_id: int
     if job is None:
         return False
     if isinstance(exc, LabelStudioNotConfigured):
-        job.retries_left = 0
         return False
     if not job.should_retry or slot is None:
         return job.should_retry

@@ -23,7 +23,7 @@ from rq.job import Job
 
 from ml_backend.jobs import context
 from ml_backend.jobs.queue import connect
-from ml_backend.labelstudio.client import LabelStudioError
+from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ WORKER_TTL = 35
 
 class BackendWorker(Worker):
     """rq's worker with errors an admin can read: LS being down or unconfigured is one log line (the message says
-    what to check), not a traceback per attempt, and every failed attempt's error lands in the job's meta, so
-    the project status shows it while a retry waits (rq keeps no result for a retried attempt)."""
+    what to check), not a traceback per attempt; a job failing for want of LS's URL and token is not retried (of
+    any kind); and every failed attempt's error lands in the job's meta, so the project status shows it while a
+    retry waits (rq keeps no result for a retried attempt)."""
 
     def handle_exception(
         self, job: Job, *exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -50,6 +51,8 @@ class BackendWorker(Worker):
             job.save_meta()
         except Exception as err:  # Redis itself may be the problem: the log line below still says what failed
             log.warning("job %s: could not record its error: %s", job.id, err)
+        if isinstance(exc, LabelStudioNotConfigured):
+            job.retries_left = 0  # no attempt can succeed until the admin sets LS's URL and token
         if isinstance(exc, LabelStudioError):
             retrying = "retrying later" if job.should_retry else "no retry left"
             log.error("job %s (%s) failed: %s (%s)", job.id, job.meta.get("kind"), message, retrying)
