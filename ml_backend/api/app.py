@@ -141,9 +141,10 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     app = FastAPI(title="Active-learning ML backend for Label Studio", version=__version__, lifespan=lifespan)
     app.state.backend = backend
     install_error_handlers(app)
-    install_metrics(app, backend.counters, backend.queue, backend.registry)
+    # the last added is the outermost: requests are timed even when refused for size or auth
     install_auth(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    install_metrics(app, backend.counters, backend.queue, backend.registry)
 
     @app.get("/")
     @app.get("/health")

@@ -227,6 +227,9 @@ def test_metrics_are_prometheus_text_with_json_on_request(client):
     assert 'ml_backend_request_duration_seconds_bucket{le="0.1",method="POST",route="/predict",status="200"}' in text
     assert 'ml_backend_model_versions{project="29"} 1.0' in text
     assert 'ml_backend_events_total{event="predict_requests"} 1.0' in text
+    client.post("/predict", content=b"x" * 100, headers={"content-length": str(10**9)})  # refused for size: timed too
+    text = client.get("/metrics").text
+    assert 'route="unmatched",status="413"' in text
     assert "ml_backend_redis_up 1.0" in text and 'ml_backend_queue_jobs{state="queued"}' in text
     assert client.get("/metrics?format=json").json()["predict_requests"] == 1
     assert client.get("/metrics", headers={"Accept": "application/json"}).json()["tasks_scored"] == 1
