@@ -84,7 +84,9 @@ class DownloadPolicy:
         except socket.gaierror as exc:
             raise DownloadRefused(f"cannot resolve {host}: {exc.strerror}") from exc
 
-    def fetch(self, url: str, headers: dict[str, str], deadline: float | None = None) -> tuple[int, bytes, str]:
+    def fetch(
+        self, url: str, headers: dict[str, str], deadline: float | None = None, verify: bool = True
+    ) -> tuple[int, bytes, str]:
         """(status, body, final URL) of a GET under the policy; the deadline is the earlier of ``timeout`` from now
         and ``deadline`` (time.monotonic). Error statuses come back with an empty body (the caller raises)."""
         end = time.monotonic() + self.timeout
@@ -92,13 +94,13 @@ class DownloadPolicy:
         for _ in range(_MAX_REDIRECTS + 1):
             trusted = self.check(url)
             sent = headers if trusted else {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            status, body, location = self._get(url, sent, end)
+            status, body, location = self._get(url, sent, end, verify)
             if status not in _REDIRECTS or not location:
                 return status, body, url
             url = urljoin(url, location)
         raise DownloadRefused(f"refused to download {_short(url)}: more than {_MAX_REDIRECTS} redirects")
 
-    def _get(self, url: str, headers: dict[str, str], end: float) -> tuple[int, bytes, str | None]:
+    def _get(self, url: str, headers: dict[str, str], end: float, verify: bool) -> tuple[int, bytes, str | None]:
         left = end - time.monotonic()
         if left <= 0:
             raise DownloadRefused(f"download of {_short(url)} ran out of time")
@@ -107,7 +109,7 @@ class DownloadPolicy:
         timeout = httpx.Timeout(min(left, 10.0), connect=min(left, 5.0))
         try:
             with (
-                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+                httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=verify) as client,
                 client.stream("GET", url, headers=headers) as resp,
             ):
                 if resp.status_code in _REDIRECTS or resp.status_code >= 400:
@@ -145,7 +147,9 @@ class GuardedSession(requests.Session):
         self.deadline = deadline
 
     def get(self, url: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        status, body, final = self.policy.fetch(str(url), dict(kwargs.get("headers") or {}), self.deadline)
+        # the SDK passes verify=VERIFY_SSL (its setting for LS behind a self-signed certificate)
+        verify = kwargs.get("verify", True) is not False
+        status, body, final = self.policy.fetch(str(url), dict(kwargs.get("headers") or {}), self.deadline, verify)
         resp = requests.Response()
         resp.status_code, resp._content, resp.url = status, body, _short(final)
         resp.reason = "" if status < 400 else "refused"
