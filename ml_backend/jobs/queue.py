@@ -186,20 +186,40 @@ class JobQueue:
 
     def hold_for_retry(self, slot: str, project_id: int, job_id: str) -> str | None:
         """A coalesced job failed and rq will retry it: make the retry the project's waiting job, so requests
-        during the backoff join it instead of enqueuing more jobs that fail the same way. Returns the id of another
-        job already waiting in the slot (then this one need not be retried), else None."""
+        during the backoff join it instead of running more jobs that fail the same way (a burst of webhooks while
+        LS is down is then one job and its retries). A job waiting in the slot has not read anything yet: it is
+        cancelled, the retry does its work. Returns the id of a job that already *runs* in the slot's place (then
+        this one need not be retried), else None."""
         key = self.key(slot, project_id)
-        if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
-            return None
-        waiting = self.redis.get(key)
-        waiting_id = waiting.decode() if waiting is not None else None
-        if waiting_id is None or waiting_id == job_id:
-            return None
-        if self._is_waiting(waiting_id):
-            return waiting_id
-        self.redis.eval(_CLEAR_IF, 1, key, waiting_id)  # a stale record: take the slot over
-        self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4)
+        for _ in range(3):
+            if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
+                return None
+            recorded = self.redis.get(key)
+            if recorded is None:
+                continue
+            other = recorded.decode()
+            if other == job_id:
+                return None
+            if self._take_over(other):
+                self.redis.eval(_CLEAR_IF, 1, key, other)
+                continue
+            if self._is_waiting(other):
+                return other  # it started meanwhile: it does the work now
+            self.redis.eval(_CLEAR_IF, 1, key, other)  # a stale record: take the slot over
         return None
+
+    def _take_over(self, job_id: str) -> bool:
+        """Cancel a job that is still queued or scheduled (not picked by a worker); True if it was."""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        # removing it from its list is atomic: 0 means a worker took it first (it runs; leave it alone)
+        removed = self.queue.remove(job) or ScheduledJobRegistry(queue=self.queue).remove(job)
+        if not removed:
+            return False
+        job.cancel()
+        return True
 
     def started(self, slot: str, project_id: int, job_id: str) -> None:
         """Called by a coalesced job once it holds its project lock: the slot is free for the next request,

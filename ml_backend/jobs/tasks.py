@@ -91,8 +91,9 @@ def _after_failure(ctx: context.WorkerContext, slot: str | None, project_id: int
 
     - No LS configured: retrying cannot help (the worker cancels the retries), so nothing is held.
     - A coalesced job (``slot``): while rq's retry waits, it is the project's waiting job, so requests in the
-      meantime join it; if another job already waits in the slot, this one is not retried at all. A burst of
-      webhooks while LS is down thus costs at most two jobs, each with its bounded retries.
+      meantime join it (a job already waiting in the slot is cancelled: the retry does its work); only if another
+      job already runs is this one not retried. A burst of webhooks while LS is down thus costs one job and its
+      bounded retries, two when the burst outlasts them.
     """
     job = get_current_job()
     if job is None:
