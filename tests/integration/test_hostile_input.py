@@ -250,3 +250,8 @@ def test_setup_hostname_and_token_are_used_when_the_environment_names_no_label_s
     saved = client.app.state.backend.registry.root / "ls-connection.json"
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600  # the token is a credential
     assert client.app.state.backend.registry.ls_connection() == (file_server.url, "tok")
+    # a worker on the same DATA_DIR, with no LS in its environment either, talks to that LS
+    from ml_backend.jobs.context import WorkerContext
+
+    worker = WorkerContext(client.app.state.backend.settings, client.app.state.backend.service.encoders)
+    assert (worker.ls.url, worker.ls.api_key) == (file_server.url, "tok")
