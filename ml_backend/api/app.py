@@ -269,17 +269,17 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
 
     @app.get("/projects/{project_id}/status")
     def status(project_id: ProjectId) -> JSONResponse:
-        try:
-            state = backend.service.state(project_id)
-        except UnknownProject as exc:
-            return error(404, str(exc))
+        # from the registry alone: the status must show why jobs fail even when the project's config does not load
+        current = backend.registry.current(project_id)
+        if current is None:
+            return error(404, f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
         history = backend.registry.versions(project_id)
         body: dict[str, Any] = {
             "project": project_id,
-            "current_version": state.version.version,
-            "trained": state.version.trained,
-            "metrics": state.version.metrics,
-            "n_labels": state.version.n_labels,
+            "current_version": current.version,
+            "trained": current.trained,
+            "metrics": current.metrics,
+            "n_labels": current.n_labels,
             "versions": [
                 {
                     "version": v.version,

@@ -24,10 +24,14 @@ from rq.job import Job
 from ml_backend.jobs import context
 from ml_backend.jobs.queue import connect
 from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
+from ml_backend.learning.service import InvalidModelConfig
+from ml_backend.models.config import UnknownModelConfig
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: errors no retry can fix: LS's URL or token missing, a project's model config missing or invalid
+CONFIGURATION_ERRORS = (LabelStudioNotConfigured, UnknownModelConfig, InvalidModelConfig)
 #: how often the worker checks its rq scheduler (the process that enqueues due retries) and restarts it: the
 #: scheduler dies with its Redis connection (a Redis restart) and rq's default check runs every 10 minutes
 MAINTENANCE_INTERVAL = 20
@@ -37,9 +41,9 @@ WORKER_TTL = 35
 
 class BackendWorker(Worker):
     """rq's worker with errors an admin can read: LS being down or unconfigured is one log line (the message says
-    what to check), not a traceback per attempt; a job failing for want of LS's URL and token is not retried (of
-    any kind); and every failed attempt's error lands in the job's meta, so the project status shows it while a
-    retry waits (rq keeps no result for a retried attempt)."""
+    what to check), not a traceback per attempt; a job failing on configuration (LS's URL and token, a model
+    config) is not retried, whatever its kind; and every failed attempt's error lands in the job's meta, so the
+    project status shows it while a retry waits (rq keeps no result for a retried attempt)."""
 
     def handle_exception(
         self, job: Job, *exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -51,9 +55,9 @@ class BackendWorker(Worker):
             job.save_meta()
         except Exception as err:  # Redis itself may be the problem: the log line below still says what failed
             log.warning("job %s: could not record its error: %s", job.id, err)
-        if isinstance(exc, LabelStudioNotConfigured):
-            job.retries_left = 0  # no attempt can succeed until the admin sets LS's URL and token
-        if isinstance(exc, LabelStudioError):
+        if isinstance(exc, CONFIGURATION_ERRORS):
+            job.retries_left = 0  # no attempt can succeed until the admin fixes the configuration
+        if isinstance(exc, (LabelStudioError, *CONFIGURATION_ERRORS)):
             retrying = "retrying later" if job.should_retry else "no retry left"
             log.error("job %s (%s) failed: %s (%s)", job.id, job.meta.get("kind"), message, retrying)
             return

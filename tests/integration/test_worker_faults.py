@@ -164,3 +164,19 @@ def test_the_workers_scheduler_survives_a_redis_restart(own_redis, start_worker)
     wait_for("the scheduled job to run", lambda: Job.fetch(job.id, connection=conn).is_finished, timeout=90, every=0.5)
     print(f"after a Redis restart, a job due in 1 s ran after {time.monotonic() - started:.1f} s")
     assert log_path.read_text().count("Scheduler for") >= 2  # the worker started a new scheduler process
+
+
+def test_a_project_whose_model_config_is_gone_fails_its_jobs_without_retries(start_worker, configs_dir):
+    config = configs_dir / "text-removed-later.yaml"
+    config.write_text((configs_dir / "text-minilm.yaml").read_text())
+    down = f"http://127.0.0.1:{free_port()}"
+    client, _, log_path = start_worker(LABEL_STUDIO_URL=down, LABEL_STUDIO_API_KEY="x" * 40, JOB_RETRIES="3")
+    extra = {"model_config": "text-removed-later"}
+    assert client.post("/setup", json={"project": "62.1", "schema": TEXT, "extra_params": extra}).status_code == 200
+    config.unlink()  # the admin removed the file the project uses
+    start = {"action": "START_TRAINING", "project": {"id": 62}}
+    assert client.post("/webhook", json=start).status_code == 201
+    trains = wait_for("the training to fail", lambda: [j for j in jobs(client, 62, "train") if j["status"] == "failed"])
+    assert trains[0]["retries_left"] == 0 and attempts(client, "train") == 1
+    assert "text-removed-later" in client.get("/projects/62/status").json()["last_error"]
+    assert "Traceback" not in log_path.read_text()
