@@ -6,6 +6,7 @@ A version's config is saved next to its weights, so every version can be rebuilt
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -144,10 +145,30 @@ class ModelConfig(_Strict):
         return self
 
 
+#: a model config is chosen by name (LS users type it into the model's extra params): never a path
+CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+class UnknownModelConfig(LookupError):
+    """No model config of that name in the configs folder; the message lists the names there (never the folder)."""
+
+
+def available_configs(configs_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(configs_dir).glob("*.yaml"))
+
+
 def load_model_config(configs_dir: Path, name: str) -> ModelConfig:
-    """Read ``<configs_dir>/<name>.yaml`` (or a path to a YAML file) into a validated :class:`ModelConfig`."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(configs_dir) / f"{name}.yaml"
+    """Read ``<configs_dir>/<name>.yaml`` into a validated :class:`ModelConfig`.
+
+    ``name`` is a name, not a path: it may come from any LS user, so a name that could leave the folder
+    (slashes, ``..``, an absolute path) is refused like an unknown one.
+    """
+    if not isinstance(name, str) or len(name) > 100 or not CONFIG_NAME.match(name):
+        raise UnknownModelConfig(
+            f"model config names are letters, digits, '-', '_' and '.' (no paths); available: "
+            f"{available_configs(configs_dir)}"
+        )
+    path = Path(configs_dir) / f"{name}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in Path(configs_dir).glob("*.yaml"))
-        raise FileNotFoundError(f"model config {name!r} not found in {configs_dir}; available: {available}")
+        raise UnknownModelConfig(f"model config {name!r} not found; available: {available_configs(configs_dir)}")
     return ModelConfig.model_validate(yaml.safe_load(path.read_text()))
