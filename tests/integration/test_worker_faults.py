@@ -20,6 +20,7 @@ from rq.job import Job
 from ml_backend.api.app import create_app
 from ml_backend.settings import Settings
 from tests.integration.test_api import TEXT
+from tests.integration.test_learning_loop import wait_for
 from tests.lsserver import free_port, stop_process_group, tail_file
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -64,17 +65,6 @@ def start_worker(tmp_path, configs_dir, encoders):
     for worker, log_path in started:
         stop_process_group(worker)
         print(f"--- worker log tail ({log_path})\n{tail_file(log_path, 80)}")
-
-
-def wait_for(what: str, check, timeout: float = 120.0, every: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def jobs(client, project_id: int, kind: str) -> list[dict]:
