@@ -82,6 +82,7 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
         entry["mean_score_seconds"] = float(
             np.mean([x["score_seconds"] for r in mine for x in r["rounds"][:-1]] or [0])
         )
+        entry["stop"] = stop_summary(mine, full_acc)
         out[strategy] = entry
     if RANDOM in out:  # how many labels each strategy needs relative to random (< 1: fewer than random)
         n_random, acc_random = median_curve([r for r in runs if r["strategy"] == RANDOM])
@@ -102,6 +103,47 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
                 for name in entry["labels_to_reach"]
             }
     return out
+
+
+def stop_summary(runs: list[dict], full_acc: dict[int, float]) -> dict[str, Any]:
+    """Where the stopping rule (the rounds' ``stop``) first fired per seed: labels, accuracy then, and that accuracy
+    against the full-data head and against the run's last round (what labelling on would have reached)."""
+    fired = [(r, next((x for x in r["rounds"] if x.get("stop")), None)) for r in runs]
+    hits = [(r, x) for r, x in fired if x is not None]
+    return {
+        "fired": len(hits),
+        "labels": float(np.median([x["n_labels"] for _, x in hits])) if hits else None,
+        "accuracy": float(np.median([x["accuracy"] for _, x in hits])) if hits else None,
+        "of_full": float(np.median([x["accuracy"] / full_acc[r["seed"]] for r, x in hits])) if hits else None,
+        "of_last_round": float(np.median([x["accuracy"] / r["rounds"][-1]["accuracy"] for r, x in hits]))
+        if hits
+        else None,
+        "labels_per_seed": [x["n_labels"] if x else None for _, x in fired],
+    }
+
+
+def stopping_table(result: dict) -> str:
+    """Per strategy: at which label count the stopping rule fired and the accuracy then (markdown)."""
+    full = float(np.median([f["accuracy"] for f in result["full_data"]]))
+    lines = [
+        "| strategy | rule fired (seeds) | labels at stop (median) | accuracy at stop | of full data | "
+        "of the last round | labels per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for strategy, e in result["summary"].items():
+        s = e.get("stop")
+        if s is None:
+            continue
+        if not s["fired"]:
+            lines.append(f"| {strategy} | 0/{e['seeds']} | > {e['final_labels']} | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {strategy} | {s['fired']}/{e['seeds']} | {s['labels']:.0f} | {s['accuracy']:.4f} | "
+            f"{100 * s['of_full']:.1f} % | {100 * s['of_last_round']:.1f} % | "
+            f"{', '.join('-' if n is None else str(n) for n in s['labels_per_seed'])} |"
+        )
+    lines.append(f"\nFull-data accuracy (median over seeds): {full:.4f}.")
+    return "\n".join(lines)
 
 
 def _fmt_labels(value: float, reached: int, seeds: int, final_labels: int) -> str:
@@ -271,7 +313,10 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
             "and summary are written"
         )
         del paths["png"]
-    paths["md"].write_text(f"### {result['dataset_description']}\n\n{markdown_table(result)}\n")
+    paths["md"].write_text(
+        f"### {result['dataset_description']}\n\n{markdown_table(result)}\n\n"
+        f"Stopping rule (stable predictions, ``core.stopping``):\n\n{stopping_table(result)}\n"
+    )
     return paths
 
 
