@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from ml_backend.exports.cli import add_export_parser
 from ml_backend.settings import Settings
 from ml_backend.simulation.cli import add_simulate_parser
 
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--no-preload", action="store_true", help="load models on first use instead of at start")
     worker.set_defaults(func=cmd_worker)
     add_simulate_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(Settings().log_level)
     sys.exit(args.func(args) or 0)

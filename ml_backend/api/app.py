@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import secrets
 import threading
 import time
@@ -19,9 +18,10 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ml_backend import __version__
+from ml_backend.api import dashboard
 from ml_backend.api.errors import error, install_error_handlers
 from ml_backend.api.schemas import PredictRequest, SetupRequest
-from ml_backend.jobs.queue import JobQueue, QueueUnavailable, connect, last_error
+from ml_backend.jobs.queue import JobQueue, QueueUnavailable, connect
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
 from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
@@ -62,24 +62,13 @@ class Backend:
         return self._queue
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: metrics may hold them (an empty held-out set has no accuracy),
-    and JSON has no such numbers, so the status would otherwise fail to serialise."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
     configure_torch(settings.torch_threads)
     backend = Backend(settings, encoders)
     app = FastAPI(title="Active-learning ML backend for Label Studio", version=__version__)
     app.state.backend = backend
     install_error_handlers(app)
+    app.include_router(dashboard.router)  # status JSON, dashboard pages, exports
 
     if settings.basic_auth_user:
         credentials = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
@@ -195,37 +184,5 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     @app.get("/metrics")
     def metrics() -> dict[str, Any]:
         return dict(backend.counters)
-
-    @app.get("/projects/{project_id}/status")
-    def status(project_id: int) -> JSONResponse:
-        try:
-            state = backend.service.state(project_id)
-        except UnknownProject as exc:
-            return error(404, str(exc))
-        history = backend.registry.versions(project_id)
-        body: dict[str, Any] = {
-            "project": project_id,
-            "current_version": state.version.version,
-            "trained": state.version.trained,
-            "metrics": state.version.metrics,
-            "n_labels": state.version.n_labels,
-            "versions": [
-                {
-                    "version": v.version,
-                    "promoted": v.promoted,
-                    "trained": v.trained,
-                    "n_labels": v.n_labels,
-                    "accuracy": v.metrics.get("accuracy"),
-                    "note": v.note,
-                }
-                for v in history
-            ],
-        }
-        try:
-            body["jobs"] = backend.queue().recent_jobs(project_id)
-            body["last_error"] = last_error(body["jobs"])
-        except QueueUnavailable as exc:
-            body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
-        return JSONResponse(_json_safe(body))
 
     return app

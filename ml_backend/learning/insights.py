@@ -122,10 +122,10 @@ def next_tasks(
     version: VersionInfo,
     config: ModelConfig,
     ls_url: str | None,
-    limit: int,
+    limit: int | None,
 ) -> list[dict[str, Any]]:
-    """The first ``limit`` tasks LS serves (lowest score first) from the version's stored pool order, minus the
-    tasks the version was trained on."""
+    """The first ``limit`` tasks (None: all) LS serves, lowest score first, from the version's stored pool order,
+    minus the tasks the version was trained on."""
     if pool is None:
         return []
     labelled = set(version.labelled_task_ids)
@@ -146,7 +146,7 @@ def next_tasks(
                 "url": task_url(ls_url, project_id, task),
             }
         )
-        if len(out) >= limit:
+        if limit is not None and len(out) >= limit:
             break
     return out
 
