@@ -177,3 +177,31 @@ def test_report_lists_the_curve_next_tasks_and_flips(tmp_path):
     flips = report["hard_examples"]["flips"]
     assert flips and all(f["flips"] >= 1 and f["task"] in POOL[30:] for f in flips)
     assert flips[0]["flips"] == max(f["flips"] for f in flips)
+
+
+def test_training_stops_once_the_signal_says_stop_if_configured(tmp_path):
+    """stopping.stop_training: a spent budget (or stable predictions) ends retraining; nothing is published."""
+    from ml_backend.labelstudio.labelconfig import parse_label_config
+    from ml_backend.learning.service import ProjectState, ScoringService
+    from ml_backend.learning.training import train_version
+    from ml_backend.models.pool import EncoderPool
+    from ml_backend.settings import Settings
+
+    base = load_model_config(CONFIGS, "text-minilm")
+    config = base.model_copy(
+        update={"stopping": base.stopping.model_copy(update={"label_budget": 30, "stop_training": True})}
+    )
+    reg = Registry(tmp_path / "projects")
+    record_history(reg, config, flipping(3, stable_from=9), [0.6, 0.7, 0.75])
+    schema = parse_label_config(
+        '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="pos"/>'
+        '<Choice value="neg"/></Choices></View>'
+    )
+    service = ScoringService(Settings(data_dir=tmp_path), reg, EncoderPool(), None, parse_label_config)
+    state = ProjectState(reg.get_project(3), schema, config, reg.current(3))
+    kept = [{"id": t, "data": {"text": f"text {t}"}} for t in POOL[:40]]
+    before = len(reg.versions(3))
+    result = train_version(service, state, kept, [["pos"] if t % 2 else ["neg"] for t in POOL[:40]])
+    assert result.version is None and not result.trained
+    assert result.reason.startswith("stopped (stopping.stop_training): label budget: 30 of 30")
+    assert len(reg.versions(3)) == before
