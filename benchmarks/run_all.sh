@@ -37,6 +37,9 @@ $SIM --dataset digits-features --duplicates 3 --strategies $S --seeds 0-2 --roun
 # the hybrid value (equal weights on uncertainty, novelty, density) against random
 $SIM --dataset digits-features --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/digits-features"
 $SIM --dataset rotten-tomatoes-3 --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/rotten-tomatoes-3"
+# where the stopping rule (stable predictions) fires and the accuracy then (README "When to stop labelling")
+$SIM --dataset digits-features --strategies default --seeds 0-2 --rounds 60 --out "$OUT/stopping/digits-features"
+$SIM --dataset rotten-tomatoes --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
 # (digits as PNGs through EfficientNet-Lite0 also works: --dataset digits-images; its 1280-d head trains ~15x
 #  slower than the 64-pixel one, too slow for this script on 2 cores)
 # what the front of the queue looks like: plain top-k vs the batch-aware order

@@ -351,7 +351,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
         if n >= budget:
             break
         labelled[_next_task(strategy, served, random_order, labelled)] = True
-    return {"strategy": strategy, "seed": seed, "rounds": rounds}
+    return {"strategy": strategy, "seed": seed, "rounds": rounds, "kappas": stop_rule.history}
 
 
 class _StopRule:
@@ -362,6 +362,7 @@ class _StopRule:
         self.config = config.stopping
         self.previous: np.ndarray | None = None
         self.kappas: list[float | None] = []
+        self.history: list[dict[str, Any]] = []  # per served trained version after the first: labels, kappa
 
     def served(self, clf: Any, X_pool: np.ndarray, labelled: np.ndarray, seed: int) -> None:
         if not clf.trained:
@@ -371,6 +372,7 @@ class _StopRule:
         predicted = mc_probabilities(clf, X_pool, seed).mean(axis=1).argmax(axis=1)
         if self.previous is not None:
             self.kappas.append(cohens_kappa(self.previous[~labelled], predicted[~labelled]))
+            self.history.append({"n_labels": int(labelled.sum()), "kappa": self.kappas[-1]})
         self.previous = predicted
 
     def verdict(self) -> dict[str, Any]:
@@ -479,7 +481,9 @@ def run_simulation(settings: SimulationSettings) -> dict:
         "embedding": {"dim": int(prep.X.shape[1]), "seconds": prep.embed_seconds, "tokens": prep.tokens},
         "full_data": full,
         "runs": runs,
-        "summary": summarise(runs, full, settings.target_accuracy, len(prep.classes)),
+        "summary": summarise(
+            runs, full, settings.target_accuracy, len(prep.classes), stop_window=prep.config.stopping.window
+        ),
         "wall_seconds": time.perf_counter() - t_start,
     }
     result["files"] = {k: str(v) for k, v in write_outputs(result, settings.out_dir).items()}

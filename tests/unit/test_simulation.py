@@ -182,6 +182,11 @@ def test_stop_summary_reports_where_the_rule_first_fired():
     assert s["labels_per_seed"] == [20, None]
     result = {"summary": {"default": {"stop": s, "seeds": 2, "final_labels": 30}}, "full_data": [{"accuracy": 0.95}]}
     assert "| default | 1/2 | 20 | 0.8000 | 80.0 % | 88.9 % | 20, - |" in report.stopping_table(result)
+    runs[0]["kappas"] = [{"n_labels": 20, "kappa": 0.9}, {"n_labels": 30, "kappa": 0.96}]
+    runs[1]["kappas"] = [{"n_labels": 20, "kappa": 0.5}, {"n_labels": 30, "kappa": 0.99}]
+    sensitivity = report.kappa_sensitivity(runs, {0: 1.0, 1: 0.9}, (0.99, 0.9), window=2)
+    assert sensitivity[0.99]["fired"] == 0 and sensitivity[0.99]["labels"] is None
+    assert sensitivity[0.9] == {"fired": 1, "labels": 30, "accuracy": 0.9, "of_full": 0.9}  # mean(0.9, 0.96)
 
 
 def test_tiny_simulation_replays_the_stopping_rule(tiny_run):
