@@ -106,13 +106,13 @@ def project_stop_signal(registry: Registry, record: ProjectRecord, config: Model
 def _reason(phase: str, trained: bool, config: ModelConfig) -> str:
     """Why a task sits where it does in the queue, in the admin's words."""
     strategy = config.acquisition.strategy
-    weights = "+".join(k for k, w in config.acquisition.weights.items() if w > 0)
-    value = strategy if weights == "uncertainty" else f"{strategy} uncertainty, {weights.replace('uncertainty+', '')}"
+    terms = [k for k, w in config.acquisition.weights.items() if w > 0]
+    value = f"uncertainty ({strategy})" if terms == ["uncertainty"] else f"hybrid ({' + '.join(terms)}; {strategy})"
     return {
         COLD_START: "cold start: covers an unlabelled cluster of the pool",
         EXPLORE: "exploration: far from every labelled task (a class has no label yet)",
-        LEARN: f"uncertainty ({value}), varied batch",
-        REST: f"uncertainty ({value})" if trained else "density: typical of the pool",
+        LEARN: f"{value}, varied batch",
+        REST: value if trained else "density: typical of the pool",
     }.get(phase, phase)
 
 
