@@ -92,7 +92,7 @@ def export(
     project_id: int,
     request: Request,
     what: str = Query("next", description=f"one of {', '.join(WHAT)}"),
-    format: str = Query("ls-json", description=f"one of {', '.join(FORMATS)}"),  # noqa: A002 (the query name)
+    format: str = Query("ls-json", description=f"one of {', '.join(FORMATS)}"),
     limit: int | None = Query(None, ge=1),
 ) -> Response:
     """The same files as ``ml-backend export``; task data is read from Label Studio."""
