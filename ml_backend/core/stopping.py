@@ -110,9 +110,8 @@ def label_budget(spent: int, budget: int | None) -> Criterion:
     """Fires when ``spent`` labels reach the ``budget`` (None: no budget, never fires)."""
     if budget is None:
         return Criterion(BUDGET, False, None, None, f"{spent} labels, no budget set")
-    return Criterion(
-        BUDGET, spent >= budget, float(spent), float(budget), f"{spent} of {budget} labels spent, {budget - spent} left"
-    )
+    rest = f"{budget - spent} left" if spent <= budget else f"{spent - budget} over"
+    return Criterion(BUDGET, spent >= budget, float(spent), float(budget), f"{spent} of {budget} labels spent, {rest}")
 
 
 def should_stop(criteria: Sequence[Criterion], decisive: Sequence[str] = (KAPPA, BUDGET)) -> tuple[bool, list[str]]:

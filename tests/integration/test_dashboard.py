@@ -242,3 +242,30 @@ def test_prodigy_csv_and_the_cli(project, tmp_path):
     assert all(int(row[0]) in project.truth and row[2] in ("fresh", "rotten") for row in lines)
     refused = subprocess.run([*cli, "--format", "cvat-xml"], env=env, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "image" in refused.stderr
+
+
+def test_a_budget_set_in_ls_extra_params_reaches_the_status(make_client):
+    """LS sends the model's extra params with /setup: the budget is kept with the project, spent by trainings."""
+    from ml_backend.learning.training import train_version
+
+    client = make_client()
+    sent = {"project": "41.1700000000", "schema": CONFIG, "extra_params": {"label_budget": 20}}
+    assert client.post("/setup", json=sent).status_code == 200
+    status = client.get("/projects/41/status").json()
+    assert status["budget"] == {"budget": 20, "spent": 0, "left": 20, "exhausted": False}
+    assert not status["stopping"]["stop"]
+
+    service = client.app.state.backend.service
+    data = rotten_tomatoes(n=24, seed=1)
+    tasks = [{"id": i + 1, "data": {"text": t}} for i, t in enumerate(data.texts)]
+    assert train_version(service, service.state(41), tasks, [[label] for label in data.labels]).trained
+    status = client.get("/projects/41/status").json()
+    assert status["budget"] == {"budget": 20, "spent": 24, "left": 0, "exhausted": True}
+    assert status["stopping"]["stop"] and status["stopping"]["reasons"] == [
+        "label budget: 24 of 20 labels spent, 4 over"
+    ]
+    page = client.get("/dashboard/projects/41?refresh=0").text
+    assert "Stop labelling" in page and 'aria-label="label budget"' in page
+
+    bad = client.post("/setup", json={**sent, "extra_params": {"label_budget": "many"}})
+    assert bad.status_code == 400 and "label_budget" in bad.json()["detail"]

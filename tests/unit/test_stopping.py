@@ -52,6 +52,7 @@ def test_indicators_uncertainty_plateau_and_budget():
     assert plateau.fired and plateau.value == pytest.approx(0.005)
     assert not stopping.label_budget(99, None).fired and stopping.label_budget(99, None).value is None
     assert not stopping.label_budget(99, 100).fired and stopping.label_budget(100, 100).fired
+    assert stopping.label_budget(104, 100).detail == "104 of 100 labels spent, 4 over"
     criteria = [stopping.label_budget(100, 100), stopping.pool_uncertainty(np.array([0.0]))]
     stop, reasons = stopping.should_stop(criteria, decisive=[stopping.KAPPA, stopping.BUDGET])
     assert stop and reasons == ["label budget: 100 of 100 labels spent, 0 left"]
