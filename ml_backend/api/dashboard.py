@@ -7,6 +7,7 @@ covers these routes like every other.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,8 +21,11 @@ from ml_backend.exports.project import WHAT, export_project
 from ml_backend.jobs.queue import QueueUnavailable, last_error
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.learning.insights import project_report
+from ml_backend.learning.registry import ProjectRecord, VersionInfo
 from ml_backend.learning.service import UnknownProject
+from ml_backend.models.config import ModelConfig, load_model_config
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -37,20 +41,36 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _model_config(backend: Any, record: ProjectRecord, current: VersionInfo) -> tuple[ModelConfig, str | None]:
+    """The project's model config (stopping knobs, budget, queue reasons) and, when its file does not load, the one
+    saved with the current version plus a note: the status must still show why jobs fail. The note names the config
+    only; its values (the admin's file) go to the log."""
+    try:
+        return load_model_config(backend.settings.model_configs_dir, record.model_config), None
+    except (OSError, LookupError, ValueError) as exc:
+        log.warning("project %s: model config %r does not load: %s", record.project_id, record.model_config, exc)
+        note = f"model config {record.model_config!r} does not load (see the log); showing the current version's"
+        return ModelConfig.model_validate(current.model_config), note
+
+
 def project_status(backend: Any, project_id: int) -> dict[str, Any]:
     """Everything the dashboard shows about a project (raises UnknownProject): current version and its metrics,
-    version history, learning curve, class balance, budget, stopping signal, next tasks, hard examples, jobs."""
-    state = backend.service.state(project_id)
+    version history, learning curve, class balance, budget, stopping signal, next tasks, hard examples, jobs.
+    Read from the registry and Redis only, so it answers even when the project's config is broken."""
+    record, current = backend.registry.get_project(project_id), backend.registry.current(project_id)
+    if record is None or current is None:
+        raise UnknownProject(f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
+    config, config_note = _model_config(backend, record, current)
     body: dict[str, Any] = {
         "project": project_id,
-        "current_version": state.version.version,
-        "trained": state.version.trained,
-        "metrics": state.version.metrics,
-        "n_labels": state.version.n_labels,
-        **project_report(
-            backend.registry, state.record, state.config, state.version, backend.settings.label_studio_url
-        ),
+        "current_version": current.version,
+        "trained": current.trained,
+        "metrics": current.metrics,
+        "n_labels": current.n_labels,
+        **project_report(backend.registry, record, config, current, backend.settings.label_studio_url),
     }
+    if config_note:
+        body["model_config_error"] = config_note
     try:
         body["jobs"] = backend.queue().recent_jobs(project_id)
         body["last_error"] = last_error(body["jobs"])

@@ -272,6 +272,8 @@ def project_page(status: dict[str, Any], refresh: int = 10) -> str:
         f"<div class=big>{_fmt(last.get('accuracy'))}</div></div><div><div class=muted>macro-F1</div>"
         f"<div class=big>{_fmt(last.get('macro_f1'))}</div></div></div>"
     )
+    broken = status.get("model_config_error")
+    kpis += f'<p style="color:{RED}">{escape(broken)}</p>' if broken else ""
     body = (
         f'<section class="wide"><h2>Project {status["project"]}</h2>{kpis}</section>'
         f"<section><h2>Learning curve</h2>{learning_curve_svg(curve)}</section>"

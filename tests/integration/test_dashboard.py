@@ -269,3 +269,21 @@ def test_a_budget_set_in_ls_extra_params_reaches_the_status(make_client):
 
     bad = client.post("/setup", json={**sent, "extra_params": {"label_budget": "many"}})
     assert bad.status_code == 400 and "label_budget" in bad.json()["detail"]
+
+
+def test_status_and_page_answer_when_the_model_config_no_longer_loads(make_client, configs_dir, tmp_path):
+    """The admin needs the page most when jobs fail: a broken config file must not take the status down."""
+    folder = tmp_path / "configs"
+    shutil.copytree(configs_dir, folder)
+    (folder / "text-mine.yaml").write_text((folder / "text-minilm.yaml").read_text())
+    client = make_client(model_configs_dir=folder)
+    sent = {"project": "42.1700000000", "schema": CONFIG, "extra_params": {"model_config": "text-mine"}}
+    assert client.post("/setup", json=sent).status_code == 200
+    (folder / "text-mine.yaml").write_text("name: mine\nkind: text\nencoder: {pretrained: x}\nhead: {hidden: -1}\n")
+    status = client.get("/projects/42/status")
+    assert status.status_code == 200, status.text
+    body = status.json()
+    assert "text-mine" in body["model_config_error"] and "hidden" not in body["model_config_error"]
+    assert body["budget"]["spent"] == 0 and body["current_version"].startswith("minilm-v0-")
+    page = client.get("/dashboard/projects/42?refresh=0")
+    assert page.status_code == 200 and "does not load" in page.text
