@@ -124,7 +124,7 @@ def export(
         )
     except UnknownProject as exc:
         return error(404, str(exc))
-    except ExportError as exc:
+    except (ExportError, FileNotFoundError, ValueError) as exc:  # the export asked, or the model config, is unusable
         return error(400, str(exc))
     except LabelStudioError as exc:
         return error(502, f"reading tasks from Label Studio failed: {exc}")

@@ -25,7 +25,7 @@ def run_export(args: argparse.Namespace) -> None:
         done = export_project(
             args.what, args.format, state, registry, LabelStudioClient.from_settings(settings), args.limit
         )
-    except (UnknownProject, ExportError, LabelStudioError) as exc:
+    except (UnknownProject, ExportError, LabelStudioError, FileNotFoundError, ValueError) as exc:
         sys.exit(f"ml-backend export: {exc}")
     if args.out is None:
         sys.stdout.buffer.write(done.content)
