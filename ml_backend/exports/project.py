@@ -43,10 +43,12 @@ class Export:
 
 
 def _labels(joined: str | None) -> list[str]:
+    """A stored ``|``-joined label set as a list ("" or None: no label, an untrained version's)."""
     return joined.split(LABEL_SEPARATOR) if joined else []
 
 
 def _input(state: ProjectState, data: dict[str, Any]) -> str:
+    """The text or image URL a task is labelled on; "" when its data lacks it (the row still carries the data)."""
     try:
         return state.schema.task_input(data)
     except ValueError:
