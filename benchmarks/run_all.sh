@@ -33,6 +33,7 @@ S="random,default,bald,entropy,margin+topk"
 $SIM --dataset digits-features --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/digits-features"
 $SIM --dataset rotten-tomatoes --strategies $S --seeds 0-2 --rounds 50 --out "$OUT/rotten-tomatoes"
 $SIM --dataset rotten-tomatoes-3 --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/rotten-tomatoes-3"
+$SIM --dataset fashion-mnist --strategies $S --seeds 0-2 --rounds 60 --out "$OUT/fashion-mnist"
 $SIM --dataset digits-features --duplicates 3 --strategies $S --seeds 0-2 --rounds 40 --out "$OUT/digits-duplicates"
 # the hybrid value (equal weights on uncertainty, novelty, density) against random
 $SIM --dataset digits-features --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/digits-features"

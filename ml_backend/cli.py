@@ -14,9 +14,12 @@ import os
 import signal
 import sys
 
+from pydantic import ValidationError
+
+from ml_backend import __version__
 from ml_backend.exports.cli import add_export_parser
 from ml_backend.settings import Settings
-from ml_backend.simulation.cli import add_simulate_parser
+from ml_backend.simulation.cli import add_simulate_parser, plain_help
 
 log = logging.getLogger("ml_backend")
 
@@ -67,11 +70,16 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="ml-backend", description=plain_help(__doc__.split("\n")[0]))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP backend (and a worker, and a local Redis if REDIS_URL is unset)")
-    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9090")))
+    serve.add_argument(
+        "--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to listen on (env HOST; default 0.0.0.0)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=int(os.environ.get("PORT", "9090")), help="port (env PORT; default 9090)"
+    )
     serve.add_argument("--no-worker", action="store_true", help="do not start a worker (run `ml-backend worker` apart)")
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run an rq worker for training and scoring jobs")
@@ -81,7 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     add_simulate_parser(sub)
     add_export_parser(sub)
     args = parser.parse_args(argv)
-    _setup_logging(Settings().log_level)
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # e.g. half-set Basic auth: refuse to start, say what to fix, no traceback
+        # only the messages: pydantic's own text would echo the values, passwords included
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        sys.exit(f"ml-backend: invalid configuration: {problems}")
+    _setup_logging(settings.log_level)
     sys.exit(args.func(args) or 0)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_CONFIGS = Path(__file__).resolve().parent.parent / "model_configs"
@@ -50,6 +50,34 @@ class Settings(BaseSettings):
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     log_level: str = "INFO"
+
+    # -- security and limits (README "Security and limits") ----------------------------------------------------
+    webhook_secret: str | None = Field(
+        None, description="Token /webhook requires (the backend adds it to LS's webhook as a header itself)."
+    )
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, description="Larger request bodies get 413.")
+    max_tasks_per_predict: int = Field(10_000, ge=1, description="More tasks in one /predict get 413.")
+    max_text_chars: int = Field(
+        20_000, ge=100, description="Longer texts are truncated to this many characters before tokenising."
+    )
+    download_timeout: float = Field(20.0, gt=0, description="Seconds one file download may take in total.")
+    download_max_bytes: int = Field(30 * 2**20, ge=1024, description="Larger downloads are refused.")
+    download_budget: float = Field(
+        60.0, gt=0, description="Seconds all downloads of one request may take (LS waits 100 s for /predict)."
+    )
+    download_concurrency: int = Field(8, ge=1, description="Parallel downloads per request.")
+    download_allowed_hosts: list[str] = Field(
+        [],
+        description="Hosts besides LABEL_STUDIO_URL's that files may come from (e.g. cloud storage presigned "
+        "URLs); `*.example.com` matches subdomains.",
+    )
+
+    @model_validator(mode="after")
+    def _auth_complete(self) -> Settings:
+        """Half-set Basic auth must stop the process: silently serving without auth is the worse failure."""
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return self
 
     @property
     def projects_dir(self) -> Path:

@@ -162,6 +162,27 @@ def stop_process_group(proc: subprocess.Popen | None, timeout: float = 15.0) -> 
         proc.wait(timeout=5)
 
 
+def run_with_progress(cmd: list[str], log: Path, what: str, timeout: float, every: float = 15.0, **kwargs):
+    """``subprocess.run`` into ``log``, printing a progress line to stderr every ``every`` seconds (elapsed time
+    and the log's last line): installing LS takes minutes, and a silent test run looks hung."""
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, **kwargs)
+        while True:
+            try:
+                proc.wait(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                elapsed = time.monotonic() - t0
+                if elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                last = tail_file(log, 1).strip()[:100]
+                print(f"[lsserver] {what}: {elapsed:.0f} s ... {last}", file=sys.stderr, flush=True)
+    return subprocess.CompletedProcess(cmd, proc.returncode)
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """An exclusive advisory lock, so that parallel test processes install/build once."""
@@ -282,8 +303,8 @@ class LabelStudioServer:
                 f"label-studio=={self.version}",
             ]
             t0 = time.monotonic()
-            with open(log, "w") as f:
-                r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=1800)
+            print(f"[lsserver] installing label-studio {self.version} into {self.venv} (once, ~2 min)", file=sys.stderr)
+            r = run_with_progress(cmd, log, f"installing label-studio {self.version}", timeout=1800, env=env)
             if r.returncode != 0 or not self._ls_installed():
                 raise LabelStudioError(
                     f"pip install label-studio=={self.version} into {self.venv} failed "
@@ -323,13 +344,13 @@ class LabelStudioServer:
                 "--no-browser",
             ]
             t0 = time.monotonic()
-            with open(log, "w") as f:
-                try:
-                    r = subprocess.run(
-                        cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp, timeout=900, stdin=subprocess.DEVNULL
-                    )
-                except subprocess.TimeoutExpired:
-                    r = None
+            print("[lsserver] building the migrated LS data template (once, ~1 min)", file=sys.stderr)
+            try:
+                r = run_with_progress(
+                    cmd, log, "migrating LS's database", timeout=900, env=env, cwd=tmp, stdin=subprocess.DEVNULL
+                )
+            except subprocess.TimeoutExpired:
+                r = None
             if r is None or r.returncode != 0 or not (data / "label_studio.sqlite3").exists():
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise LabelStudioError(f"`label-studio init` failed; tail of {log}:\n{tail_file(log, 40)}")

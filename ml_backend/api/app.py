@@ -1,32 +1,44 @@
-"""The routes Label Studio calls (label-studio-ml 2.x shapes) and the project status route.
+"""The routes Label Studio calls (label-studio-ml 2.x shapes); the admin's routes (status, dashboard, exports) are
+in ``dashboard.py``.
 
 Budgets LS imposes: /health 1 s, /setup 3 s (never load a model there), /predict 100 s per batch, project
 webhooks 1 s inside the annotator's request (so /webhook only enqueues).
+
+Nothing blocking runs on the event loop: /health touches nothing; Redis calls of async routes run in threads of
+their own limiter (not the pool /predict fills), with sub-second socket timeouts, so a hung Redis costs a webhook
+about a second and never stalls the other routes. Only /setup (and admin actions) change a project's state.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import logging
-import secrets
 import threading
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
+import anyio
 from fastapi import BackgroundTasks, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ml_backend import __version__
 from ml_backend.api import dashboard
+from ml_backend.api.auth import install_auth
 from ml_backend.api.errors import error, install_error_handlers
-from ml_backend.api.schemas import PredictRequest, SetupRequest
-from ml_backend.jobs.queue import JobQueue, QueueUnavailable, connect
+from ml_backend.api.limits import BodySizeLimit
+from ml_backend.api.metrics import install_metrics
+from ml_backend.api.schemas import PredictRequest, ProjectId, SetupRequest
+from ml_backend.jobs.queue import WEB_SOCKET_TIMEOUT, JobQueue, QueueUnavailable, connect
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
 from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
 from ml_backend.learning.registry import Registry
-from ml_backend.learning.service import ScoringService, UnknownProject
+from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
+from ml_backend.models.config import UnknownModelConfig
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
@@ -40,15 +52,22 @@ class Backend:
     def __init__(self, settings: Settings, encoders: EncoderPool | None = None):
         self.settings = settings
         self.registry = Registry(settings.projects_dir)
-        fetch = None
-        try:
-            fetch = LabelStudioClient.from_settings(settings).fetch_file
-        except LabelStudioError as exc:  # text projects work without it; images need it (said per task)
-            log.warning("no Label Studio client, images cannot be downloaded: %s", exc)
-        self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), fetch, parse_label_config)
+        self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), None, parse_label_config)
+        self.connect_label_studio(*self.registry.ls_connection())
         self.counters: Counter[str] = Counter()
         self._queue: JobQueue | None = None
         self._queue_lock = threading.Lock()
+        # Redis calls of async routes run here, not in the thread pool that /predict and /setup fill
+        self.redis_limiter = anyio.CapacityLimiter(16)
+
+    def connect_label_studio(self, url: str | None = None, token: str | None = None) -> None:
+        """Give the scoring service a file downloader: from the environment, else from what LS sent to /setup."""
+        if self.service.fetch_file is not None:
+            return
+        try:
+            self.service.fetch_file = LabelStudioClient.from_settings(self.settings, url, token).fetch_file
+        except LabelStudioError as exc:  # text projects work without it; images need it (said per task)
+            log.warning("no Label Studio client, images cannot be downloaded: %s", exc)
 
     def queue(self) -> JobQueue:
         """The job queue; raises QueueUnavailable (-> 503) when Redis is not configured or down."""
@@ -57,49 +76,89 @@ class Backend:
         with self._queue_lock:
             if self._queue is None:
                 s = self.settings
-                self._queue = JobQueue.from_settings(connect(s.redis_url), s)
+                self._queue = JobQueue.from_settings(connect(s.redis_url, WEB_SOCKET_TIMEOUT), s)
         self._queue.redis.ping()
         return self._queue
+
+    async def in_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking (Redis) call off the event loop, in the backend's own small thread pool."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.redis_limiter)
+
+    def request_first_scoring(self, project_id: int) -> bool:
+        """Enqueue a project's pool scoring; if Redis is down, remember it on disk (the retry loop and the next
+        /setup enqueue it later) instead of losing it until the next label."""
+        try:
+            self.queue().request_rescore(project_id)
+        except QueueUnavailable as exc:
+            log.error("project %s: could not enqueue the pool scoring yet (Redis: %s)", project_id, exc)
+            self.registry.mark_rescore_pending(project_id)
+            return False
+        self.registry.mark_rescore_pending(project_id, False)
+        return True
+
+    def retry_pending_scorings(self) -> int:
+        """Enqueue the pool scorings /setup could not; returns how many are still pending."""
+        pending = self.registry.rescore_pending()
+        return sum(1 for project_id in pending if not self.request_first_scoring(project_id))
+
+
+_T = TypeVar("_T")
+#: seconds between attempts to enqueue pool scorings that /setup could not (Redis down)
+PENDING_RETRY_INTERVAL = 5.0
+
+
+async def _retry_pending(backend: Backend) -> None:
+    """While the app runs: enqueue the pool scorings that /setup could not (Redis was down)."""
+    while True:
+        await asyncio.sleep(PENDING_RETRY_INTERVAL)
+        try:
+            await backend.in_thread(backend.retry_pending_scorings)
+        except Exception:  # never let the loop die: the next round tries again
+            log.exception("retrying pending pool scorings failed")
 
 
 def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
     configure_torch(settings.torch_threads)
     backend = Backend(settings, encoders)
-    app = FastAPI(title="Active-learning ML backend for Label Studio", version=__version__)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_retry_pending(backend))
+        yield
+        task.cancel()
+
+    app = FastAPI(title="Active-learning ML backend for Label Studio", version=__version__, lifespan=lifespan)
     app.state.backend = backend
     install_error_handlers(app)
+    # the last added is the outermost: requests are timed even when refused for size or auth
+    install_auth(app, settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    install_metrics(app, backend.counters, backend.queue, backend.registry)
     app.include_router(dashboard.router)  # status JSON, dashboard pages, exports
-
-    if settings.basic_auth_user:
-        credentials = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
-        expected = "Basic " + base64.b64encode(credentials).decode()
-
-        @app.middleware("http")
-        async def _basic_auth(request: Request, call_next: Any) -> Any:
-            if not secrets.compare_digest(request.headers.get("authorization", ""), expected):
-                return error(401, "authentication required", {"WWW-Authenticate": 'Basic realm="ml-backend"'})
-            return await call_next(request)
 
     @app.get("/")
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
+        # async and touching nothing: answers even while every worker thread is busy scoring
         return {"status": "UP", "model_class": "ActiveLearningClassifier", "version": __version__}
 
     @app.post("/setup")
     def setup(body: SetupRequest) -> JSONResponse:
+        project_id = project_id_of_key(body.project)
+        env_ls = settings.label_studio_url and settings.label_studio_api_key
+        if not env_ls and body.hostname and body.access_token:
+            # the environment names no LS: use the one that calls us (workers read it from the registry)
+            backend.registry.save_ls_connection(body.hostname, body.access_token)
+            backend.connect_label_studio(body.hostname, body.access_token)
         try:
-            state, is_new = backend.service.register(
-                project_id_of_key(body.project), body.project, body.schema_, body.extra_params
-            )
+            state, is_new = backend.service.register(project_id, body.project, body.schema_, body.extra_params)
         except UnsupportedConfig as exc:
             return error(422, str(exc))
-        except (FileNotFoundError, ValueError) as exc:  # unknown or mismatched model config
+        except (UnknownModelConfig, InvalidModelConfig, ValueError) as exc:  # unknown, broken or mismatched config
             return error(400, str(exc))
-        if is_new:  # first connection (or a new label set): score the whole pool in the background
-            try:
-                backend.queue().request_rescore(state.record.project_id)
-            except QueueUnavailable as exc:
-                log.error("project %s: could not enqueue the first scoring (Redis: %s)", state.record.project_id, exc)
+        if is_new or project_id in backend.registry.rescore_pending():
+            # first connection (or a new label set, or a scoring Redis refused before): score the pool in the background
+            backend.request_first_scoring(state.record.project_id)
         return JSONResponse({"model_version": state.version.version})
 
     def follow_predict(project_id: int, n_predictions: int) -> None:
@@ -113,22 +172,26 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     @app.post("/predict")
     def predict(body: PredictRequest, background: BackgroundTasks) -> JSONResponse:
         started = time.perf_counter()
+        if len(body.tasks) > settings.max_tasks_per_predict:
+            return error(413, f"{len(body.tasks)} tasks in one request; at most {settings.max_tasks_per_predict}")
         project_id = body.project_id()
         if project_id is None:
             return error(400, "cannot tell the project: send 'project' as LS does ('<id>.<timestamp>')")
+        # read only: LS calls /setup before every prediction run, and that is where a project's state changes (a
+        # /predict with a stale or forged project key or label config must not archive or reset anything)
         try:
-            if body.label_config:  # LS sends the config with every request: keeps us in sync after edits
-                state, _ = backend.service.register(
-                    project_id, body.project_key() or str(project_id), body.label_config
-                )
-            else:
-                state = backend.service.state(project_id)
+            state = backend.service.state(project_id)
         except UnknownProject as exc:
             return error(404, str(exc))
-        except UnsupportedConfig as exc:
-            return error(422, str(exc))
-        except (FileNotFoundError, ValueError) as exc:
+        except (UnknownModelConfig, InvalidModelConfig) as exc:
             return error(400, str(exc))
+        if body.label_config and body.label_config != state.record.label_config:
+            try:
+                changed = parse_label_config(body.label_config) != state.schema
+            except ValueError:
+                changed = True
+            if changed:
+                return error(409, "the label config differs from the one /setup registered: call /setup first")
         outcomes = backend.service.score(state, body.tasks)
         results: list[Any] = []
         for outcome in outcomes:
@@ -150,8 +213,8 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     async def webhook(request: Request) -> JSONResponse:
         try:
             payload = await request.json()
-        except ValueError:
-            return error(400, "the body is not valid JSON")
+        except (ValueError, RecursionError):
+            return error(400, "the body is not valid JSON (or nested too deeply)")
         try:
             event = parse_event(payload)
         except BadEvent as exc:
@@ -162,14 +225,20 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(
                 404, f"project {event.project_id} is unknown: connect it to this backend in Label Studio first"
             )
-        try:
+        if not event.creates_tasks and not event.forces_training and event.labels == 0:
+            return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"})
+        project_id = event.project_id
+
+        def enqueue() -> str | None:
             queue = backend.queue()
             if event.creates_tasks:
-                job_id = queue.request_score_new(event.project_id, event.tasks) if event.tasks else None
+                return queue.request_score_new(project_id, event.tasks) if event.tasks else None
+            return queue.add_labels(project_id, event.labels, force=event.forces_training)
+
+        try:
+            job_id = await backend.in_thread(enqueue)
+            if event.creates_tasks:
                 return JSONResponse({"status": "ok", "job": job_id, "tasks": len(event.tasks)}, status_code=201)
-            if not event.forces_training and event.labels == 0:
-                return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"})
-            job_id = queue.add_labels(event.project_id, event.labels, force=event.forces_training)
         except QueueUnavailable as exc:
             backend.counters["webhooks_refused"] += 1
             return error(503, f"the job queue (Redis) is unavailable: {exc}")
@@ -177,12 +246,15 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         return JSONResponse({"status": "ok", "job": job_id, "labels": event.labels}, status_code=201)
 
     @app.get("/versions")
-    def versions(project: int | None = None) -> dict[str, Any]:
+    def versions(project: ProjectId | None = None) -> dict[str, Any]:
         ids = [project] if project is not None else backend.registry.project_ids()
         return {"versions": [v.version for pid in ids for v in backend.registry.versions(pid)]}
 
     @app.get("/metrics")
-    def metrics() -> dict[str, Any]:
-        return dict(backend.counters)
+    def metrics(request: Request, format: str | None = None) -> Response:
+        """Prometheus text; ``?format=json`` (or ``Accept: application/json``) gives the plain event counters."""
+        if format == "json" or (format is None and "application/json" in request.headers.get("accept", "")):
+            return JSONResponse(dict(backend.counters))
+        return Response(generate_latest(app.state.prometheus), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -7,7 +7,6 @@ covers these routes like every other.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -16,16 +15,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ml_backend.api.dashboard_html import index_page, project_page
 from ml_backend.api.errors import error
+from ml_backend.api.schemas import ProjectId
 from ml_backend.exports.formats import FORMATS, ExportError
 from ml_backend.exports.project import WHAT, export_project
 from ml_backend.jobs.queue import QueueUnavailable, last_error
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.learning.insights import project_report
 from ml_backend.learning.registry import ProjectRecord, VersionInfo
-from ml_backend.learning.service import UnknownProject
-from ml_backend.models.config import ModelConfig, load_model_config
+from ml_backend.learning.service import InvalidModelConfig, UnknownProject
+from ml_backend.models.config import ModelConfig, UnknownModelConfig
 
-log = logging.getLogger(__name__)
 router = APIRouter()
 
 
@@ -42,15 +41,13 @@ def _json_safe(value: Any) -> Any:
 
 
 def _model_config(backend: Any, record: ProjectRecord, current: VersionInfo) -> tuple[ModelConfig, str | None]:
-    """The project's model config (stopping knobs, budget, queue reasons) and, when its file does not load, the one
-    saved with the current version plus a note: the status must still show why jobs fail. The note names the config
-    only; its values (the admin's file) go to the log."""
+    """The project's model config (stopping knobs, budget, queue reasons) and, when it does not load, the one saved
+    with the current version plus the reason: the status must still show why jobs fail. The reason names the
+    config only (``load_config`` logs the file's details)."""
     try:
-        return load_model_config(backend.settings.model_configs_dir, record.model_config), None
-    except (OSError, LookupError, ValueError) as exc:
-        log.warning("project %s: model config %r does not load: %s", record.project_id, record.model_config, exc)
-        note = f"model config {record.model_config!r} does not load (see the log); showing the current version's"
-        return ModelConfig.model_validate(current.model_config), note
+        return backend.service.load_config(record.model_config), None
+    except (UnknownModelConfig, InvalidModelConfig) as exc:
+        return ModelConfig.model_validate(current.model_config), f"{exc}; showing the current version's config"
 
 
 def project_status(backend: Any, project_id: int) -> dict[str, Any]:
@@ -71,16 +68,18 @@ def project_status(backend: Any, project_id: int) -> dict[str, Any]:
     }
     if config_note:
         body["model_config_error"] = config_note
+    body["rescore_pending"] = project_id in backend.registry.rescore_pending()
     try:
         body["jobs"] = backend.queue().recent_jobs(project_id)
         body["last_error"] = last_error(body["jobs"])
+        body["retry_pending"] = any(j["status"] == "scheduled" and j["error"] for j in body["jobs"])
     except QueueUnavailable as exc:
         body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
     return _json_safe(body)
 
 
 @router.get("/projects/{project_id}/status")
-def status(project_id: int, request: Request) -> JSONResponse:
+def status(project_id: ProjectId, request: Request) -> JSONResponse:
     try:
         return JSONResponse(project_status(request.app.state.backend, project_id))
     except UnknownProject as exc:
@@ -100,7 +99,7 @@ def dashboard(request: Request, refresh: int = Query(10, ge=0)) -> HTMLResponse:
 
 
 @router.get("/dashboard/projects/{project_id}", response_class=HTMLResponse)
-def dashboard_project(project_id: int, request: Request, refresh: int = Query(10, ge=0)) -> HTMLResponse:
+def dashboard_project(project_id: ProjectId, request: Request, refresh: int = Query(10, ge=0)) -> HTMLResponse:
     try:
         return HTMLResponse(project_page(project_status(request.app.state.backend, project_id), refresh))
     except UnknownProject as exc:
@@ -109,7 +108,7 @@ def dashboard_project(project_id: int, request: Request, refresh: int = Query(10
 
 @router.get("/projects/{project_id}/export")
 def export(
-    project_id: int,
+    project_id: ProjectId,
     request: Request,
     what: str = Query("next", description=f"one of {', '.join(WHAT)}"),
     format: str = Query("ls-json", description=f"one of {', '.join(FORMATS)}"),
@@ -119,12 +118,11 @@ def export(
     backend = request.app.state.backend
     try:
         state = backend.service.state(project_id)
-        done = export_project(
-            what, format, state, backend.registry, LabelStudioClient.from_settings(backend.settings), limit
-        )
+        ls = LabelStudioClient.from_settings(backend.settings, *backend.registry.ls_connection())
+        done = export_project(what, format, state, backend.registry, ls, limit)
     except UnknownProject as exc:
         return error(404, str(exc))
-    except (ExportError, FileNotFoundError, ValueError) as exc:  # the export asked, or the model config, is unusable
+    except (ExportError, UnknownModelConfig, InvalidModelConfig) as exc:  # the export asked, or the config, is unusable
         return error(400, str(exc))
     except LabelStudioError as exc:
         return error(502, f"reading tasks from Label Studio failed: {exc}")

@@ -1,4 +1,8 @@
-"""Every error leaves as JSON ``{"status": code, "detail": ...}`` (label-studio-ml's shape), never HTML."""
+"""Every error leaves as JSON ``{"status": code, "detail": ...}`` (label-studio-ml's shape), never HTML.
+
+An unexpected error's body says only that it happened: exception text can carry absolute paths, file contents or
+secrets, so it goes to the server log, never to the caller.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +33,12 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return error(422, {"message": "invalid request body", "problems": problems})
 
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
+        # JSON nested thousands of levels deep exhausts the parser's recursion: the caller's fault, not ours
+        return error(400, "the body is nested too deeply")
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return error(500, "internal error (details are in the server log)")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ml_backend.labelstudio.webhooks import project_id_of_key
+from ml_backend.labelstudio.webhooks import MAX_ID, project_id_of_key, valid_id
+
+#: a project id in a URL path or query: bounded like LS's database ids, so a 300-digit id is a 422, not a 500
+ProjectId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class _LSBody(BaseModel):
@@ -40,9 +43,6 @@ class PredictRequest(_LSBody):
         if self.project is not None and project_id_of_key(self.project) is not None:
             return project_id_of_key(self.project)
         for task in self.tasks:
-            if isinstance(task, dict) and isinstance(task.get("project"), int):
+            if isinstance(task, dict) and valid_id(task.get("project")) is not None:
                 return task["project"]
         return None
-
-    def project_key(self) -> str | None:
-        return str(self.project) if self.project is not None else None

@@ -12,7 +12,8 @@ from ml_backend.exports.project import WHAT, export_project
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.registry import Registry
-from ml_backend.learning.service import ScoringService, UnknownProject
+from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
+from ml_backend.models.config import UnknownModelConfig
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 
@@ -22,10 +23,9 @@ def run_export(args: argparse.Namespace) -> None:
     registry = Registry(settings.projects_dir)
     try:
         state = ScoringService(settings, registry, EncoderPool(), None, parse_label_config).state(args.project)
-        done = export_project(
-            args.what, args.format, state, registry, LabelStudioClient.from_settings(settings), args.limit
-        )
-    except (UnknownProject, ExportError, LabelStudioError, FileNotFoundError, ValueError) as exc:
+        ls = LabelStudioClient.from_settings(settings, *registry.ls_connection())
+        done = export_project(args.what, args.format, state, registry, ls, args.limit)
+    except (UnknownProject, UnknownModelConfig, InvalidModelConfig, ExportError, LabelStudioError) as exc:
         sys.exit(f"ml-backend export: {exc}")
     if args.out is None:
         sys.stdout.buffer.write(done.content)

@@ -48,7 +48,8 @@ class WorkerContext:
 
     @cached_property
     def ls(self) -> LabelStudioClient:
-        return LabelStudioClient.from_settings(self.settings)
+        """From the environment, else the LS that /setup reported (LabelStudioNotConfigured if neither)."""
+        return LabelStudioClient.from_settings(self.settings, *self.registry.ls_connection())
 
     @cached_property
     def service(self) -> ScoringService:

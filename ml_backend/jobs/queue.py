@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 
 from ml_backend.settings import Settings
@@ -58,9 +59,23 @@ _SET_MAX = (
 )
 
 
-def connect(redis_url: str) -> Redis:
-    """A Redis client that fails fast: /webhook must answer 503 at once when Redis is down, not hang."""
-    return Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=5.0, health_check_interval=30)
+#: socket timeout of the web process's Redis client: a hung Redis (accepting, never answering) must cost a
+#: request well under LS's 1 s webhook budget, not 5 s
+WEB_SOCKET_TIMEOUT = 0.5
+
+
+def connect(redis_url: str, socket_timeout: float = 5.0) -> Redis:
+    """A Redis client that fails fast: /webhook must answer 503 at once when Redis is down, not hang.
+
+    Workers keep 5 s (a job's Redis writes may wait behind a busy server); the web app uses
+    ``WEB_SOCKET_TIMEOUT``.
+    """
+    return Redis.from_url(
+        redis_url,
+        socket_connect_timeout=min(1.0, socket_timeout * 2),
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+    )
 
 
 def last_error(jobs: list[dict[str, Any]]) -> str | None:
@@ -169,6 +184,43 @@ class JobQueue:
             self.redis.eval(_CLEAR_IF, 1, key, waiting_id)
         raise RuntimeError(f"could not enqueue a {_KIND[func]} job for project {project_id}")
 
+    def hold_for_retry(self, slot: str, project_id: int, job_id: str) -> str | None:
+        """A coalesced job failed and rq will retry it: make the retry the project's waiting job, so requests
+        during the backoff join it instead of running more jobs that fail the same way (a burst of webhooks while
+        LS is down is then one job and its retries). A job waiting in the slot has not read anything yet: it is
+        cancelled, the retry does its work. Returns the id of a job that already *runs* in the slot's place (then
+        this one need not be retried), else None."""
+        key = self.key(slot, project_id)
+        for _ in range(3):
+            if self.redis.set(key, job_id, nx=True, ex=self.job_timeout * 4):
+                return None
+            recorded = self.redis.get(key)
+            if recorded is None:
+                continue
+            other = recorded.decode()
+            if other == job_id:
+                return None
+            if self._take_over(other):
+                self.redis.eval(_CLEAR_IF, 1, key, other)
+                continue
+            if self._is_waiting(other):
+                return other  # it started meanwhile: it does the work now
+            self.redis.eval(_CLEAR_IF, 1, key, other)  # a stale record: take the slot over
+        return None
+
+    def _take_over(self, job_id: str) -> bool:
+        """Cancel a job that is still queued or scheduled (not picked by a worker); True if it was."""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        # removing it from its list is atomic: 0 means a worker took it first (it runs; leave it alone)
+        removed = self.queue.remove(job) or ScheduledJobRegistry(queue=self.queue).remove(job)
+        if not removed:
+            return False
+        job.cancel()
+        return True
+
     def started(self, slot: str, project_id: int, job_id: str) -> None:
         """Called by a coalesced job once it holds its project lock: the slot is free for the next request,
         which must wait for a new job (this one has already read what it works on)."""
@@ -226,6 +278,35 @@ class JobQueue:
         until = self.redis.get(self.key("predicted", project_id))
         return float(until) - time.time() if until is not None else 0.0
 
+    # -- metrics ----------------------------------------------------------------------------------------------
+    def record_duration(self, kind: str, seconds: float, outcome: str) -> None:
+        """Add a finished job's run time to the queue's totals (read by the web app's /metrics)."""
+        key = f"al:{self.queue.name}:durations"
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(key, f"{kind}|{outcome}|count", 1)
+            pipe.hincrbyfloat(key, f"{kind}|{outcome}|sum", seconds)
+            pipe.execute()
+
+    def durations(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(kind, outcome) -> (jobs, total seconds) since the queue's Redis was created."""
+        raw = {k.decode(): float(v) for k, v in self.redis.hgetall(f"al:{self.queue.name}:durations").items()}
+        out: dict[tuple[str, str], tuple[int, float]] = {}
+        for field, value in raw.items():
+            kind, outcome, what = field.rsplit("|", 2)
+            count, total = out.get((kind, outcome), (0, 0.0))
+            out[(kind, outcome)] = (int(value), total) if what == "count" else (count, value)
+        return out
+
+    def depth(self) -> dict[str, int]:
+        """Jobs by state: queued (ready), scheduled (delayed retries and clean-ups), started, failed."""
+        q = self.queue
+        return {
+            "queued": q.count,
+            "scheduled": ScheduledJobRegistry(queue=q).count,
+            "started": StartedJobRegistry(queue=q).count,
+            "failed": FailedJobRegistry(queue=q).count,
+        }
+
     # -- status -----------------------------------------------------------------------------------------------
     def recent_jobs(self, project_id: int) -> list[dict[str, Any]]:
         """The project's recent jobs, newest first: id, kind, status, stage and progress (rq job meta)."""
@@ -245,7 +326,8 @@ class JobQueue:
                     "retries_left": job.retries_left,
                     "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
                     "ended_at": job.ended_at.isoformat() if job.ended_at else None,
-                    "error": exc.strip().splitlines()[-1] if exc else None,
+                    # a retried attempt leaves no rq result: the worker keeps its error in the meta
+                    "error": exc.strip().splitlines()[-1] if exc else job.meta.get("last_error"),
                 }
             )
         return jobs

@@ -14,20 +14,24 @@ Every import is followed by the removal of duplicate predictions of the version 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from ml_backend.jobs import context
 from ml_backend.jobs.lock import LockLost, ProjectLock
 from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_SLOT, RESCORE_SLOT, TRAIN_SLOT
 from ml_backend.labelstudio.annotations import is_labelled, labelled_examples
-from ml_backend.labelstudio.client import LabelStudioError
+from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
 from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.labelstudio.webhooks import webhook_headers
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
 from ml_backend.learning.training import train_version
@@ -57,7 +61,59 @@ def _job_id(default: str) -> str:
     return job.id if job else default
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _timed(kind: str) -> Callable[[_F], _F]:
+    """Record each run's duration and outcome in Redis for /metrics (best effort: never fails the job)."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            started, outcome = time.monotonic(), "failed"
+            try:
+                result = fn(*args, **kwargs)
+                outcome = "finished"
+                return result
+            finally:
+                try:
+                    context.current().queue.record_duration(kind, time.monotonic() - started, outcome)
+                except (RedisError, RuntimeError) as exc:
+                    log.warning("could not record the %s job's duration: %s", kind, exc)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def _after_failure(ctx: context.WorkerContext, slot: str | None, project_id: int, exc: Exception) -> bool:
+    """Decide what follows a failed attempt; True if rq will retry this job.
+
+    - No LS configured: retrying cannot help (the worker cancels the retries), so nothing is held.
+    - A coalesced job (``slot``): while rq's retry waits, it is the project's waiting job, so requests in the
+      meantime join it (a job already waiting in the slot is cancelled: the retry does its work); only if another
+      job already runs is this one not retried. A burst of webhooks while LS is down thus costs one job and its
+      bounded retries, two when the burst outlasts them.
+    """
+    job = get_current_job()
+    if job is None:
+        return False
+    if isinstance(exc, LabelStudioNotConfigured):
+        return False
+    if not job.should_retry or slot is None:
+        return job.should_retry
+    waiting = ctx.queue.hold_for_retry(slot, project_id, job.id)
+    if waiting is not None:
+        log.info("project %s: %s will not be retried: %s waits and does the same work", project_id, job.id, waiting)
+        job.retries_left = 0
+        job.meta["superseded_by"] = waiting
+        job.save_meta()
+        return False
+    return True
+
+
 # -- training ---------------------------------------------------------------------------------------------------
+@_timed("train")
 def train_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
     job_id = _job_id(f"train-{project_id}-local")
@@ -67,7 +123,11 @@ def train_project(project_id: int) -> dict[str, Any]:
         ctx.redis.set(ctx.queue.key("labels", project_id), 0)
         ctx.queue.started(TRAIN_SLOT, project_id, job_id)
         ctx.registry.cleanup_temp(project_id)
-        result = _train(ctx, project_id, lock)
+        try:
+            result = _train(ctx, project_id, lock)
+        except LabelStudioError as exc:
+            _after_failure(ctx, TRAIN_SLOT, project_id, exc)
+            raise
     # promoted: the new version re-scores the pool; refused or kept: still give every unlabelled task a prediction
     # of the current version (the same job: it fills only the tasks that lack one)
     result["rescore_job"] = ctx.queue.request_rescore(project_id)
@@ -186,6 +246,7 @@ def _import(
     return created
 
 
+@_timed("rescore")
 def rescore_project(project_id: int) -> dict[str, Any]:
     ctx = context.current()
     job_id = _job_id(f"rescore-{project_id}-local")
@@ -200,16 +261,18 @@ def rescore_project(project_id: int) -> dict[str, Any]:
                 return _fill(ctx, project_id, state, lock)
             return _rescore_pool(ctx, project_id, state, lock)
     except LabelStudioError as exc:
-        _retry_later(ctx, project_id, exc)
+        if not _after_failure(ctx, RESCORE_SLOT, project_id, exc) and not isinstance(exc, LabelStudioNotConfigured):
+            _retry_later(ctx, project_id, exc)
         raise
 
 
 def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError) -> None:
-    """On the last rq attempt, schedule a later re-score: the pool gets scored once LS is back, not at the next
-    label. rq's own retries (minutes) come first; this adds a few bounded, longer waits."""
+    """After the last rq attempt, schedule a later re-score: the pool gets scored once LS is back, not at the next
+    label. rq's own retries (minutes) come first; this adds a few bounded, longer waits. Not when another
+    re-score already waits (it does the same work)."""
     job = get_current_job()
-    if job is None or job.retries_left:
-        return  # rq retries this job itself
+    if job is None or job.meta.get("superseded_by"):
+        return
     late = ctx.queue.schedule_late_rescore(project_id, int(job.meta.get("late_round", 0)), str(exc))
     log.warning(
         "project %s: re-score failed for good (%s); %s",
@@ -226,6 +289,7 @@ def _rescore_pool(
     version = state.version.version
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
+    _secure_webhooks(ctx, project_id)
     _progress("listing tasks in Label Studio")
     tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
     # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
@@ -265,6 +329,16 @@ def _rescore_pool(
     }
 
 
+def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:
+    """With auth on, make LS's auto-created webhook send the credential /webhook requires (it sends none)."""
+    s = ctx.settings
+    headers = webhook_headers(s.basic_auth_user, s.basic_auth_pass, s.webhook_secret)
+    try:
+        ctx.ls.secure_webhooks(project_id, headers)
+    except LabelStudioError as exc:  # scoring goes on; the status shows the warning's cause in the log
+        log.warning("project %s: could not add the auth header to LS's webhook: %s", project_id, exc)
+
+
 def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
     """The project already points at the current version: score only the unlabelled tasks that lack it."""
     version = state.version.version
@@ -288,6 +362,7 @@ def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: st
     return deleted
 
 
+@_timed("score_new_tasks")
 def score_new_tasks(project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
     ctx = context.current()
     with ProjectLock(
@@ -307,6 +382,7 @@ def score_new_tasks(project_id: int, tasks: list[dict[str, Any]]) -> dict[str, A
         return {"version": version, "imported": created, "skipped": skipped}
 
 
+@_timed("dedupe")
 def dedupe_predictions(project_id: int) -> dict[str, Any]:
     """Keep one prediction of the current version per task once /predict has been quiet for a while."""
     ctx = context.current()

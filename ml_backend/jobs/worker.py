@@ -14,22 +14,62 @@ import sys
 import tempfile
 import threading
 import time
+from types import TracebackType
+from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
+from rq.job import Job
 
 from ml_backend.jobs import context
 from ml_backend.jobs.queue import connect
+from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
+from ml_backend.learning.service import InvalidModelConfig
+from ml_backend.models.config import UnknownModelConfig
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: errors no retry can fix: LS's URL or token missing, a project's model config missing or invalid
+CONFIGURATION_ERRORS = (LabelStudioNotConfigured, UnknownModelConfig, InvalidModelConfig)
+#: how often the worker checks its rq scheduler (the process that enqueues due retries) and restarts it: the
+#: scheduler dies with its Redis connection (a Redis restart) and rq's default check runs every 10 minutes
+MAINTENANCE_INTERVAL = 20
+#: worker heartbeat TTL; the idle dequeue waits ``WORKER_TTL - 15`` s, so maintenance runs at least that often
+WORKER_TTL = 35
+
+
+class BackendWorker(Worker):
+    """rq's worker with errors an admin can read: LS being down or unconfigured is one log line (the message says
+    what to check), not a traceback per attempt; a job failing on configuration (LS's URL and token, a model
+    config) is not retried, whatever its kind; and every failed attempt's error lands in the job's meta, so the
+    project status shows it while a retry waits (rq keeps no result for a retried attempt)."""
+
+    def handle_exception(
+        self, job: Job, *exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
+        exc = exc_info[1] if len(exc_info) > 1 else None
+        message = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
+        try:
+            job.meta["last_error"] = message.splitlines()[0][:500]
+            job.save_meta()
+        except Exception as err:  # Redis itself may be the problem: the log line below still says what failed
+            log.warning("job %s: could not record its error: %s", job.id, err)
+        if isinstance(exc, CONFIGURATION_ERRORS):
+            job.retries_left = 0  # no attempt can succeed until the admin fixes the configuration
+        if isinstance(exc, (LabelStudioError, *CONFIGURATION_ERRORS)):
+            retrying = "retrying later" if job.should_retry else "no retry left"
+            log.error("job %s (%s) failed: %s (%s)", job.id, job.meta.get("kind"), message, retrying)
+            return
+        super().handle_exception(job, *exc_info)
 
 
 def run_worker(settings: Settings, burst: bool = False, preload: bool = True) -> None:
     """Serve the queue's jobs in this process until stopped (or until the queue is empty with ``burst``)."""
     context.install(context.WorkerContext.build(settings, preload=preload))
     redis = connect(settings.redis_url or "")
-    worker = Worker([Queue(settings.queue_name, connection=redis)], connection=redis)
+    options: dict[str, Any] = {"maintenance_interval": MAINTENANCE_INTERVAL, "worker_ttl": WORKER_TTL}
+    worker = BackendWorker([Queue(settings.queue_name, connection=redis)], connection=redis, **options)
     worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
 
 

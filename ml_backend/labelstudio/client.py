@@ -20,6 +20,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
 from label_studio_sdk.core.api_error import ApiError
 
+from ml_backend.labelstudio.downloads import DownloadPolicy, GuardedSession
 from ml_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,8 @@ class LabelStudioError(RuntimeError):
     """Label Studio could not be reached or refused the request; the message says what to check."""
 
 
-class _TimeoutSession(requests.Session):
-    """Media downloads with a timeout: the SDK's downloader has none, and one dead URL must not hang a worker."""
-
-    def __init__(self, timeout: float):
-        super().__init__()
-        self._timeout = timeout
-
-    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", self._timeout)
-        return super().request(*args, **kwargs)
+class LabelStudioNotConfigured(LabelStudioError):
+    """No LS URL or token: retrying cannot help until the admin sets them (jobs fail at once, without retries)."""
 
 
 def _is_jwt(token: str) -> bool:
@@ -61,17 +54,28 @@ class LabelStudioClient:
     """Projects, tasks, predictions and files of one LS instance."""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LabelStudioClient:
-        """The client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``; LabelStudioError if they are not set."""
-        if not settings.label_studio_url or not settings.label_studio_api_key:
-            raise LabelStudioError(
+    def from_settings(cls, settings: Settings, url: str | None = None, api_key: str | None = None) -> LabelStudioClient:
+        """The client for ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` (else ``url`` / ``api_key``, e.g. what LS
+        sent to /setup); LabelStudioNotConfigured if neither is set."""
+        url = settings.label_studio_url or url
+        api_key = settings.label_studio_api_key or api_key
+        if not url or not api_key:
+            raise LabelStudioNotConfigured(
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to fetch labels and files and to push predictions"
             )
-        return cls(
-            settings.label_studio_url, settings.label_studio_api_key, settings.label_studio_timeout, settings.files_dir
+        policy = DownloadPolicy(
+            url.rstrip("/"), settings.download_allowed_hosts, settings.download_timeout, settings.download_max_bytes
         )
+        return cls(url, api_key, settings.label_studio_timeout, settings.files_dir, policy)
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0, files_dir: Path | None = None):
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        timeout: float = 60.0,
+        files_dir: Path | None = None,
+        downloads: DownloadPolicy | None = None,
+    ):
         if not url or not url.startswith(("http://", "https://")):
             raise LabelStudioError(f"LABEL_STUDIO_URL must start with http:// or https://, got {url!r}")
         if not api_key:
@@ -80,6 +84,7 @@ class LabelStudioClient:
         self.api_key = api_key
         self.timeout = timeout
         self.files_dir = Path(files_dir) if files_dir else None
+        self.downloads = downloads or DownloadPolicy(self.url)
         self.sdk = LabelStudio(base_url=self.url, api_key=api_key, timeout=timeout)
         self._access: tuple[str, float] | None = None
 
@@ -251,12 +256,15 @@ class LabelStudioClient:
         token = self.access_token()
         return f"Bearer {token}" if _is_jwt(token) else f"Token {token}"
 
-    def fetch_file(self, url: str, task_id: int | None = None) -> Path:
-        """Download (or find in the cache) a file referenced by task data: uploads, local files, cloud, http."""
+    def fetch_file(self, url: str, task_id: int | None = None, deadline: float | None = None) -> Path:
+        """Download (or find in the cache) a file referenced by task data: uploads, local files, cloud, http.
+
+        Downloads obey ``self.downloads`` (LS host or allow-listed hosts, total deadline, byte cap; see
+        ``labelstudio.downloads``), ending at ``deadline`` (time.monotonic) at the latest."""
         if self.files_dir:
             self.files_dir.mkdir(parents=True, exist_ok=True)
         try:
-            with http_session(_TimeoutSession(min(self.timeout, 30.0))):
+            with http_session(GuardedSession(self.downloads, deadline)):
                 path = get_local_path(
                     url,
                     cache_dir=str(self.files_dir) if self.files_dir else None,
@@ -264,8 +272,26 @@ class LabelStudioClient:
                     access_token=self.access_token(),
                     task_id=task_id,
                 )
-        except LabelStudioError:
+        except (LabelStudioError, OSError):
             raise
         except Exception as exc:
-            raise OSError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
+            raise OSError(f"cannot download {url[:200]}: {type(exc).__name__}: {exc}") from exc
         return Path(path)
+
+    # -- webhooks -------------------------------------------------------------------------------------------
+    def secure_webhooks(self, project_id: int, headers: dict[str, str]) -> int:
+        """Add ``headers`` to the project's webhooks that call one of its ML backends' ``/webhook``; returns how many
+        changed. LS auto-creates that webhook without headers, so with auth on the backend would refuse it."""
+        if not headers:
+            return 0
+        backends = self._raw("GET", f"api/ml?project={int(project_id)}") or []
+        targets = {f"{b['url'].rstrip('/')}/webhook" for b in backends if isinstance(b, dict) and b.get("url")}
+        changed = 0
+        for hook in self._raw("GET", f"api/webhooks/?project={int(project_id)}") or []:
+            current = hook.get("headers") or {}
+            if hook.get("url", "").rstrip("/") in targets and any(current.get(k) != v for k, v in headers.items()):
+                self._raw("PATCH", f"api/webhooks/{int(hook['id'])}/", {"headers": {**current, **headers}})
+                changed += 1
+        if changed:
+            log.info("project %s: added the auth header to %d LS webhook(s) of this backend", project_id, changed)
+        return changed

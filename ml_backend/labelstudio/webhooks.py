@@ -6,6 +6,7 @@ app only reads the event here and enqueues; everything else happens in the worke
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,9 @@ FORCE_TRAINING = "START_TRAINING"
 #: new tasks imported into the project: score them with the current version
 TASKS_CREATED = "TASKS_CREATED"
 HANDLED_EVENTS = TRAIN_EVENTS | {FORCE_TRAINING, TASKS_CREATED}
+#: LS ids are database integers (64-bit at most); anything larger is not a project and would make a file name
+#: longer than the file system allows
+MAX_ID = 2**63 - 1
 
 
 class BadEvent(ValueError):
@@ -42,10 +46,22 @@ class WebhookEvent:
         return self.action == TASKS_CREATED
 
 
+def valid_id(value: Any) -> int | None:
+    """``value`` if it is an id LS can have (a positive 64-bit int, not a bool), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
+        return value
+    return None
+
+
 def project_id_of_key(key: Any) -> int | None:
-    """The project id of LS's project key ``"<id>.<created timestamp>"`` (or a bare id); None if it is not one."""
+    """The project id of LS's project key ``"<id>.<created timestamp>"`` (or a bare id); None if it is not one.
+
+    Only ASCII digits count: ``str.isdigit`` accepts "²", which ``int`` then refuses.
+    """
     head = str(key).split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    if not (head.isascii() and head.isdigit()) or len(head) > 19:
+        return None
+    return valid_id(int(head))
 
 
 def parse_event(payload: Any) -> WebhookEvent:
@@ -59,7 +75,8 @@ def parse_event(payload: Any) -> WebhookEvent:
     if event.project_id is None:
         raise BadEvent(f"{event.action}: payload has no project id")
     if event.creates_tasks:
-        event.tasks = [t for t in payload.get("tasks") or [] if isinstance(t, dict)]
+        tasks = payload.get("tasks")
+        event.tasks = [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
     elif not event.forces_training:
         event.labels = _label_count(event.action, payload)
     return event
@@ -68,7 +85,8 @@ def parse_event(payload: Any) -> WebhookEvent:
 def _label_count(action: str, payload: dict[str, Any]) -> int:
     """New labels an event carries: skips (was_cancelled) and empty results are not labels."""
     if action == "ANNOTATIONS_DELETED":
-        return max(1, len(payload.get("annotations") or []))
+        deleted = payload.get("annotations")
+        return max(1, len(deleted) if isinstance(deleted, list) else 1)
     annotations = payload.get("annotation")
     annotations = annotations if isinstance(annotations, list) else [annotations]
     return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
@@ -76,11 +94,25 @@ def _label_count(action: str, payload: dict[str, Any]) -> int:
 
 def _project_id(payload: dict[str, Any]) -> int | None:
     project = payload.get("project")
-    if isinstance(project, dict) and isinstance(project.get("id"), int):
-        return project["id"]
-    if isinstance(project, int):
-        return project
+    if isinstance(project, dict):
+        return valid_id(project.get("id"))
+    if project is not None:
+        return valid_id(project)
     annotation = payload.get("annotation")
-    if isinstance(annotation, dict) and isinstance(annotation.get("project"), int):
-        return annotation["project"]
+    if isinstance(annotation, dict):
+        return valid_id(annotation.get("project"))
     return None
+
+
+def webhook_headers(basic_auth_user: str | None, basic_auth_pass: str | None, secret: str | None) -> dict[str, str]:
+    """The headers LS's webhook to this backend must send ({} when /webhook is open).
+
+    LS auto-creates that webhook without headers (so without auth); the backend adds these to it itself. The
+    webhook secret is preferred to the Basic credentials: it opens /webhook only, not every route.
+    """
+    if secret:
+        return {"Authorization": f"Bearer {secret}"}
+    if basic_auth_user and basic_auth_pass:
+        token = base64.b64encode(f"{basic_auth_user}:{basic_auth_pass}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}

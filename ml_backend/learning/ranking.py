@@ -28,7 +28,11 @@ class PoolView:
 
 def selection_params(acq: AcquisitionConfig, seed: int) -> SelectionParams:
     return SelectionParams(
-        front_size=acq.front_size, weights=dict(acq.weights), neighbours=acq.cold_start_neighbours, seed=seed
+        front_size=acq.front_size,
+        weights=dict(acq.weights),
+        neighbours=acq.cold_start_neighbours,
+        explore_every=acq.explore_every,
+        seed=seed,
     )
 
 

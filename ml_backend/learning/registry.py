@@ -158,6 +158,40 @@ class Registry:
         src.rename(dst)
         return dst
 
+    def mark_rescore_pending(self, project_id: int, pending: bool = True) -> None:
+        """Remember on disk that a project's pool scoring could not be enqueued (Redis down during /setup), so it
+        is enqueued once Redis is back instead of waiting for the next label."""
+        flag = self._dir(project_id) / "rescore-pending"
+        if pending:
+            flag.parent.mkdir(parents=True, exist_ok=True)
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
+
+    def rescore_pending(self) -> list[int]:
+        """Projects whose pool scoring still has to be enqueued (see :meth:`mark_rescore_pending`)."""
+        return [p for p in self.project_ids() if (self._dir(p) / "rescore-pending").is_file()]
+
+    def save_ls_connection(self, url: str, token: str) -> None:
+        """Keep the LS URL and token /setup brought (used only when the environment names no LS): the workers
+        read them here. Owner-only permissions: the token is a credential."""
+        path = self.root / "ls-connection.json"
+        if self.ls_connection() == (url, token):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": url, "token": token}, f)
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def ls_connection(self) -> tuple[str | None, str | None]:
+        """(url, token) saved by :meth:`save_ls_connection`, else (None, None)."""
+        path = self.root / "ls-connection.json"
+        if not path.is_file():
+            return None, None
+        saved = json.loads(path.read_text())
+        return saved.get("url"), saved.get("token")
+
     def project_ids(self) -> list[int]:
         return sorted(int(p.name) for p in self.root.glob("*") if p.name.isdigit()) if self.root.is_dir() else []
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from ml_backend.learning.embcache import EmbeddingCache, content_key
 from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
 from ml_backend.models.classifier import Classifier
-from ml_backend.models.config import ModelConfig, load_model_config
+from ml_backend.models.config import ModelConfig, UnknownModelConfig, load_model_config
 from ml_backend.models.image import ImageError, load_image
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
@@ -38,14 +40,18 @@ log = logging.getLogger(__name__)
 #: joins a task's predicted labels into one stored value (multi-label: the set is one category for kappa)
 LABEL_SEPARATOR = "|"
 
-#: fetches a file URL of a task's data to a local path (implemented by the LS client)
-FileFetcher = Callable[[str, int | None], Path]
+#: fetches a file URL of a task's data to a local path by a deadline (time.monotonic; implemented by the LS client)
+FileFetcher = Callable[[str, int | None, float | None], Path]
 #: label config XML -> schema; raises ValueError for a config we cannot learn (implemented in ``labelstudio``)
 ConfigParser = Callable[[str], TaskSchema]
 
 
 class UnknownProject(LookupError):
-    """No /setup was received for this project and no label config came with the request."""
+    """No /setup was received for this project."""
+
+
+class InvalidModelConfig(ValueError):
+    """A model config exists but does not load; the message names it, the details (its values) go to the log."""
 
 
 @dataclass
@@ -119,8 +125,8 @@ class ScoringService:
         """Create or refresh a project from /setup; returns its state and whether it is new (needs a first scoring).
 
         Cheap on purpose (LS gives /setup 3 s): parses the config and writes small files, never loads a model.
-        Raises the parser's error (a ValueError) for a config we cannot learn and FileNotFoundError for an unknown
-        model config.
+        Raises the parser's error (a ValueError) for a config we cannot learn, UnknownModelConfig or
+        InvalidModelConfig for a model config that cannot be used.
         """
         schema = self.parse_config(label_config)
         record = self.registry.get_project(project_id)
@@ -132,7 +138,7 @@ class ScoringService:
             self.registry.archive_project(project_id)
             record = None
         config_name = self.model_config_name(schema, extra_params, record)
-        config = load_model_config(self.settings.model_configs_dir, config_name)
+        config = self.load_config(config_name)
         if config.kind != schema.kind:
             raise ValueError(f"model config {config_name!r} is for {config.kind}, but the project labels {schema.kind}")
         created = record is None
@@ -166,8 +172,19 @@ class ScoringService:
                 f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)"
             )
         schema = self.parse_config(record.label_config)
-        config = load_model_config(self.settings.model_configs_dir, record.model_config)
+        config = self.load_config(record.model_config)
         return ProjectState(record, schema, config, current)
+
+    def load_config(self, name: str) -> ModelConfig:
+        """The named model config; UnknownModelConfig, or InvalidModelConfig without the file's values (an
+        answer to an LS user must not quote the admin's files)."""
+        try:
+            return load_model_config(self.settings.model_configs_dir, name)
+        except UnknownModelConfig:
+            raise
+        except Exception as exc:  # YAML syntax or validation: the admin reads the details in the log
+            log.error("model config %r does not load: %s", name, exc)
+            raise InvalidModelConfig(f"model config {name!r} is invalid (details in the server log)") from exc
 
     # -- models ---------------------------------------------------------------------------------------------
     def new_classifier(self, state: ProjectState, config: ModelConfig | None = None) -> Classifier:
@@ -199,19 +216,64 @@ class ScoringService:
         return self._caches[fingerprint]
 
     # -- inputs ---------------------------------------------------------------------------------------------
-    def _locate_input(self, schema: TaskSchema, task: dict[str, Any]) -> tuple[str, Callable[[], Any]]:
+    def _locate_input(
+        self, schema: TaskSchema, task: Any, deadline: float | None = None
+    ) -> tuple[str, Callable[[], Any]]:
         """(content key, loader of the model input) of a task; raises ValueError/OSError with a reason.
 
-        Images are fetched (file cache) and hashed here, but decoded only by the loader: a re-scoring whose
-        embeddings are cached never decodes an image again.
+        Images are fetched (file cache, by ``deadline``) and hashed here, but decoded only by the loader: a
+        re-scoring whose embeddings are cached never decodes an image again.
         """
+        if not isinstance(task, dict):
+            raise ValueError("task must be a JSON object")
         value = schema.task_input(task.get("data"))
         if schema.kind == "text":
+            # by characters, before the tokeniser sees it: a 20 MB text would otherwise cost minutes and GBs,
+            # though the encoder keeps only its first max_length tokens (far fewer characters than the limit)
+            value = value[: self.settings.max_text_chars]
             return content_key("text", value), lambda: value
         if self.fetch_file is None:
             raise ValueError("images need LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to be downloaded")
-        path = self.fetch_file(value, task.get("id"))
-        return content_key("image", Path(path).read_bytes()), lambda: load_image(path, self.settings.max_image_pixels)
+        path = Path(self.fetch_file(value, task.get("id"), deadline))
+        return content_key("image", path.read_bytes()), lambda: self._decode(path)
+
+    def _decode(self, path: Path) -> Any:
+        """Decode a fetched image; an undecodable file leaves the file cache, so a fixed one is fetched again
+        (and a large broken file does not stay on disk for good)."""
+        try:
+            return load_image(path, self.settings.max_image_pixels)
+        except ImageError:
+            if path.resolve().is_relative_to(self.settings.files_dir.resolve()):
+                path.unlink(missing_ok=True)
+            raise
+
+    def _locate_all(
+        self, schema: TaskSchema, tasks: Sequence[Any], outcomes: list[TaskScore]
+    ) -> tuple[dict[int, str], dict[int, Callable[[], Any]]]:
+        """Content keys and loaders of every usable task. Image downloads run in parallel
+        (``DOWNLOAD_CONCURRENCY``) under one budget for the whole call (``DOWNLOAD_BUDGET``, within LS's 100 s for
+        /predict): a few dead URLs cost one timeout, not one each."""
+        deadline = time.monotonic() + self.settings.download_budget
+        workers = 1 if schema.kind == "text" else min(self.settings.download_concurrency, max(len(tasks), 1))
+
+        def locate(i: int) -> tuple[str, Callable[[], Any]] | None:
+            try:
+                return self._locate_input(schema, tasks[i], deadline)
+            except (ValueError, OSError) as exc:
+                outcomes[i].reason = str(exc)
+            except Exception as exc:  # e.g. the LS file download failing in an unexpected way
+                log.warning("task %s: cannot read its input", outcomes[i].task_id, exc_info=True)
+                outcomes[i].reason = f"cannot read task input: {type(exc).__name__}"
+            return None
+
+        if workers == 1:
+            found = [locate(i) for i in range(len(tasks))]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="download") as pool:
+                found = list(pool.map(locate, range(len(tasks))))
+        keys = {i: f[0] for i, f in enumerate(found) if f is not None}
+        loaders = {i: f[1] for i, f in enumerate(found) if f is not None}
+        return keys, loaders
 
     def embed_tasks(
         self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
@@ -220,17 +282,7 @@ class ScoringService:
         and their raw inputs; the raw inputs are loaded (and listed) only when the config needs them (full-network
         MC or full fine-tuning), else the list holds None."""
         outcomes = [TaskScore(task_id=t.get("id") if isinstance(t, dict) else None) for t in tasks]
-        loaders: dict[int, Callable[[], Any]] = {}
-        keys: dict[int, str] = {}
-        for i, task in enumerate(tasks):
-            try:
-                if not isinstance(task, dict):
-                    raise ValueError("task must be a JSON object")
-                keys[i], loaders[i] = self._locate_input(schema, task)
-            except (ValueError, OSError) as exc:
-                outcomes[i].reason = str(exc)
-            except Exception as exc:  # e.g. the LS file download failing in an unexpected way
-                outcomes[i].reason = f"cannot read task input: {type(exc).__name__}: {exc}"
+        keys, loaders = self._locate_all(schema, tasks, outcomes)
         cache = self.embedding_cache(clf)
         cached = cache.get_many(keys.values())
         need_raw = clf.config.acquisition.mc_mode == "full" or clf.config.training.mode == "full"

@@ -49,7 +49,9 @@ class Classifier:
         self.head = head
         self.in_dim = in_dim if in_dim is not None else (encoder.dim if encoder else None)
         t = config.training
-        self.params = HeadParams(config.head.hidden, config.head.dropout, t.epochs, t.lr, t.weight_decay, t.batch_size)
+        self.params = HeadParams(
+            config.head.hidden, config.head.dropout, t.epochs, t.lr, t.weight_decay, t.batch_size, t.min_steps
+        )
 
     @property
     def trained(self) -> bool:

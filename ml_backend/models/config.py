@@ -6,6 +6,7 @@ A version's config is saved next to its weights, so every version can be rebuilt
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,12 @@ class TrainingConfig(_Strict):
         "head", description="head: frozen encoder, cached embeddings (seconds); full: fine-tune the encoder too"
     )
     epochs: int = Field(60, ge=1)
+    min_steps: int = Field(
+        600,
+        ge=0,
+        description="Train the head for at least this many optimizer steps, however few the labels (60 epochs of "
+        "20 labels are only 60 steps: an under-trained head).",
+    )
     full_epochs: int = Field(3, ge=1, description="Epochs of full fine-tuning (mode: full).")
     lr: float = Field(1e-3, gt=0)
     encoder_lr: float = Field(2e-5, gt=0, description="Learning rate of the encoder in full fine-tuning.")
@@ -87,6 +94,12 @@ class AcquisitionConfig(_Strict):
     )
     front_size: int = Field(
         100, ge=0, description="Queue positions ordered batch-aware (coverage-greedy); 0 = plain top-k."
+    )
+    explore_every: int = Field(
+        3,
+        ge=0,
+        description="Every n-th pick of the batch-aware front is a coverage (exploration) pick, away from what is "
+        "labelled and picked; 0 = none. While a class has no label, every 2nd pick is one.",
     )
     weights: dict[str, float] = Field(
         default_factory=lambda: {"uncertainty": 1.0},
@@ -159,10 +172,30 @@ class ModelConfig(_Strict):
         return self
 
 
+#: a model config is chosen by name (LS users type it into the model's extra params): never a path
+CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+
+
+class UnknownModelConfig(LookupError):
+    """No model config of that name in the configs folder; the message lists the names there (never the folder)."""
+
+
+def available_configs(configs_dir: Path) -> list[str]:
+    return sorted(p.stem for p in Path(configs_dir).glob("*.yaml"))
+
+
 def load_model_config(configs_dir: Path, name: str) -> ModelConfig:
-    """Read ``<configs_dir>/<name>.yaml`` (or a path to a YAML file) into a validated :class:`ModelConfig`."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else Path(configs_dir) / f"{name}.yaml"
+    """Read ``<configs_dir>/<name>.yaml`` into a validated :class:`ModelConfig`.
+
+    ``name`` is a name, not a path: it may come from any LS user, so a name that could leave the folder
+    (slashes, ``..``, an absolute path) is refused like an unknown one.
+    """
+    if not isinstance(name, str) or len(name) > 100 or not CONFIG_NAME.match(name):
+        raise UnknownModelConfig(
+            f"model config names are letters, digits, '-', '_' and '.' (no paths); available: "
+            f"{available_configs(configs_dir)}"
+        )
+    path = Path(configs_dir) / f"{name}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in Path(configs_dir).glob("*.yaml"))
-        raise FileNotFoundError(f"model config {name!r} not found in {configs_dir}; available: {available}")
+        raise UnknownModelConfig(f"model config {name!r} not found; available: {available_configs(configs_dir)}")
     return ModelConfig.model_validate(yaml.safe_load(path.read_text()))

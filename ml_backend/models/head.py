@@ -6,6 +6,7 @@ predictive (Gal & Ghahramani 2016) at a fraction of the cost of T passes through
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ class HeadParams:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 32
+    min_steps: int = 600
 
 
 class MCDropoutHead(nn.Module):
@@ -70,7 +72,7 @@ def fit_head(
     head.train()
     losses = []
     n = len(xt)
-    for _ in range(params.epochs):
+    for _ in range(epochs_for(n, params)):
         order = torch.randperm(n, generator=gen)
         total = 0.0
         for start in range(0, n, params.batch_size):
@@ -83,6 +85,17 @@ def fit_head(
         losses.append(total / max(n, 1))
     head.eval()
     return losses
+
+
+def epochs_for(n: int, params: HeadParams) -> int:
+    """``params.epochs``, raised so that training takes at least ``params.min_steps`` optimizer steps.
+
+    A fixed epoch count means few steps exactly when labels are few: 60 epochs of 20 labels are 60 steps, and
+    the head stops far from a fit (measured on digits: 1.5 to 2.5 points of accuracy lost at 20 to 200 labels).
+    The step floor makes a small training set converge too, and costs nothing once an epoch holds
+    ``min_steps / epochs`` batches."""
+    batches = max(math.ceil(n / params.batch_size), 1)
+    return max(params.epochs, math.ceil(params.min_steps / batches))
 
 
 def loss_function(y: np.ndarray, n_outputs: int, multilabel: bool) -> nn.Module:

@@ -13,6 +13,11 @@ from ml_backend.simulation.loop import ALL_STRATEGIES, DATASETS, SimulationSetti
 from ml_backend.simulation.report import markdown_table
 
 
+def plain_help(doc: str | None) -> str:
+    """A docstring as terminal help: without reST's double backquotes (``x`` reads as x)."""
+    return (doc or "").replace("``", "")
+
+
 def _int_list(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -104,7 +109,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "simulate",
         help="simulate active learning on a labelled dataset",
-        description=simulation.__doc__,
+        description=plain_help(simulation.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return _configure_parser(p)
@@ -113,7 +118,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ml_backend.simulation",
-        description=simulation.__doc__,
+        description=plain_help(simulation.__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _configure_parser(p)

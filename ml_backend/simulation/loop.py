@@ -130,6 +130,8 @@ def _model_config(settings: SimulationSettings, kind: str):
     base = Settings()
     configs_dir = settings.configs_dir or base.model_configs_dir
     name = settings.model_config or (base.text_model_config if kind == "text" else base.image_model_config)
+    if name.endswith((".yaml", ".yml")):  # the simulator is a local tool: a YAML path is fine here
+        configs_dir, name = Path(name).parent, Path(name).stem
     config = load_model_config(configs_dir, name)
     if settings.epochs:
         config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": settings.epochs})})

@@ -32,7 +32,7 @@ def test_retrieve_predictions_while_the_backend_imports_leaves_one_prediction_pe
     retrieved = ls_api.retrieve_predictions(pid)  # while the first pool scoring runs in the backend's worker
     assert retrieved["processed_items"] == N_TASKS, retrieved
     with backend.client() as c:
-        asked = c.get("/metrics").json().get("tasks_scored", 0)
+        asked = c.get("/metrics", params={"format": "json"}).json().get("tasks_scored", 0)
     assert asked > 0, "LS did not call /predict: the race this test is about did not happen"
 
     state = scenario.wait_initial_predictions(ls_api, backend, conn, all_ids)  # exactly one per task, settled

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
+import signal
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from redis import Redis
 
 from ml_backend.api.app import create_app
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
+from tests.lsserver import free_port
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 
@@ -92,3 +98,52 @@ def make_client(tmp_path, configs_dir, encoders, file_server):
         return TestClient(create_app(Settings(**values), encoders=encoders))
 
     return make
+
+
+class OwnRedis:
+    """A redis-server of this test alone on a fixed port, so it can be frozen, stopped and started again."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OwnRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.workdir)]
+            + ["--appendonly", "yes"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except Exception:
+                assert time.monotonic() < deadline, "the test's redis-server did not start"
+                time.sleep(0.05)
+
+    def freeze(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.thaw()
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def own_redis(tmp_path):
+    redis = OwnRedis(tmp_path).start()
+    yield redis
+    redis.stop()

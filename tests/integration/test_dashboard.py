@@ -286,4 +286,4 @@ def test_status_and_page_answer_when_the_model_config_no_longer_loads(make_clien
     assert "text-mine" in body["model_config_error"] and "hidden" not in body["model_config_error"]
     assert body["budget"]["spent"] == 0 and body["current_version"].startswith("minilm-v0-")
     page = client.get("/dashboard/projects/42?refresh=0")
-    assert page.status_code == 200 and "does not load" in page.text
+    assert page.status_code == 200 and "is invalid" in page.text

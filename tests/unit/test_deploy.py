@@ -51,3 +51,27 @@ def test_every_setting_is_documented_in_the_readme():
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_image_is_cpu_torch_all_in_one_by_default_and_the_build_context_small():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "https://download.pytorch.org/whl/cpu" in dockerfile and '--index-url "$TORCH_INDEX_URL"' in dockerfile
+    cmd = [line for line in dockerfile.splitlines() if line.startswith("CMD ")][-1]
+    assert '"serve"' in cmd and "--no-worker" not in cmd  # alone, the container runs web + worker + its Redis
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "data", ".git", "tests", "benchmarks", ".cache"} <= set(ignored)
+    assert "https://download.pytorch.org/whl/cpu" in (ROOT / "Makefile").read_text()
+
+
+def test_compose_builds_one_image_and_the_worker_has_no_web_healthcheck():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert "build" in services["backend"] and "build" not in services["worker"]
+    assert services["worker"]["image"] == services["backend"]["image"]
+    assert services["worker"]["healthcheck"] == {"disable": True}
+    assert "--no-worker" in services["backend"]["command"] and "REDIS_URL" in services["backend"]["environment"]
+
+
+def test_readme_states_prerequisites_costs_and_the_cpu_index():
+    readme = (ROOT / "README.md").read_text()
+    assert "6379" in readme and "https://download.pytorch.org/whl/cpu" in readme
+    assert "## Security and limits" in readme and "GB" in readme

@@ -27,6 +27,7 @@ THIRD_PARTY_ROOMS = {
     "fastapi": {"api"},
     "starlette": {"api"},
     "uvicorn": {"cli"},
+    "prometheus_client": {"api"},
 }
 
 #: room -> the rooms of ours it may import (besides itself)

@@ -68,14 +68,19 @@ def test_a_pool_of_exact_duplicates_gives_no_two_copies_in_the_first_ten():
     _check_scores_follow_order(ranking)
 
 
-def test_the_front_prefers_uncertain_tasks_and_the_rest_is_ordered_by_uncertainty():
+def test_the_front_prefers_uncertain_tasks_explores_every_third_pick_and_the_rest_follows_uncertainty():
     x, _ = _clusters([100, 100, 100], seed=3)
     u = np.random.default_rng(3).uniform(size=len(x))
-    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=20), uncertainty=u)
-    front, rest = ranking.order[:20], ranking.order[20:]
-    assert u[front].mean() > np.quantile(u, 0.75)
+    ranking = rank_pool(x, list(range(len(x))), SelectionParams(front_size=21), uncertainty=u)
+    front, rest = ranking.order[:21], ranking.order[21:]
+    reasons = [ranking.reasons[i] for i in front]
+    assert reasons == [LEARN, LEARN, EXPLORE] * 7
+    learn = front[[r == LEARN for r in reasons]]
+    assert u[learn].mean() > np.quantile(u, 0.75)
     assert np.all(np.diff(u[rest]) <= 1e-5)
     _check_scores_follow_order(ranking)
+    no_exploration = rank_pool(x, list(range(len(x))), SelectionParams(front_size=21, explore_every=0), uncertainty=u)
+    assert {no_exploration.reasons[i] for i in no_exploration.order[:21]} == {LEARN}
 
 
 def test_exploration_alternates_with_learning_while_a_class_is_unseen():

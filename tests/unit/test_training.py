@@ -209,3 +209,15 @@ def test_head_probabilities_have_the_documented_shape(multilabel):
         assert np.allclose(p.sum(-1), 1.0)
     assert not np.allclose(p[:, 0], p[:, 1])  # dropout varies across MC passes
     assert np.array_equal(clf.predict_proba(x[:4], mc=1), clf.predict_proba(x[:4], mc=1))  # deterministic pass
+
+
+def test_few_labels_still_get_the_minimum_number_of_optimizer_steps():
+    from ml_backend.models.head import HeadParams, epochs_for
+
+    params = HeadParams(epochs=60, batch_size=32, min_steps=600)
+    assert epochs_for(20, params) == 600  # one batch per epoch: 600 epochs, not 60 steps
+    assert epochs_for(100, params) == 150  # 4 batches per epoch
+    assert epochs_for(5000, params) == 60  # plenty of steps already: the configured epochs
+    x, y = _blobs(20, 2)
+    losses = Classifier(None, _config(), 2, False, in_dim=8).fit(x, y, seed=0)
+    assert len(losses) == 600 and losses[-1] < losses[59]  # the extra steps keep lowering the loss
