@@ -110,7 +110,7 @@ def _reason(phase: str, trained: bool, config: ModelConfig) -> str:
     value = f"uncertainty ({strategy})" if terms == ["uncertainty"] else f"hybrid ({' + '.join(terms)}; {strategy})"
     return {
         COLD_START: "cold start: covers an unlabelled cluster of the pool",
-        EXPLORE: "exploration: far from every labelled task (a class has no label yet)",
+        EXPLORE: "exploration: covers a region far from the labelled tasks and the batch's other picks",
         LEARN: f"{value}, varied batch",
         REST: value if trained else "density: typical of the pool",
     }.get(phase, phase)
