@@ -38,6 +38,9 @@ $SIM --dataset digits-features --duplicates 3 --strategies random,default,margin
 $SIM --dataset fashion-mnist --strategies random,default --seeds 0-2 --rounds 60 --out "$OUT/fashion-mnist"
 $SIM --dataset digits-features --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/digits-features"
 $SIM --dataset rotten-tomatoes-3 --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/rotten-tomatoes-3"
+# where the stopping rule (stable predictions) fires and the accuracy then (README "When to stop labelling")
+$SIM --dataset digits-features --strategies default --seeds 0-2 --rounds 60 --out "$OUT/stopping/digits-features"
+$SIM --dataset rotten-tomatoes --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
 # (digits as PNGs through EfficientNet-Lite0 also works: --dataset digits-images; its 1280-d head trains ~15x
 #  slower than the 64-pixel one, too slow for this script on 2 cores)
 # what the front of the queue looks like: plain top-k vs the batch-aware order

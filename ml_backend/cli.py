@@ -17,6 +17,7 @@ import sys
 from pydantic import ValidationError
 
 from ml_backend import __version__
+from ml_backend.exports.cli import add_export_parser
 from ml_backend.settings import Settings
 from ml_backend.simulation.cli import add_simulate_parser, plain_help
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--no-preload", action="store_true", help="load models on first use instead of at start")
     worker.set_defaults(func=cmd_worker)
     add_simulate_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     try:
         settings = Settings()

@@ -1,4 +1,5 @@
-"""The routes Label Studio calls (label-studio-ml 2.x shapes) and the project status route.
+"""The routes Label Studio calls (label-studio-ml 2.x shapes); the admin's routes (status, dashboard, exports) are
+in ``dashboard.py``.
 
 Budgets LS imposes: /health 1 s, /setup 3 s (never load a model there), /predict 100 s per batch, project
 webhooks 1 s inside the annotator's request (so /webhook only enqueues).
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -26,12 +26,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ml_backend import __version__
+from ml_backend.api import dashboard
 from ml_backend.api.auth import install_auth
 from ml_backend.api.errors import error, install_error_handlers
 from ml_backend.api.limits import BodySizeLimit
 from ml_backend.api.metrics import install_metrics
 from ml_backend.api.schemas import PredictRequest, ProjectId, SetupRequest
-from ml_backend.jobs.queue import WEB_SOCKET_TIMEOUT, JobQueue, QueueUnavailable, connect, last_error
+from ml_backend.jobs.queue import WEB_SOCKET_TIMEOUT, JobQueue, QueueUnavailable, connect
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
 from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
@@ -106,18 +107,6 @@ _T = TypeVar("_T")
 PENDING_RETRY_INTERVAL = 5.0
 
 
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as None: metrics may hold them (an empty held-out set has no accuracy),
-    and JSON has no such numbers, so the status would otherwise fail to serialise."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 async def _retry_pending(backend: Backend) -> None:
     """While the app runs: enqueue the pool scorings that /setup could not (Redis was down)."""
     while True:
@@ -145,6 +134,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
     install_auth(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_metrics(app, backend.counters, backend.queue, backend.registry)
+    app.include_router(dashboard.router)  # status JSON, dashboard pages, exports
 
     @app.get("/")
     @app.get("/health")
@@ -266,39 +256,5 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
         if format == "json" or (format is None and "application/json" in request.headers.get("accept", "")):
             return JSONResponse(dict(backend.counters))
         return Response(generate_latest(app.state.prometheus), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/projects/{project_id}/status")
-    def status(project_id: ProjectId) -> JSONResponse:
-        # from the registry alone: the status must show why jobs fail even when the project's config does not load
-        current = backend.registry.current(project_id)
-        if current is None:
-            return error(404, f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
-        history = backend.registry.versions(project_id)
-        body: dict[str, Any] = {
-            "project": project_id,
-            "current_version": current.version,
-            "trained": current.trained,
-            "metrics": current.metrics,
-            "n_labels": current.n_labels,
-            "versions": [
-                {
-                    "version": v.version,
-                    "promoted": v.promoted,
-                    "trained": v.trained,
-                    "n_labels": v.n_labels,
-                    "accuracy": v.metrics.get("accuracy"),
-                    "note": v.note,
-                }
-                for v in history
-            ],
-        }
-        body["rescore_pending"] = project_id in backend.registry.rescore_pending()
-        try:
-            body["jobs"] = backend.queue().recent_jobs(project_id)
-            body["last_error"] = last_error(body["jobs"])
-            body["retry_pending"] = any(j["status"] == "scheduled" and j["error"] for j in body["jobs"])
-        except QueueUnavailable as exc:
-            body["jobs"], body["jobs_error"] = None, f"Redis unavailable: {exc}"
-        return JSONResponse(_json_safe(body))
 
     return app

@@ -6,7 +6,10 @@ Layout under ``<data_dir>/projects/<project id>/``::
     current.json              {"version": ...}: the serving version, replaced atomically (os.replace)
     versions/<version>/       meta.json (config, seed, metrics, labelled task ids), model.pt (weights),
                               labelled.npy (embeddings of the labelled tasks: novelty and coverage are measured
-                              against them), ranking.npz (the pool order of the version's last pool scoring)
+                              against them), ranking.npz (the pool order of the version's last pool scoring, with
+                              each task's predicted label and uncertainty: the stopping rule compares versions),
+                              labelled_predictions.npz (the model's label and confidence on each labelled task:
+                              possible label errors)
     pool_reference.npy        a sample of the project's pool embeddings: the one reference for density
 
 A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle
@@ -31,6 +34,22 @@ import numpy as np
 
 from ml_backend.models.config import ModelConfig
 
+#: the file of a version holding :class:`LabelPredictions`
+LABEL_PREDICTIONS = "labelled_predictions.npz"
+
+
+def label_predictions_bytes(predictions: LabelPredictions) -> bytes:
+    """:class:`LabelPredictions` as the .npz file a version is published with."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        task_ids=np.asarray(predictions.task_ids, dtype=np.int64),
+        predicted=np.asarray(predictions.predicted, dtype=str),
+        confidence=np.asarray(predictions.confidence, dtype=np.float64),
+        human=np.asarray(predictions.human, dtype=str),
+    )
+    return buf.getvalue()
+
 
 def embeddings_bytes(embeddings: np.ndarray) -> bytes:
     """Embeddings as .npy bytes in float16: half the disk, far below the precision the ranking needs."""
@@ -49,12 +68,39 @@ class StoredRanking:
 
 
 @dataclass
+class PoolPredictions:
+    """A version's view of the unlabelled pool at its last pool scoring, per task (same order): the LS score, why
+    it got its place, the predicted label(s) joined by ``|`` ("" from an untrained version) and the normalised
+    uncertainty (NaN from an untrained version). Rankings stored before predictions were kept have them empty."""
+
+    version: str
+    task_ids: list[int]
+    scores: np.ndarray
+    reasons: list[str]
+    predicted: list[str]
+    uncertainty: np.ndarray
+    written_at: float
+
+
+@dataclass
+class LabelPredictions:
+    """A trained version's own label (``|``-joined) and confidence on each task it was trained on, beside the
+    human label: a confident disagreement, despite training on that label, points at a possible label error."""
+
+    task_ids: list[int]
+    predicted: list[str]
+    confidence: np.ndarray
+    human: list[str]
+
+
+@dataclass
 class ProjectRecord:
     project_id: int
     project_key: str
     label_config: str
     model_config: str
     created_at: float = field(default_factory=time.time)
+    label_budget: int | None = None  # labels the project may spend (LS extra params), else the model config's
 
 
 @dataclass
@@ -260,6 +306,8 @@ class Registry:
         scores: np.ndarray,
         reasons: list[str],
         rest_floor: float,
+        predicted: Sequence[str] | None = None,
+        uncertainty: np.ndarray | None = None,
     ) -> None:
         buf = io.BytesIO()
         np.savez(
@@ -268,6 +316,8 @@ class Registry:
             scores=np.asarray(scores, dtype=np.float64),
             reasons=np.asarray(reasons, dtype=str),
             rest_floor=np.float64(rest_floor),
+            predicted=np.asarray(list(predicted) if predicted is not None else [""] * len(task_ids), dtype=str),
+            uncertainty=np.asarray(uncertainty if uncertainty is not None else np.full(len(task_ids), np.nan), float),
         )
         _write_atomic(self._dir(project_id) / "versions" / version / "ranking.npz", buf.getvalue())
 
@@ -285,6 +335,32 @@ class Registry:
             return StoredRanking(
                 dict(zip(ids, data["scores"].tolist())),
                 float(data["rest_floor"]),
+            )
+
+    def pool_predictions(self, project_id: int, version: str) -> PoolPredictions | None:
+        """The version's stored pool view for the dashboard and the stopping rule (None: never scored the pool)."""
+        path = self._dir(project_id) / "versions" / version / "ranking.npz"
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            n = len(data["task_ids"])
+            return PoolPredictions(
+                version,
+                data["task_ids"].tolist(),
+                data["scores"],
+                data["reasons"].tolist(),
+                data["predicted"].tolist() if "predicted" in data else [""] * n,
+                data["uncertainty"] if "uncertainty" in data else np.full(n, np.nan),
+                path.stat().st_mtime,
+            )
+
+    def label_predictions(self, project_id: int, version: str) -> LabelPredictions | None:
+        path = self._dir(project_id) / "versions" / version / LABEL_PREDICTIONS
+        if not path.is_file():
+            return None
+        with np.load(path) as data:
+            return LabelPredictions(
+                data["task_ids"].tolist(), data["predicted"].tolist(), data["confidence"], data["human"].tolist()
             )
 
     def cleanup_temp(self, project_id: int) -> None:

@@ -37,6 +37,9 @@ from ml_backend.tasktypes import TaskSchema
 
 log = logging.getLogger(__name__)
 
+#: joins a task's predicted labels into one stored value (multi-label: the set is one category for kappa)
+LABEL_SEPARATOR = "|"
+
 #: fetches a file URL of a task's data to a local path by a deadline (time.monotonic; implemented by the LS client)
 FileFetcher = Callable[[str, int | None, float | None], Path]
 #: label config XML -> schema; raises ValueError for a config we cannot learn (implemented in ``labelstudio``)
@@ -66,6 +69,19 @@ class ProjectState:
     schema: TaskSchema
     config: ModelConfig
     version: VersionInfo
+
+
+def label_budget(extra_params: Any, known: ProjectRecord | None) -> int | None:
+    """The project's label budget: ``extra_params: {"label_budget": n}`` set in LS, else the one already recorded
+    (LS sends extra_params with /setup only). None: the model config's ``stopping.label_budget`` applies."""
+    if isinstance(extra_params, dict) and "label_budget" in extra_params:
+        value = extra_params["label_budget"]
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
+            raise ValueError(f"label_budget must be a positive whole number, got {value!r}")
+        return int(value)
+    return known.label_budget if known is not None else None
 
 
 class ScoringService:
@@ -130,8 +146,9 @@ class ScoringService:
         changed = record is not None and (
             self.parse_config(record.label_config) != schema or record.model_config != config_name
         )
-        if created or changed or record.label_config != label_config:
-            record = ProjectRecord(project_id, str(project_key), label_config, config_name)
+        budget = label_budget(extra_params, record)
+        if created or changed or record.label_config != label_config or record.label_budget != budget:
+            record = ProjectRecord(project_id, str(project_key), label_config, config_name, label_budget=budget)
             self.registry.save_project(record)
         current = self.registry.current(project_id)
         if current is None or changed:
@@ -420,9 +437,15 @@ class ScoringService:
             explore=bool(version.metrics.get("unseen_classes")),
             probs=np.concatenate(probs) if probs else None,
         )
+        chosen = self._decisions(state.schema, view.probs, len(ok))
         self.registry.save_ranking(
-            project_id, version.version, keys, view.ranking.scores, view.ranking.reasons, view.ranking.rest_floor
+            project_id,
+            version.version,
+            keys,
+            view.ranking.scores,
+            view.ranking.reasons,
+            view.ranking.rest_floor,
+            predicted=[LABEL_SEPARATOR.join(c) for c in chosen],
+            uncertainty=None if view.probs is None else uncertainty_of(state.schema.task, clf, view.probs),
         )
-        return self._predictions(
-            state, version, outcomes, ok, view.ranking.scores, self._decisions(state.schema, view.probs, len(ok))
-        )
+        return self._predictions(state, version, outcomes, ok, view.ranking.scores, chosen)

@@ -17,10 +17,18 @@ import numpy as np
 
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
-from ml_backend.learning.registry import VersionInfo, embeddings_bytes
-from ml_backend.learning.service import ProjectState, ScoringService
+from ml_backend.learning.insights import confidence, project_stop_signal
+from ml_backend.learning.ranking import mc_probabilities
+from ml_backend.learning.registry import (
+    LABEL_PREDICTIONS,
+    LabelPredictions,
+    VersionInfo,
+    embeddings_bytes,
+    label_predictions_bytes,
+)
+from ml_backend.learning.service import LABEL_SEPARATOR, ProjectState, ScoringService
 from ml_backend.models.classifier import Classifier
-from ml_backend.tasktypes import TaskType
+from ml_backend.tasktypes import TaskSchema, TaskType
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +186,26 @@ def train_and_decide(
     return TrainOutcome(clf, metrics, promote, reason)
 
 
+def own_labels(
+    clf: Classifier,
+    schema: TaskSchema,
+    embeddings: np.ndarray,
+    items: Sequence[Any],
+    human: Sequence[Sequence[str]],
+    task_ids: Sequence[int],
+    seed: int,
+) -> LabelPredictions:
+    """The trained version's decision and confidence on each task it was trained on, beside the human label (the
+    dashboard's possible label errors). Same MC passes as the pool's pre-annotations; labels in config order."""
+    probs = mc_probabilities(clf, embeddings, seed, items)
+    return LabelPredictions(
+        list(task_ids),
+        [LABEL_SEPARATOR.join(d) for d in schema.task.decisions(schema, probs)],
+        confidence(probs, schema.multilabel),
+        [LABEL_SEPARATOR.join(label for label in schema.labels if label in set(h)) for h in human],
+    )
+
+
 # -- the worker's training step ---------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -252,6 +280,12 @@ def train_version(
     report = progress or (lambda *a, **k: None)
     registry, project_id = service.registry, state.record.project_id
     started = time.time()
+    if state.config.stopping.stop_training:
+        signal = project_stop_signal(registry, state.record, state.config)
+        if signal.stop:
+            reason = "stopped (stopping.stop_training): " + "; ".join(signal.reasons)
+            report("not trained", len(kept), len(kept), reason=reason)
+            return TrainResult(None, False, False, reason, len(kept))
     report("embedding labelled tasks", 0, len(kept))
     config = state.config
     clf = service.new_classifier(state, config)
@@ -264,6 +298,7 @@ def train_version(
     task_ids = sorted(int(kept[i]["id"]) for i in ok)
     order = np.argsort([int(kept[i]["id"]) for i in ok], kind="stable")  # rows in task-id order, like task_ids
     emb, y, items = emb[order], y[order], [items[i] for i in order]
+    human = [labels[ok[i]] for i in order]
     report("training", len(ok), len(kept))
     current = service.classifier(state) if state.version.trained else None
     data = LabelledData(emb, items, y, task_ids)
@@ -288,6 +323,10 @@ def train_version(
         report("not published", len(ok), len(kept), reason=reason)
         return TrainResult(None, False, trained, reason, len(ok), skipped)
     files["labelled.npy"] = embeddings_bytes(emb)
+    if decision.outcome:
+        files[LABEL_PREDICTIONS] = label_predictions_bytes(
+            own_labels(decision.outcome.classifier, state.schema, emb, items, human, task_ids, config.training.seed)
+        )
     info = registry.publish_next(
         project_id,
         config,

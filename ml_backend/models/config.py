@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ml_backend.core.selection import active_weights
+from ml_backend.core.stopping import BUDGET, CRITERIA, KAPPA
 from ml_backend.core.strategies import STRATEGIES
 
 
@@ -121,6 +122,31 @@ class AcquisitionConfig(_Strict):
         return value
 
 
+class StoppingConfig(_Strict):
+    """When the dashboard and status say "stop labelling" (``core.stopping``), and whether training then stops."""
+
+    kappa: float = Field(0.99, gt=0.0, le=1.0, description="Stable predictions: mean kappa of consecutive versions.")
+    window: int = Field(3, ge=1, description="Versions the kappa mean and the accuracy plateau look back over.")
+    uncertainty: float = Field(0.1, ge=0.0, le=1.0, description="Pool uncertainty indicator: mean at most this.")
+    plateau_tolerance: float = Field(0.01, ge=0.0, description="Accuracy plateau: gain below this over the window.")
+    decisive: list[str] = Field(
+        default_factory=lambda: [KAPPA, BUDGET],
+        description="Criteria whose firing means stop (the others are shown as indicators).",
+    )
+    label_budget: int | None = Field(
+        None, ge=1, description="Labels the project may spend (LS extra params 'label_budget' overrides it)."
+    )
+    stop_training: bool = Field(False, description="Stop retraining once the stopping signal says stop.")
+
+    @field_validator("decisive")
+    @classmethod
+    def _known_criteria(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - set(CRITERIA)
+        if unknown:
+            raise ValueError(f"unknown stopping criteria {sorted(unknown)}; choose from {list(CRITERIA)}")
+        return value
+
+
 class ModelConfig(_Strict):
     """One model family and how it learns and scores; ``name`` prefixes every model version it produces."""
 
@@ -130,6 +156,7 @@ class ModelConfig(_Strict):
     head: HeadConfig = HeadConfig()
     training: TrainingConfig = TrainingConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
+    stopping: StoppingConfig = StoppingConfig()
 
     @model_validator(mode="after")
     def _mc_strategies_need_dropout(self) -> ModelConfig:

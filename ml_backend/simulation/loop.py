@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.core.selection import WEIGHT_TERMS
+from ml_backend.core.stopping import cohens_kappa, kappa_average
 from ml_backend.core.strategies import STRATEGIES
 from ml_backend.simulation import datasets
 from ml_backend.simulation.report import RANDOM, summarise, write_outputs
@@ -293,6 +294,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
     served = _Served(untrained, [], list(prep.classes), np.zeros(0, dtype=np.int64))
     if strategy != RANDOM:
         served.queue = _queue(prep, untrained, X_pool, labelled, served.unseen, seed)
+    stop_rule = _StopRule(config)
     budget = min(len(train), (first if settings.cold_start == "random" else 0) + settings.rounds * settings.batch)
     next_training = first
     rounds: list[dict] = []
@@ -326,6 +328,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
                         _queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM else served.queue
                     )
                     served = _Served(new_clf, [int(i) for i in ids], unseen, queue)
+                    stop_rule.served(new_clf, X_pool, labelled, seed)
                     timing["score"] += time.perf_counter() - t0
         if n > 0 and (n % settings.batch == 0 or n == budget):
             scores = evaluate(served.clf, X_test, y_test, prep.classes) if served.clf.trained else {}
@@ -341,6 +344,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
                     "promoted": fit["promoted"],
                     "served_trained_on": len(served.task_ids),
                     "classes_seen": int(len(np.unique(y_pool[labelled]))),
+                    **stop_rule.verdict(),
                     "fit_seconds": timing["fit"],
                     "score_seconds": timing["score"],
                 }
@@ -349,7 +353,36 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
         if n >= budget:
             break
         labelled[_next_task(strategy, served, random_order, labelled)] = True
-    return {"strategy": strategy, "seed": seed, "rounds": rounds}
+    return {"strategy": strategy, "seed": seed, "rounds": rounds, "kappas": stop_rule.history}
+
+
+class _StopRule:
+    """The product's stopping rule replayed (``core.stopping``): kappa of each served version's pool predictions
+    (MC-mean decisions, as stored with a version) with the previous one's, on the tasks still unlabelled."""
+
+    def __init__(self, config: Any):
+        self.config = config.stopping
+        self.previous: np.ndarray | None = None
+        self.kappas: list[float | None] = []
+        self.history: list[dict[str, Any]] = []  # per served trained version after the first: labels, kappa
+
+    def served(self, clf: Any, X_pool: np.ndarray, labelled: np.ndarray, seed: int) -> None:
+        if not clf.trained:
+            return
+        from ml_backend.learning.ranking import mc_probabilities
+
+        predicted = mc_probabilities(clf, X_pool, seed).mean(axis=1).argmax(axis=1)
+        if self.previous is not None:
+            self.kappas.append(cohens_kappa(self.previous[~labelled], predicted[~labelled]))
+            self.history.append({"n_labels": int(labelled.sum()), "kappa": self.kappas[-1]})
+        self.previous = predicted
+
+    def verdict(self) -> dict[str, Any]:
+        """The round's fields: the last kappa and whether the kappa rule says stop."""
+        return {
+            "kappa": self.kappas[-1] if self.kappas else None,
+            "stop": kappa_average(self.kappas, self.config.kappa, self.config.window).fired,
+        }
 
 
 def _next_task(strategy: str, served: _Served, random_order: np.ndarray, labelled: np.ndarray) -> int:
@@ -450,7 +483,9 @@ def run_simulation(settings: SimulationSettings) -> dict:
         "embedding": {"dim": int(prep.X.shape[1]), "seconds": prep.embed_seconds, "tokens": prep.tokens},
         "full_data": full,
         "runs": runs,
-        "summary": summarise(runs, full, settings.target_accuracy, len(prep.classes)),
+        "summary": summarise(
+            runs, full, settings.target_accuracy, len(prep.classes), stop_window=prep.config.stopping.window
+        ),
         "wall_seconds": time.perf_counter() - t_start,
     }
     result["files"] = {k: str(v) for k, v in write_outputs(result, settings.out_dir).items()}

@@ -6,15 +6,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ml_backend.core.stopping import kappa_average
+
 log = logging.getLogger(__name__)
 
 RANDOM = "random"
 RELATIVE_TARGETS = (0.90, 0.95)
+#: kappa thresholds the stable-predictions rule is also replayed at (the configured one decides the rounds' stop)
+KAPPA_THRESHOLDS = (0.99, 0.95, 0.9)
 
 
 def labels_to_reach(n_labels: np.ndarray, acc: np.ndarray, threshold: float) -> float:
@@ -46,9 +51,16 @@ def median_curve(runs: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     return n, np.median(acc, axis=0)
 
 
-def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None = None, n_classes: int = 2) -> dict:
+def summarise(
+    runs: list[dict],
+    full: list[dict],
+    target_accuracy: float | None = None,
+    n_classes: int = 2,
+    stop_window: int = 3,
+) -> dict:
     """Per strategy: median labels to reach each target (and how many seeds got there), the worst round against
-    random (median curves, after the first round), labels until every class was seen, AULC, final accuracy."""
+    random (median curves, after the first round), labels until every class was seen, AULC, final accuracy, and
+    where the stopping rule fired (``stop_window``: the versions its kappa mean looks back over)."""
     full_acc = {f["seed"]: f["accuracy"] for f in full}
     targets: list[tuple[str, float | None]] = [(f"{int(t * 100)}% of full", t) for t in RELATIVE_TARGETS]
     if target_accuracy is not None:
@@ -82,6 +94,8 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
         entry["mean_score_seconds"] = float(
             np.mean([x["score_seconds"] for r in mine for x in r["rounds"][:-1]] or [0])
         )
+        entry["stop"] = stop_summary(mine, full_acc)
+        entry["stop"]["kappa_sensitivity"] = kappa_sensitivity(mine, full_acc, KAPPA_THRESHOLDS, stop_window)
         out[strategy] = entry
     if RANDOM in out:  # how many labels each strategy needs relative to random (< 1: fewer than random)
         n_random, acc_random = median_curve([r for r in runs if r["strategy"] == RANDOM])
@@ -102,6 +116,88 @@ def summarise(runs: list[dict], full: list[dict], target_accuracy: float | None 
                 for name in entry["labels_to_reach"]
             }
     return out
+
+
+def stop_summary(runs: list[dict], full_acc: dict[int, float]) -> dict[str, Any]:
+    """Where the stopping rule (the rounds' ``stop``) first fired per seed: labels, accuracy then, and that accuracy
+    against the full-data head and against the run's last round (what labelling on would have reached)."""
+    fired = [(r, next((x for x in r["rounds"] if x.get("stop")), None)) for r in runs]
+    hits = [(r, x) for r, x in fired if x is not None]
+    return {
+        "fired": len(hits),
+        "labels": float(np.median([x["n_labels"] for _, x in hits])) if hits else None,
+        "accuracy": float(np.median([x["accuracy"] for _, x in hits])) if hits else None,
+        "of_full": float(np.median([x["accuracy"] / full_acc[r["seed"]] for r, x in hits])) if hits else None,
+        "of_last_round": float(np.median([x["accuracy"] / r["rounds"][-1]["accuracy"] for r, x in hits]))
+        if hits
+        else None,
+        "labels_per_seed": [x["n_labels"] if x else None for _, x in fired],
+    }
+
+
+def kappa_sensitivity(runs: list[dict], full_acc: dict[int, float], thresholds: Sequence[float], window: int) -> dict:
+    """The stable-predictions rule replayed at other kappa thresholds on the versions' recorded kappas: per
+    threshold, the seeds where it fired, the median labels then and the accuracy of the first round at that count."""
+    out = {}
+    for threshold in thresholds:
+        hits = []
+        for run in runs:
+            kappas = [v["kappa"] for v in run.get("kappas", [])]
+            at = next(
+                (
+                    v["n_labels"]
+                    for i, v in enumerate(run.get("kappas", []))
+                    if kappa_average(kappas[: i + 1], threshold, window).fired
+                ),
+                None,
+            )
+            row = next((x for x in run["rounds"] if at is not None and x["n_labels"] >= at), None)
+            if row is not None:
+                hits.append((row["n_labels"], row["accuracy"], row["accuracy"] / full_acc[run["seed"]]))
+        out[threshold] = {
+            "fired": len(hits),
+            "labels": float(np.median([h[0] for h in hits])) if hits else None,
+            "accuracy": float(np.median([h[1] for h in hits])) if hits else None,
+            "of_full": float(np.median([h[2] for h in hits])) if hits else None,
+        }
+    return out
+
+
+def stopping_table(result: dict) -> str:
+    """Per strategy: at which label count the stopping rule fired and the accuracy then (markdown)."""
+    full = float(np.median([f["accuracy"] for f in result["full_data"]]))
+    lines = [
+        "| strategy | rule fired (seeds) | labels at stop (median) | accuracy at stop | of full data | "
+        "of the last round | labels per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for strategy, e in result["summary"].items():
+        s = e.get("stop")
+        if s is None:
+            continue
+        if not s["fired"]:
+            lines.append(f"| {strategy} | 0/{e['seeds']} | > {e['final_labels']} | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {strategy} | {s['fired']}/{e['seeds']} | {s['labels']:.0f} | {s['accuracy']:.4f} | "
+            f"{100 * s['of_full']:.1f} % | {100 * s['of_last_round']:.1f} % | "
+            f"{', '.join('-' if n is None else str(n) for n in s['labels_per_seed'])} |"
+        )
+    lines += [
+        "",
+        "The same rule at other kappa thresholds (replayed on the versions' recorded kappas):",
+        "",
+        "| strategy | kappa | fired (seeds) | labels at stop | accuracy at stop | of full data |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy, e in result["summary"].items():
+        for threshold, k in (e.get("stop") or {}).get("kappa_sensitivity", {}).items():
+            figures = (
+                f"{k['labels']:.0f} | {k['accuracy']:.4f} | {100 * k['of_full']:.1f} %" if k["fired"] else "- | - | -"
+            )
+            lines.append(f"| {strategy} | {float(threshold):g} | {k['fired']}/{e['seeds']} | {figures} |")
+    lines.append(f"\nFull-data accuracy (median over seeds): {full:.4f}.")
+    return "\n".join(lines)
 
 
 def _fmt_labels(value: float, reached: int, seeds: int, final_labels: int) -> str:
@@ -271,7 +367,10 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
             "and summary are written"
         )
         del paths["png"]
-    paths["md"].write_text(f"### {result['dataset_description']}\n\n{markdown_table(result)}\n")
+    paths["md"].write_text(
+        f"### {result['dataset_description']}\n\n{markdown_table(result)}\n\n"
+        f"Stopping rule (stable predictions, ``core.stopping``):\n\n{stopping_table(result)}\n"
+    )
     return paths
 
 

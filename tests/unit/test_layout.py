@@ -40,8 +40,9 @@ ALLOWED = {
     "learning": {"core", "tasktypes", "models", "settings"},
     "simulation": {"core", "tasktypes", "models", "learning", "settings"},
     "jobs": {"core", "tasktypes", "models", "labelstudio", "learning", "settings"},
-    "api": {"core", "tasktypes", "models", "labelstudio", "learning", "jobs", "settings"},
-    "cli": {"api", "jobs", "simulation", "settings"},
+    "exports": {"core", "tasktypes", "models", "labelstudio", "learning", "settings"},
+    "api": {"core", "tasktypes", "models", "labelstudio", "learning", "jobs", "exports", "settings"},
+    "cli": {"api", "jobs", "simulation", "exports", "settings"},
     "__init__": set(),
 }
 

@@ -168,3 +168,33 @@ def test_every_cli_option_reaches_the_settings():
     assert (settings.dataset, settings.lag, settings.seeds, settings.duplicates) == ("fashion-mnist", 5, [0, 1, 2], 3)
     assert settings.strategies == ["random", "default"] and str(settings.out_dir) == "x"
     assert settings.cold_start == "random" and settings.batch == 10
+
+
+def test_stop_summary_reports_where_the_rule_first_fired():
+    def run(seed, stops, accs):
+        rounds = [{"n_labels": 10 * (i + 1), "accuracy": a, "stop": s} for i, (s, a) in enumerate(zip(stops, accs))]
+        return {"strategy": "default", "seed": seed, "rounds": rounds}
+
+    runs = [run(0, [False, True, True], [0.6, 0.8, 0.9]), run(1, [False, False, False], [0.5, 0.6, 0.7])]
+    s = report.stop_summary(runs, {0: 1.0, 1: 0.9})
+    assert s["fired"] == 1 and s["labels"] == 20 and s["accuracy"] == pytest.approx(0.8)
+    assert s["of_full"] == pytest.approx(0.8) and s["of_last_round"] == pytest.approx(0.8 / 0.9)
+    assert s["labels_per_seed"] == [20, None]
+    result = {"summary": {"default": {"stop": s, "seeds": 2, "final_labels": 30}}, "full_data": [{"accuracy": 0.95}]}
+    assert "| default | 1/2 | 20 | 0.8000 | 80.0 % | 88.9 % | 20, - |" in report.stopping_table(result)
+    runs[0]["kappas"] = [{"n_labels": 20, "kappa": 0.9}, {"n_labels": 30, "kappa": 0.96}]
+    runs[1]["kappas"] = [{"n_labels": 20, "kappa": 0.5}, {"n_labels": 30, "kappa": 0.99}]
+    sensitivity = report.kappa_sensitivity(runs, {0: 1.0, 1: 0.9}, (0.99, 0.9), window=2)
+    assert sensitivity[0.99]["fired"] == 0 and sensitivity[0.99]["labels"] is None
+    assert sensitivity[0.9] == {"fired": 1, "labels": 30, "accuracy": 0.9, "of_full": 0.9}  # mean(0.9, 0.96)
+
+
+def test_tiny_simulation_replays_the_stopping_rule(tiny_run):
+    _, result = tiny_run
+    for run in result["runs"]:
+        kappas = [x["kappa"] for x in run["rounds"]]
+        assert all(k is None or -1.0 <= k <= 1.0 for k in kappas) and all(
+            x["stop"] in (True, False) for x in run["rounds"]
+        )
+        assert not run["rounds"][0]["stop"]  # the window needs 3 kappas, i.e. 4 trained versions
+    assert all("stop" in entry for entry in result["summary"].values())
