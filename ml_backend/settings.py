@@ -77,7 +77,7 @@ class Settings(BaseSettings):
         "URLs); `*.example.com` matches subdomains.",
     )
 
-    # -- scale: front first, fewer LS requests (README "Scale") ------------------------------------------------
+    # -- scale: front first, fewer LS requests (README "Front first") ------------------------------------------
     front_first_tasks: int = Field(
         500,
         ge=0,
