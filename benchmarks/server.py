@@ -70,6 +70,11 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
+class LabelStudioBusy(RuntimeError):
+    """LS answered 5xx: on SQLite, "database is locked" while another request holds the write lock for more than
+    5 s (deleting or importing thousands of predictions); polling tries again."""
+
+
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
     """Poll ``check()`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -79,7 +84,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
             last = check()
             if last:
                 return last
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, LabelStudioBusy) as exc:
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
@@ -134,6 +139,8 @@ class LS:
 
     def call(self, method: str, path: str, expect: tuple[int, ...] = (200,), **kw) -> Any:
         r = self.http.request(method, path, **kw)
+        if r.status_code >= 500 and r.status_code not in expect:
+            raise LabelStudioBusy(f"Label Studio: {method} {path} -> {r.status_code}")
         if r.status_code not in expect:
             raise RuntimeError(f"Label Studio: {method} {path} -> {r.status_code}: {r.text[:500]}")
         return r.json() if r.content else None
