@@ -3,13 +3,16 @@
 - ``train_project``: labels from LS -> train -> evaluate -> publish a version (promoted if not worse), only while
   the job still holds the project's training lock and the project's label set is the one it trained on.
 - ``rescore_project``: bring LS up to the version current when the job starts. If the project does not point at
-  it yet: score every unlabelled task, import, point the project at the version, delete the older versions'
-  predictions (in that order, so LS never serves from nothing). If it does: score only the unlabelled tasks that
-  lack a prediction of it (a "fill": deleted annotations, new tasks, failed scorings), so the queue never freezes.
+  it yet: score every unlabelled task, import the predictions of the ``FRONT_FIRST_TASKS`` lowest scores (the
+  tasks LS serves next; stage "front"), point the project at the version, import the rest (stage "fill"), then
+  delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
+  the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings), so the
+  queue never freezes.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
 - ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
 
-Every import is followed by the removal of duplicate predictions of the version (one prediction per task).
+Every import (a front-first one: after its fill) is followed by the removal of duplicate predictions of the version
+(one prediction per task).
 """
 
 from __future__ import annotations
@@ -234,16 +237,35 @@ def _version_scores(ctx: context.WorkerContext, project_id: int, version: str) -
 
 
 def _import(
-    ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]], lock: ProjectLock
+    ctx: context.WorkerContext,
+    project_id: int,
+    version: str,
+    predictions: list[dict[str, Any]],
+    lock: ProjectLock,
+    stage: str = "importing predictions",
+    dedupe: bool = True,
 ) -> int:
-    """Import while we still hold the scoring lock, then keep one prediction of the version per task (ours)."""
+    """Import while we still hold the scoring lock, then (``dedupe``) keep one prediction of the version per task
+    (ours). A front-first import dedupes once, after its fill: the listing it takes is of the whole project."""
     lock.ensure_owned(f"importing {len(predictions)} predictions")
-    _progress("importing predictions", 0, len(predictions))
-    created = ctx.ls.import_predictions(project_id, predictions, ctx.settings.import_batch_size)
-    if created:
-        ours = {**_version_scores(ctx, project_id, version), **{p["task"]: p["score"] for p in predictions}}
-        ctx.ls.remove_duplicate_predictions(project_id, version, ours)
+    s = ctx.settings
+    step = s.import_batch_size * s.import_concurrency
+    created = 0
+    for start in range(0, len(predictions), step):
+        _progress(stage, start, len(predictions))
+        chunk = predictions[start : start + step]
+        created += ctx.ls.import_predictions(project_id, chunk, s.import_batch_size, s.import_concurrency)
+    _progress(stage, len(predictions), len(predictions), created=created)
+    if created and dedupe:
+        _dedupe_after_import(ctx, project_id, version, predictions)
     return created
+
+
+def _dedupe_after_import(
+    ctx: context.WorkerContext, project_id: int, version: str, predictions: list[dict[str, Any]]
+) -> None:
+    ours = {**_version_scores(ctx, project_id, version), **{p["task"]: p["score"] for p in predictions}}
+    ctx.ls.remove_duplicate_predictions(project_id, version, ours)
 
 
 @_timed("rescore")
@@ -306,7 +328,12 @@ def _rescore_pool(
         for p in scored
         if not any(s is not None and math.isclose(s, p["score"], abs_tol=1e-9) for s in stored.get(p["task"], []))
     ]
-    created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
+    # front first: LS serves the lowest scores first, so the K lowest are the next tasks an annotator sees; once
+    # they are in, the project points at the version and serves them while the rest of the pool follows
+    predictions.sort(key=lambda p: (p["score"], p["task"]))
+    k = ctx.settings.front_first_tasks
+    front, rest = (predictions[:k], predictions[k:]) if k else (predictions, [])
+    created = _import(ctx, project_id, version, front, lock, stage="front", dedupe=False) if front else 0
     if version not in ctx.ls.model_versions(project_id):
         # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
         # version without predictions, and the older predictions are all the queue has
@@ -315,15 +342,21 @@ def _rescore_pool(
     lock.ensure_owned(f"pointing the project at {version}")
     _progress("pointing the project at the new version", created, len(predictions))
     ctx.ls.set_model_version(project_id, version)
+    _progress("front", created, len(predictions), front=len(front), switched=True)
+    # the fill: tasks LS does not serve yet (no prediction of the project's version) come after the front anyway
+    created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False) if rest else 0
+    if created:
+        _dedupe_after_import(ctx, project_id, version, predictions)
     deleted = _delete_older_versions(ctx, project_id, version)
     if skipped:
         log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
-    _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted)
+    _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted, front=len(front))
     return {
         "version": version,
         "mode": "pool",
         "unlabelled": len(tasks),
         "imported": created,
+        "front": len(front),
         "skipped": skipped,
         "deleted_old_predictions": deleted,
     }

@@ -484,3 +484,51 @@ def test_a_first_scoring_that_failed_for_good_is_retried_once_label_studio_is_ba
     assert status["jobs"][0]["id"] == late["id"] and status["jobs"][0]["status"] == "finished"
     assert status["last_error"] is None
     assert len(predictions_by_task(ls_server, project_id)) == 20
+
+
+def test_a_new_version_reaches_the_front_of_the_queue_before_the_rest_of_the_pool(start_loop, ls_server):
+    """Front first: the K lowest scores of a new version are imported and the project points at the version while
+    the rest of the pool is still being imported; LS then serves the front in the new version's order (the old
+    version's predictions still in place), and the end state is one prediction of the new version per task."""
+    k, n_tasks = 15, 300
+    client, _ = start_loop(FRONT_FIRST_TASKS=str(k), IMPORT_BATCH_SIZE="5")  # a slow fill: a window to look into
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=n_tasks, n_labelled=12)
+    first = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+    wait_for("the cold-start scoring", lambda: settled(client, ls_server, project_id, min_jobs=1), timeout=300)
+    sdk = ls_server.sdk()
+    client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
+    new = wait_for(
+        "a trained version",
+        lambda: (v := client.get(f"/projects/{project_id}/status").json()["current_version"]) != first and v,
+        timeout=300,
+        every=0.1,
+    )
+    unlabelled = n_tasks - 12
+
+    def switched_mid_fill():
+        # the project is read first: fewer predictions of its version afterwards means it pointed at it earlier
+        if sdk.projects.get(project_id).model_version != new:
+            return None
+        with ls_server.client() as c:
+            counts = c.get(f"/api/projects/{project_id}/model-versions/").json()
+            if counts.get(new, 0) >= unlabelled:
+                raise AssertionError(f"the fill was over before the project was seen pointing at {new}: {counts}")
+            served = c.get(f"/api/projects/{project_id}/next/").json()
+        return counts, served, predictions_by_task(ls_server, project_id)
+
+    counts, served, during = wait_for("the switch to the new version during the fill", switched_mid_fill, every=0.1)
+    assert k <= counts[new] < unlabelled and counts.get(first) == unlabelled, counts  # the old version is still in
+    status = wait_for("the fill to finish", lambda: settled(client, ls_server, project_id, min_jobs=3), timeout=300)
+    rescore = status["jobs"][0]
+    assert rescore["kind"] == "rescore" and rescore["meta"]["stage"] == "done" and rescore["meta"]["front"] == k
+
+    final = predictions_by_task(ls_server, project_id)
+    labelled = set(ids[:12])
+    assert all([p["model_version"] for p in final[t]] == [new] for t in ids if t not in labelled), "one per task"
+    assert not any(p["model_version"] == first for preds in final.values() for p in preds), "old version deleted"
+    scores = sorted((final[t][0]["score"], t) for t in ids if t not in labelled)
+    front = {t for _, t in scores[:k]}
+    had_new = {t for t, preds in during.items() if any(p["model_version"] == new for p in preds)}
+    assert front <= had_new, "the K most informative tasks were in LS when the project switched"
+    # LS served the lowest score of the new version, not a random task and not by the old version's scores
+    assert served["id"] == scores[0][1], (served["id"], scores[:3])

@@ -44,6 +44,16 @@ def test_import_point_and_delete_versions(ls_server, project):
     assert client.get_project(pid).model_version == "m-v2-x"
 
 
+def test_parallel_import_requests_create_every_prediction_once(ls_server, project):
+    client = LabelStudioClient(ls_server.url, ls_server.token)
+    pid, ids = project
+    preds = [{"task": t, "result": [], "score": i / 10, "model_version": "m-par"} for i, t in enumerate(ids)]
+    assert client.import_predictions(pid, preds, batch_size=1, concurrency=4) == len(ids)
+    stored = sorted((task, score) for _, task, score in client.predictions_of_version(pid, "m-par"))
+    assert stored == sorted((p["task"], p["score"]) for p in preds)
+    assert client.delete_model_version(pid, "m-par") == len(ids)
+
+
 def test_a_personal_access_token_is_exchanged_for_access_tokens(ls_server, project):
     pat = ls_server.create_pat()
     client = LabelStudioClient(ls_server.url, pat)
