@@ -71,7 +71,8 @@ class StoredRanking:
 class PoolPredictions:
     """A version's view of the unlabelled pool at its last pool scoring, per task (same order): the LS score, why
     it got its place, the predicted label(s) joined by ``|`` ("" from an untrained version) and the normalised
-    uncertainty (NaN from an untrained version). Rankings stored before predictions were kept have them empty."""
+    uncertainty (NaN from an untrained version); ``rest_floor`` as in :class:`StoredRanking`. Rankings stored
+    before predictions were kept have them empty."""
 
     version: str
     task_ids: list[int]
@@ -79,6 +80,7 @@ class PoolPredictions:
     reasons: list[str]
     predicted: list[str]
     uncertainty: np.ndarray
+    rest_floor: float
     written_at: float
 
 
@@ -319,27 +321,26 @@ class Registry:
             predicted=np.asarray(list(predicted) if predicted is not None else [""] * len(task_ids), dtype=str),
             uncertainty=np.asarray(uncertainty if uncertainty is not None else np.full(len(task_ids), np.nan), float),
         )
-        _write_atomic(self._dir(project_id) / "versions" / version / "ranking.npz", buf.getvalue())
+        _write_atomic(self._ranking_path(project_id, version), buf.getvalue())
+
+    def _ranking_path(self, project_id: int, version: str) -> Path:
+        return self._dir(project_id) / "versions" / version / "ranking.npz"
 
     def ranking_mtime(self, project_id: int, version: str) -> float:
         """When the version's stored pool order was last written (0.0: never)."""
-        path = self._dir(project_id) / "versions" / version / "ranking.npz"
+        path = self._ranking_path(project_id, version)
         return path.stat().st_mtime if path.is_file() else 0.0
 
     def ranking(self, project_id: int, version: str) -> StoredRanking | None:
-        path = self._dir(project_id) / "versions" / version / "ranking.npz"
-        if not path.is_file():
+        """The version's stored LS score per task and the floor of the rest of the pool (None: never scored)."""
+        pool = self.pool_predictions(project_id, version)
+        if pool is None:
             return None
-        with np.load(path) as data:
-            ids = data["task_ids"].tolist()
-            return StoredRanking(
-                dict(zip(ids, data["scores"].tolist())),
-                float(data["rest_floor"]),
-            )
+        return StoredRanking(dict(zip(pool.task_ids, pool.scores.tolist())), pool.rest_floor)
 
     def pool_predictions(self, project_id: int, version: str) -> PoolPredictions | None:
         """The version's stored pool view for the dashboard and the stopping rule (None: never scored the pool)."""
-        path = self._dir(project_id) / "versions" / version / "ranking.npz"
+        path = self._ranking_path(project_id, version)
         if not path.is_file():
             return None
         with np.load(path) as data:
@@ -351,6 +352,7 @@ class Registry:
                 data["reasons"].tolist(),
                 data["predicted"].tolist() if "predicted" in data else [""] * n,
                 data["uncertainty"] if "uncertainty" in data else np.full(n, np.nan),
+                float(data["rest_floor"]),
                 path.stat().st_mtime,
             )
 
