@@ -58,13 +58,15 @@ def project_status(backend: Any, project_id: int) -> dict[str, Any]:
     if record is None or current is None:
         raise UnknownProject(f"project {project_id} is unknown: connect it to this backend in Label Studio (/setup)")
     config, config_note = _model_config(backend, record, current)
+    # task links point at the LS the backend talks to: the environment's, else the one /setup reported
+    ls_url = backend.settings.label_studio_url or backend.registry.ls_connection()[0]
     body: dict[str, Any] = {
         "project": project_id,
         "current_version": current.version,
         "trained": current.trained,
         "metrics": current.metrics,
         "n_labels": current.n_labels,
-        **project_report(backend.registry, record, config, current, backend.settings.label_studio_url),
+        **project_report(backend.registry, record, config, current, ls_url),
     }
     if config_note:
         body["model_config_error"] = config_note

@@ -255,3 +255,6 @@ def test_setup_hostname_and_token_are_used_when_the_environment_names_no_label_s
 
     worker = WorkerContext(client.app.state.backend.settings, client.app.state.backend.service.encoders)
     assert (worker.ls.url, worker.ls.api_key) == (file_server.url, "tok")
+    # and the status links tasks into that LS
+    status = client.get("/projects/30/status").json()
+    assert status["label_studio_url"] == file_server.url
