@@ -211,8 +211,10 @@ class Registry:
     def versions(self, project_id: int) -> list[VersionInfo]:
         """Every version ever published for the project (promoted or not), oldest first."""
         vdir = self._dir(project_id) / "versions"
-        infos = [VersionInfo(**json.loads(m.read_text())) for m in vdir.glob("*/meta.json")] if vdir.is_dir() else []
-        return sorted(infos, key=lambda v: v.number)
+        # pathlib's glob matches hidden folders: skip the ``.tmp-*`` one a publish is writing (its meta.json may be
+        # empty at this instant; the status page read one and failed while the worker published)
+        metas = [m for m in vdir.glob("*/meta.json") if not m.parent.name.startswith(".")] if vdir.is_dir() else []
+        return sorted((VersionInfo(**json.loads(m.read_text())) for m in metas), key=lambda v: v.number)
 
     def next_number(self, project_id: int) -> int:
         return max((v.number for v in self.versions(project_id)), default=-1) + 1

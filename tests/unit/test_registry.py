@@ -33,6 +33,17 @@ def test_publish_promote_and_history(tmp_path):
         reg.publish(7, info(1), {}, promote=True)
 
 
+def test_a_version_being_published_is_invisible_to_readers(tmp_path):
+    """A reader (the status page) lists versions while the worker writes one: the temp folder's meta.json may still
+    be empty, which once failed the status route with a JSONDecodeError."""
+    reg = Registry(tmp_path)
+    v0 = reg.publish(3, info(0), {}, promote=True)
+    being_written = tmp_path / "3" / "versions" / ".tmp-abc"
+    being_written.mkdir()
+    (being_written / "meta.json").write_text("")
+    assert [v.version for v in reg.versions(3)] == [v0.version] and reg.next_number(3) == 1
+
+
 def test_version_names_are_monotonic_and_say_what_they_are():
     assert Registry.version_name("minilm", 3).startswith("minilm-v3-")
 
