@@ -29,8 +29,8 @@ def test_publish_promote_and_history(tmp_path):
     assert [v.number for v in reg.versions(7)] == [0, 1] and reg.next_number(7) == 2
     reg.set_current(7, v1.version)
     assert reg.current(7).version == v1.version and reg.read_file(7, v1.version, "head.pt") == b"weights"
-    with pytest.raises(FileExistsError):
-        reg.publish(7, info(1), {}, promote=True)
+    with pytest.raises(FileExistsError):  # the same name again (a fresh info(1) may fall in the next second)
+        reg.publish(7, v1, {}, promote=True)
 
 
 def test_a_version_being_published_is_invisible_to_readers(tmp_path):
