@@ -35,7 +35,7 @@ from ml_backend.api.schemas import PredictRequest, ProjectId, SetupRequest
 from ml_backend.jobs.queue import WEB_SOCKET_TIMEOUT, JobQueue, QueueUnavailable, connect
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
-from ml_backend.labelstudio.webhooks import BadEvent, parse_event, project_id_of_key
+from ml_backend.labelstudio.webhooks import BadEvent, WebhookEvent, parse_event, project_id_of_key
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
 from ml_backend.models.config import UnknownModelConfig
@@ -96,25 +96,47 @@ class Backend:
         self.registry.mark_rescore_pending(project_id, False)
         return True
 
-    def retry_pending_scorings(self) -> int:
-        """Enqueue the pool scorings /setup could not; returns how many are still pending."""
-        pending = self.registry.rescore_pending()
-        return sum(1 for project_id in pending if not self.request_first_scoring(project_id))
+    def defer(self, event: WebhookEvent) -> None:
+        """Keep on disk what a webhook asked for while Redis is down: LS sends a webhook once, so refusing it would
+        lose new tasks' predictions or a retraining until the next label. New tasks become a pending re-score (it
+        scores every unlabelled task that lacks a prediction of the current version); labels are counted."""
+        assert event.project_id is not None
+        if event.creates_tasks:
+            self.registry.mark_rescore_pending(event.project_id)
+        else:
+            self.registry.defer_labels(event.project_id, event.labels, event.forces_training)
+
+    def retry_deferred(self) -> int:
+        """Enqueue what /setup and webhooks could not (Redis was down); returns how many projects still wait."""
+        waiting = sum(1 for project_id in self.registry.rescore_pending() if not self.request_first_scoring(project_id))
+        for project_id in self.registry.projects_with_deferred_labels():
+            taken = self.registry.take_deferred_labels(project_id)
+            if taken is None:  # another process took them
+                continue
+            labels, force = taken
+            try:
+                self.queue().add_labels(project_id, labels, force=force)
+            except QueueUnavailable:
+                self.registry.defer_labels(project_id, labels, force)
+                waiting += 1
+            else:
+                log.info("project %s: enqueued %d labels deferred while Redis was down", project_id, labels)
+        return waiting
 
 
 _T = TypeVar("_T")
-#: seconds between attempts to enqueue pool scorings that /setup could not (Redis down)
+#: seconds between attempts to enqueue what /setup and webhooks could not (Redis down)
 PENDING_RETRY_INTERVAL = 5.0
 
 
 async def _retry_pending(backend: Backend) -> None:
-    """While the app runs: enqueue the pool scorings that /setup could not (Redis was down)."""
+    """While the app runs: enqueue the pool scorings and labels kept on disk while Redis was down."""
     while True:
         await asyncio.sleep(PENDING_RETRY_INTERVAL)
         try:
-            await backend.in_thread(backend.retry_pending_scorings)
+            await backend.in_thread(backend.retry_deferred)
         except Exception:  # never let the loop die: the next round tries again
-            log.exception("retrying pending pool scorings failed")
+            log.exception("retrying deferred work failed")
 
 
 def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
@@ -240,8 +262,15 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             if event.creates_tasks:
                 return JSONResponse({"status": "ok", "job": job_id, "tasks": len(event.tasks)}, status_code=201)
         except QueueUnavailable as exc:
-            backend.counters["webhooks_refused"] += 1
-            return error(503, f"the job queue (Redis) is unavailable: {exc}")
+            try:
+                await backend.in_thread(backend.defer, event)
+            except OSError as disk:  # nowhere to keep it either: say so, LS logs the failed webhook
+                backend.counters["webhooks_refused"] += 1
+                return error(503, f"the job queue (Redis) is unavailable ({exc}) and the data folder too ({disk})")
+            backend.counters["webhooks_deferred"] += 1
+            log.warning("project %s: %s kept on disk until Redis is back (%s)", project_id, event.action, exc)
+            detail = f"the job queue (Redis) is unavailable ({exc}): kept on disk, enqueued when Redis is back"
+            return JSONResponse({"status": "deferred", "job": None, "detail": detail}, status_code=202)
         backend.counters["webhooks_accepted"] += 1
         return JSONResponse({"status": "ok", "job": job_id, "labels": event.labels}, status_code=201)
 

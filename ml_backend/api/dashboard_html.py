@@ -202,10 +202,21 @@ def _versions(status: dict[str, Any]) -> str:
     )
 
 
+def _waiting_for_redis(status: dict[str, Any]) -> str:
+    """What was kept on disk because Redis refused it (it is enqueued once Redis answers)."""
+    waiting = (["a pool scoring"] if status.get("rescore_pending") else []) + (
+        [f"{status['labels_deferred']} labels"] if status.get("labels_deferred") else []
+    )
+    return f'<p style="color:{RED}">Waiting for Redis: {" and ".join(waiting)}.</p>' if waiting else ""
+
+
 def _jobs(status: dict[str, Any]) -> str:
     jobs = status.get("jobs")
     if jobs is None:
-        return f'<section><h2>Jobs</h2><p class="muted">{escape(status.get("jobs_error") or "")}</p></section>'
+        return (
+            f'<section><h2>Jobs</h2><p class="muted">{escape(status.get("jobs_error") or "")}</p>'
+            f"{_waiting_for_redis(status)}</section>"
+        )
     rows = []
     for job in jobs[:12]:
         meta = job.get("meta") or {}
@@ -218,8 +229,9 @@ def _jobs(status: dict[str, Any]) -> str:
         )
     last = f'<p style="color:{RED}">Last error: {escape(status["last_error"])}</p>' if status.get("last_error") else ""
     return (
-        f'<section><h2>Jobs</h2>{last}<table id="jobs"><tr><th>job</th><th>status</th><th>stage</th>'
-        f"<th>progress</th></tr>{''.join(rows) or '<tr><td colspan=4 class=muted>no recent job</td></tr>'}"
+        f"<section><h2>Jobs</h2>{last}{_waiting_for_redis(status)}"
+        '<table id="jobs"><tr><th>job</th><th>status</th><th>stage</th><th>progress</th></tr>'
+        f"{''.join(rows) or '<tr><td colspan=4 class=muted>no recent job</td></tr>'}"
         "</table></section>"
     )
 

@@ -11,6 +11,8 @@ Layout under ``<data_dir>/projects/<project id>/``::
                               labelled_predictions.npz (the model's label and confidence on each labelled task:
                               possible label errors)
     pool_reference.npy        a sample of the project's pool embeddings: the one reference for density
+    rescore-pending           a pool scoring /setup or a TASKS_CREATED webhook could not enqueue (Redis down)
+    deferred-labels.jsonl     labels of annotation webhooks that could not be enqueued (Redis down)
 
 A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle
 of publishing leaves the previous versions and the current pointer untouched. Every process (web, workers)
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +39,7 @@ from ml_backend.models.config import ModelConfig
 
 #: the file of a version holding :class:`LabelPredictions`
 LABEL_PREDICTIONS = "labelled_predictions.npz"
+DEFERRED_LABELS = "deferred-labels.jsonl"
 
 
 def label_predictions_bytes(predictions: LabelPredictions) -> bytes:
@@ -161,8 +165,8 @@ class Registry:
         return dst
 
     def mark_rescore_pending(self, project_id: int, pending: bool = True) -> None:
-        """Remember on disk that a project's pool scoring could not be enqueued (Redis down during /setup), so it
-        is enqueued once Redis is back instead of waiting for the next label."""
+        """Remember on disk that a project's pool scoring could not be enqueued (Redis down during /setup or a
+        TASKS_CREATED webhook), so it is enqueued once Redis is back instead of waiting for the next label."""
         flag = self._dir(project_id) / "rescore-pending"
         if pending:
             flag.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +177,39 @@ class Registry:
     def rescore_pending(self) -> list[int]:
         """Projects whose pool scoring still has to be enqueued (see :meth:`mark_rescore_pending`)."""
         return [p for p in self.project_ids() if (self._dir(p) / "rescore-pending").is_file()]
+
+    def defer_labels(self, project_id: int, labels: int, force: bool) -> None:
+        """Keep on disk the labels of a webhook whose job could not be enqueued (Redis down): LS sends a webhook
+        once and never again, so answering 503 would lose the retraining until the next label. One appended line
+        per webhook (appends of one short line are atomic, so concurrent webhooks never overwrite each other)."""
+        path = self._dir(project_id) / DEFERRED_LABELS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"labels": labels, "force": force}) + "\n")
+
+    def take_deferred_labels(self, project_id: int) -> tuple[int, bool] | None:
+        """The deferred labels of a project (their sum, and whether any webhook forced training), removed from
+        disk; None if there are none. Renamed aside before reading, so a webhook deferred meanwhile starts a new
+        file instead of being truncated away. The caller defers them again if it cannot enqueue them."""
+        path = self._dir(project_id) / DEFERRED_LABELS
+        taken = path.with_name(f".{DEFERRED_LABELS}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            path.rename(taken)
+        except FileNotFoundError:
+            return None
+        lines = [json.loads(line) for line in taken.read_text().splitlines() if line.strip()]
+        taken.unlink()
+        return sum(int(x["labels"]) for x in lines), any(bool(x["force"]) for x in lines)
+
+    def deferred_labels(self, project_id: int) -> int:
+        """How many labels wait on disk for Redis (0: none)."""
+        path = self._dir(project_id) / DEFERRED_LABELS
+        if not path.is_file():
+            return 0
+        return sum(int(json.loads(line)["labels"]) for line in path.read_text().splitlines() if line.strip())
+
+    def projects_with_deferred_labels(self) -> list[int]:
+        return [p for p in self.project_ids() if (self._dir(p) / DEFERRED_LABELS).is_file()]
 
     def save_ls_connection(self, url: str, token: str) -> None:
         """Keep the LS URL and token /setup brought (used only when the environment names no LS): the workers

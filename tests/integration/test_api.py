@@ -238,8 +238,10 @@ def test_webhook_validates_ignores_and_reports_redis_down_fast(make_client):
             "annotation": {"id": 1, "result": [{"from_name": "sentiment"}]},
         },
     )
-    assert resp.status_code == 503 and "Redis" in resp.json()["detail"]
+    # LS never resends a webhook: the label is kept on disk instead of refused
+    assert resp.status_code == 202 and resp.json()["status"] == "deferred" and "Redis" in resp.json()["detail"]
     assert time.perf_counter() - started < 3.0  # at once, not after a long connect timeout
+    assert client.get("/projects/9/status").json()["labels_deferred"] == 1
     # serving goes on without Redis
     assert predict(client, "9.1", TEXT, [{"id": 1, "data": {"text": "fine"}}])[0]["score"] >= 0
 

@@ -87,20 +87,34 @@ def test_a_hung_redis_never_stalls_health_or_predict(live, own_redis):
             predict_resp, predict_time = _timed(lambda: http.post("/predict", json={"project": "50.1", "tasks": tasks}))
             status_resp, status_time = _timed(lambda: http.get("/projects/50/status"))
             webhooks = [f.result() for f in hooks]
+        deferred = http.get("/projects/50/status").json()["labels_deferred"]
     finally:
         own_redis.thaw()
     slowest_hook = max(t for _, t in webhooks)
     print(
-        f"Redis frozen: 10 concurrent webhooks answered 503 in <= {slowest_hook:.2f} s; /health max "
+        f"Redis frozen: 10 concurrent webhooks deferred in <= {slowest_hook:.2f} s; /health max "
         f"{max(health) * 1000:.0f} ms; /predict {predict_time * 1000:.0f} ms; status {status_time * 1000:.0f} ms"
     )
-    assert all(r.status_code == 503 and "Redis" in r.json()["detail"] for r, _ in webhooks)
+    assert all(r.status_code == 202 and r.json()["status"] == "deferred" for r, _ in webhooks)
     assert slowest_hook < 2.5  # within LS's reach (1 s timeout, response ignored), and never queued 5 s each
     assert max(health) < 0.3
     assert predict_resp.status_code == 200 and predict_time < 1.0
     assert status_resp.status_code == 200 and status_resp.json()["jobs"] is None and status_time < 2.0
-    # Redis back: webhooks are accepted again
+    assert deferred == 10  # all kept, none lost to concurrent appends
+    # Redis back: the deferred labels are enqueued (one coalesced training) and webhooks are accepted again
+    status = _eventually(lambda: len((s := http.get("/projects/50/status").json())["jobs"] or []) == 2 and s)
+    assert sorted(j["kind"] for j in status["jobs"]) == ["rescore", "train"]  # /setup's scoring, then the training
+    assert status["labels_deferred"] == 0
     assert http.post("/webhook", json=WEBHOOK).status_code == 201
+
+
+def _eventually(check, timeout: float = 20.0):
+    """The first truthy value of ``check()`` within ``timeout`` s (the app retries deferred work every 5 s)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "deferred work was not enqueued after Redis came back"
+        time.sleep(0.2)
+    return value
 
 
 def test_health_answers_at_once_while_the_scoring_pool_is_full(live):
@@ -146,5 +160,42 @@ def test_setup_while_redis_is_down_enqueues_the_first_scoring_once_redis_is_back
         assert job_id.startswith("rescore-52-")
         status = http.get("/projects/52/status").json()
         assert status["rescore_pending"] is False and [j["id"] for j in status["jobs"]] == [job_id]
+    finally:
+        redis.stop()
+
+
+def test_webhooks_while_redis_is_down_are_kept_on_disk_and_enqueued_once_redis_is_back(live, tmp_path):
+    """LS sends each webhook once: new tasks and labels that Redis refused must still reach the worker."""
+    redis = OwnRedis(tmp_path).start()
+    port = redis.port
+    redis.stop()
+    server = live(redis_url=redis.url, queue_name="faults-webhooks")
+    http = httpx.Client(base_url=server.url, timeout=30)
+    assert http.post("/setup", json={"project": "53.1", "schema": TEXT}).status_code == 200
+    hooks = [
+        {"action": "ANNOTATION_CREATED", "project": {"id": 53}, "annotation": {"id": 1, "result": [{"x": 1}]}},
+        {"action": "ANNOTATIONS_CREATED", "project": {"id": 53}, "annotation": [{"result": [1]}, {"result": [1]}]},
+        {"action": "TASKS_CREATED", "project": {"id": 53}, "tasks": [{"id": 7, "data": {"text": "new"}}]},
+    ]
+    for hook in hooks:
+        resp = http.post("/webhook", json=hook)
+        assert resp.status_code == 202 and resp.json()["status"] == "deferred", resp.text
+    status = http.get("/projects/53/status").json()
+    assert status["labels_deferred"] == 3 and status["rescore_pending"] is True
+    page = http.get("/dashboard/projects/53").text
+    assert "Waiting for Redis: a pool scoring and 3 labels." in page
+    redis = OwnRedis(tmp_path, port=port).start()
+    try:
+        status = _eventually(
+            lambda: (
+                (s := http.get("/projects/53/status").json())["labels_deferred"] == 0
+                and not s["rescore_pending"]
+                and len(s["jobs"]) == 2
+                and s
+            )
+        )
+        assert sorted(j["kind"] for j in status["jobs"]) == ["rescore", "train"]
+        client = Redis.from_url(redis.url)
+        assert int(client.get("al:faults-webhooks:labels:53")) == 3  # the labels were counted, not just a job
     finally:
         redis.stop()

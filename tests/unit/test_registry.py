@@ -64,3 +64,17 @@ def test_a_crash_while_publishing_leaves_the_previous_version_serving(tmp_path):
     if len(reg.versions(1)) == 1:
         reg.cleanup_temp(1)  # ...and its temp folder is cleaned up
         assert not list((tmp_path / "1" / "versions").glob(".tmp-*"))
+
+
+def test_deferred_labels_are_summed_taken_once_and_never_lost_to_concurrent_webhooks(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    reg = Registry(tmp_path)
+    assert reg.take_deferred_labels(4) is None and reg.deferred_labels(4) == 0
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: reg.defer_labels(4, 1 + i % 2, force=i == 13), range(40)))
+    assert reg.deferred_labels(4) == 60 and reg.projects_with_deferred_labels() == [4]
+    assert reg.take_deferred_labels(4) == (60, True)
+    assert reg.take_deferred_labels(4) is None and reg.projects_with_deferred_labels() == []
+    reg.defer_labels(4, 2, force=False)  # enqueueing failed again: put back
+    assert reg.take_deferred_labels(4) == (2, False)
