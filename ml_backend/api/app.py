@@ -178,7 +178,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(422, str(exc))
         except (UnknownModelConfig, InvalidModelConfig, ValueError) as exc:  # unknown, broken or mismatched config
             return error(400, str(exc))
-        if is_new or project_id in backend.registry.rescore_pending():
+        if is_new or backend.registry.is_rescore_pending(project_id):
             # first connection (or a new label set, or a scoring Redis refused before): score the pool in the background
             backend.request_first_scoring(state.record.project_id)
         return JSONResponse({"model_version": state.version.version})

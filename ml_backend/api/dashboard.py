@@ -70,7 +70,7 @@ def project_status(backend: Any, project_id: int) -> dict[str, Any]:
     }
     if config_note:
         body["model_config_error"] = config_note
-    body["rescore_pending"] = project_id in backend.registry.rescore_pending()
+    body["rescore_pending"] = backend.registry.is_rescore_pending(project_id)
     body["labels_deferred"] = backend.registry.deferred_labels(project_id)
     try:
         body["jobs"] = backend.queue().recent_jobs(project_id)

@@ -174,9 +174,13 @@ class Registry:
         else:
             flag.unlink(missing_ok=True)
 
+    def is_rescore_pending(self, project_id: int) -> bool:
+        """Whether the project's pool scoring still has to be enqueued (see :meth:`mark_rescore_pending`)."""
+        return (self._dir(project_id) / "rescore-pending").is_file()
+
     def rescore_pending(self) -> list[int]:
-        """Projects whose pool scoring still has to be enqueued (see :meth:`mark_rescore_pending`)."""
-        return [p for p in self.project_ids() if (self._dir(p) / "rescore-pending").is_file()]
+        """Projects whose pool scoring still has to be enqueued."""
+        return [p for p in self.project_ids() if self.is_rescore_pending(p)]
 
     def defer_labels(self, project_id: int, labels: int, force: bool) -> None:
         """Keep on disk the labels of a webhook whose job could not be enqueued (Redis down): LS sends a webhook
