@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="After a new version, import the predictions of this many most informative unlabelled tasks "
         "first and point the project at the version; the rest of the pool follows (0: the whole pool first).",
     )
+    embed_chunk_size: int = Field(
+        1000,
+        ge=0,
+        description="A re-score with more pool tasks to embed than this splits the embedding into chunk jobs of "
+        "this many tasks on the queue, so every worker (on any machine sharing Redis and DATA_DIR) embeds a part; "
+        "0: never (the re-score embeds alone).",
+    )
     import_concurrency: int = Field(
         1,
         ge=1,

@@ -284,6 +284,8 @@ class ScoringService:
         outcomes = [TaskScore(task_id=t.get("id") if isinstance(t, dict) else None) for t in tasks]
         keys, loaders = self._locate_all(schema, tasks, outcomes)
         cache = self.embedding_cache(clf)
+        if schema.kind != "text":  # which content each URL held: ``uncached`` then needs no download
+            cache.remember_sources({schema.task_input(tasks[i]["data"]): key for i, key in keys.items()})
         cached = cache.get_many(keys.values())
         need_raw = clf.config.acquisition.mc_mode == "full" or clf.config.training.mode == "full"
         inputs: dict[int, Any] = {}
@@ -309,6 +311,42 @@ class ScoringService:
         ok = [i for i in loaders if outcomes[i].reason is None and (keys[i] in cached or keys[i] in fresh)]
         emb = np.stack([cached.get(keys[i], fresh.get(keys[i])) for i in ok]) if ok else np.zeros((0, clf.in_dim or 0))
         return outcomes, ok, emb, [inputs.get(i) for i in ok]
+
+    def uncached(self, state: ProjectState, version: VersionInfo, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """Indices of the tasks the version's encoder would have to embed, found without downloading or embedding:
+        whether a re-score should fan its embedding out over the workers. An image counts as uncached unless an
+        earlier embedding recorded the content its URL held. Unusable tasks are left out (nothing to embed; the
+        scoring path reports why)."""
+        cache = self.embedding_cache(self.classifier(state, version))
+        keys: dict[int, str] = {}
+        urls: dict[int, str] = {}
+        for i, task in enumerate(tasks):
+            try:
+                if state.schema.kind == "text":
+                    keys[i] = self._locate_input(state.schema, task)[0]  # hashes the text, fetches nothing
+                else:
+                    urls[i] = state.schema.task_input(task.get("data") if isinstance(task, dict) else None)
+            except ValueError:
+                continue
+        known = cache.sources(urls.values())
+        keys.update({i: known[url] for i, url in urls.items() if url in known})
+        present = cache.present(keys.values())
+        return [i for i in sorted({*keys, *urls}) if keys.get(i) not in present]
+
+    def embed_part(
+        self, state: ProjectState, version: VersionInfo, tasks: Sequence[dict[str, Any]], batch_size: int
+    ) -> tuple[int, dict[str, str]]:
+        """Fill the embedding cache for one part of a pool (an embedding chunk job), ``batch_size`` inputs at a time
+        (decoded images must not all sit in memory). Returns how many tasks have an embedding now and the reason of
+        each task that cannot have one (the rest of the part is unaffected)."""
+        clf = self.classifier(state, version)
+        embedded = 0
+        skipped: dict[str, str] = {}
+        for start in range(0, len(tasks), batch_size):
+            outcomes, ok, _, _ = self.embed_tasks(clf, state.schema, tasks[start : start + batch_size])
+            embedded += len(ok)
+            skipped.update({str(o.task_id): o.reason for o in outcomes if o.reason})
+        return embedded, skipped
 
     @staticmethod
     def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:
