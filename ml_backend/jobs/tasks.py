@@ -8,6 +8,9 @@
   delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
   the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings), so the
   queue never freezes.
+  A pool with more than ``EMBED_CHUNK_SIZE`` tasks to embed is embedded first, in ``embed_chunk`` jobs that every
+  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached.
+- ``embed_chunk``: fill the shared embedding cache for one part of a pool.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
 - ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
 
@@ -21,12 +24,14 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.job import Job, JobStatus
 
 from ml_backend.jobs import context
 from ml_backend.jobs.lock import LockLost, ProjectLock
@@ -314,6 +319,9 @@ def _rescore_pool(
     _secure_webhooks(ctx, project_id)
     _progress("listing tasks in Label Studio")
     tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
+    embedding = _fan_out_embedding(ctx, project_id, state, tasks)
+    if embedding is not None and "continued_by" in embedding:
+        return {"version": version, "mode": "pool", "unlabelled": len(tasks), "embedding": embedding}
     # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
     # a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
     scored, skipped = _score_and_collect(
@@ -359,7 +367,87 @@ def _rescore_pool(
         "front": len(front),
         "skipped": skipped,
         "deleted_old_predictions": deleted,
+        "embedding": embedding,
     }
+
+
+def _fan_out_embedding(
+    ctx: context.WorkerContext, project_id: int, state: ProjectState, tasks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Split the pool's embedding over the workers when more than ``EMBED_CHUNK_SIZE`` tasks lack one.
+
+    Returns ``continued_by`` (the re-score rq runs once every chunk has ended; this job ends now, so a worker
+    never waits on another job) when it fanned out; the gathered chunks' counts when this job is that re-score
+    (it never fans out again: what failed chunks left it embeds itself); None when the pool is embedded here.
+    """
+    job = get_current_job()
+    if job is not None and "fanout" in job.meta:
+        return _gather(ctx, project_id, job.meta["fanout"])
+    size = ctx.settings.embed_chunk_size
+    if job is None or not size or len(tasks) <= size:
+        return None
+    _progress("looking up cached embeddings", 0, len(tasks))
+    todo = [
+        {"id": tasks[i].get("id"), "data": tasks[i].get("data")}
+        for i in ctx.service.uncached(state, state.version, tasks)
+    ]
+    if len(todo) <= size:
+        return None
+    chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+    gather_id = ctx.queue.fan_out_embedding(project_id, state.version.version, chunks)
+    _progress("embedding fanned out", 0, len(chunks), to_embed=len(todo), continued_by=gather_id)
+    return {"to_embed": len(todo), "chunks": len(chunks), "continued_by": gather_id}
+
+
+def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
+    """What the embedding chunks of this re-score did: chunks finished and failed, tasks embedded and skipped, and
+    which workers (on which hosts) embedded them."""
+    jobs = [j for j in Job.fetch_many(chunk_ids, connection=ctx.redis) if j is not None]
+    results = [j.return_value() or {} for j in jobs if j.get_status() == JobStatus.FINISHED]
+    report = {
+        "chunks": len(chunk_ids),
+        "finished": len(results),
+        "failed": len(chunk_ids) - len(results),
+        "embedded": sum(r.get("embedded", 0) for r in results),
+        "skipped": sum(r.get("skipped", 0) for r in results),
+        "workers": sorted({f"{r.get('host')}/{r.get('worker')}" for r in results}),
+    }
+    if report["failed"]:
+        log.warning(
+            "project %s: %d of %d embedding chunks failed; this re-score embeds their tasks itself",
+            project_id,
+            report["failed"],
+            report["chunks"],
+        )
+    _progress("embedding gathered", report["finished"], report["chunks"], failed_chunks=report["failed"])
+    return report
+
+
+@_timed("embed")
+def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gather_id: str) -> dict[str, Any]:
+    """One part of a fanned-out pool embedding: fill the shared embedding cache for ``tasks`` with ``version``'s
+    encoder. Safe to retry (the cache is keyed by content); a task that cannot be embedded is counted, not fatal."""
+    ctx = context.current()
+    started = time.monotonic()
+    state = ctx.service.state(project_id)
+    _progress("embedding", 0, len(tasks))
+    embedded, skipped = ctx.service.embed_part(
+        state, ctx.registry.get_version(project_id, version), tasks, ctx.settings.score_batch_size
+    )
+    job = get_current_job()
+    result = {
+        "tasks": len(tasks),
+        "embedded": embedded,
+        "skipped": len(skipped),
+        "skip_reasons": dict(list(skipped.items())[:20]),
+        "worker": job.worker_name if job else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    finished = ctx.queue.chunk_done(gather_id)
+    _progress("done", embedded, len(tasks), skipped=len(skipped), worker=result["worker"], chunks_finished=finished)
+    return result
 
 
 def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:

@@ -1,0 +1,86 @@
+"""A pool embedding fanned out over two real `ml-backend worker` processes: real Redis, real Label Studio, MiniLM.
+
+Two workers share one queue and one DATA_DIR, as two machines sharing Redis and a data mount would. A re-score of
+a pool larger than EMBED_CHUNK_SIZE splits its embedding into chunk jobs; both workers must embed some, and the
+scores must be the very ones a single worker computes for the same pool (the one worker finishes the fan-out on
+its own too: no job waits for another on a worker).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+
+from ml_backend.learning.registry import Registry
+from tests.integration.test_learning_loop import (  # noqa: F401 (fixtures, by name)
+    CONFIG,
+    REDIS_URL,
+    idle,
+    loop_configs,
+    make_project,
+    start_loop,
+    wait_for,
+)
+
+N_TASKS, CHUNK = 200, 40
+
+
+def fanned_out_rescore(
+    start, project: tuple[int, str, list[int]], data_dir: Path, workers: int
+) -> tuple[list[float], dict, list[dict]]:
+    """Connect the LS project to a fresh backend (DATA_DIR, queue) with ``workers`` worker processes; returns the
+    stored scores in task order, the gathering re-score's result and the chunk jobs' results."""
+    project_id, key, ids = project
+    env = {
+        "QUEUE_NAME": f"test-fanout-{uuid.uuid4().hex[:8]}",
+        "DATA_DIR": str(data_dir),
+        "EMBED_CHUNK_SIZE": str(CHUNK),
+    }
+    client = [start(**env)[0] for _ in range(workers)][0]
+    redis = Redis.from_url(REDIS_URL)
+    # every worker must be listening before the pool is split, or the first one up takes every chunk
+    wait_for(
+        f"{workers} workers to listen",
+        lambda: len(Worker.all(queue=Queue(env["QUEUE_NAME"], connection=redis))) == workers,
+        timeout=180,
+    )
+    started = time.monotonic()
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+
+    def scored():
+        status = idle(client, project_id)
+        done = [j for j in (status or {}).get("jobs") or [] if j["kind"] == "rescore" and j["meta"]["stage"] == "done"]
+        return done[0] if done else None
+
+    gather = Job.fetch(wait_for("the fanned-out re-score to finish", scored, timeout=300)["id"], connection=redis)
+    chunks = [Job.fetch(i, connection=redis) for i in gather.meta["fanout"]]
+    print(f"{workers} worker(s): pool of {N_TASKS} scored {time.monotonic() - started:.1f} s after /setup")
+    ranking = Registry(data_dir / "projects").ranking(project_id, version)
+    assert ranking is not None
+    return [ranking.scores[t] for t in ids], gather.return_value(), [c.return_value() for c in chunks]
+
+
+def test_two_workers_split_a_pool_embedding_and_score_it_as_one_worker_does(request, ls_server, tmp_path):
+    start = request.getfixturevalue("start_loop")  # test_learning_loop's: worker processes on a queue we name
+    # one LS project for both backends: the scores' tie-break depends on the task id, so the ids must be the same
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=N_TASKS, n_labelled=0)
+    two_scores, two, two_chunks = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "two", workers=2)
+    one_scores, one, one_chunks = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "one", workers=1)
+
+    for result, chunks in ((two, two_chunks), (one, one_chunks)):
+        assert len(chunks) == N_TASKS // CHUNK and all(c["embedded"] == CHUNK for c in chunks), chunks
+        expected = {"chunks": N_TASKS // CHUNK, "finished": N_TASKS // CHUNK, "failed": 0, "embedded": N_TASKS}
+        assert {k: result["embedding"][k] for k in expected} == expected, result
+        assert result["imported"] == N_TASKS and result["skipped"] == {}, result
+    by_worker = {c["worker"] for c in two_chunks}
+    assert len(by_worker) == 2, f"one worker embedded every chunk: {two_chunks}"
+    assert len({c["worker"] for c in one_chunks}) == 1
+    print("chunks per worker:", {w: sum(c["worker"] == w for c in two_chunks) for w in by_worker})
+    # the same embeddings and the same batch-aware order: the very same scores, task for task
+    assert np.array_equal(np.array(two_scores), np.array(one_scores))
