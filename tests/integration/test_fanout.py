@@ -8,6 +8,8 @@ its own too: no job waits for another on a worker).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -84,3 +86,45 @@ def test_two_workers_split_a_pool_embedding_and_score_it_as_one_worker_does(requ
     print("chunks per worker:", {w: sum(c["worker"] == w for c in two_chunks) for w in by_worker})
     # the same embeddings and the same batch-aware order: the very same scores, task for task
     assert np.array_equal(np.array(two_scores), np.array(one_scores))
+
+
+def test_a_chunk_whose_worker_dies_loses_none_of_the_others_and_the_pool_is_still_scored(request, ls_server, tmp_path):
+    """A chunk that fails for good (its work horse killed, no retry left) does not hold up the gathering re-score:
+    the other chunks count, the failure is reported, and the re-score embeds the lost chunk's tasks itself."""
+    start = request.getfixturevalue("start_loop")
+    queue = f"test-fanout-{uuid.uuid4().hex[:8]}"
+    client, _ = start(QUEUE_NAME=queue, EMBED_CHUNK_SIZE=str(CHUNK), JOB_RETRIES="0")
+    redis = Redis.from_url(REDIS_URL)
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=N_TASKS, n_labelled=0)
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+
+    def waiting_gather():
+        jobs = client.get(f"/projects/{project_id}/status").json()["jobs"] or []
+        return next((j for j in jobs if j["status"] == "deferred" and "fanout" in j["meta"]), None)
+
+    gather = wait_for("the pool embedding to fan out", waiting_gather, every=0.1)
+    assert gather["meta"]["total"] == N_TASKS // CHUNK  # the dashboard's progress: chunks done / total
+
+    def embedding_chunk():
+        for chunk_id in gather["meta"]["fanout"][1:]:  # not the first: it may be over before we look
+            meta = Job.fetch(chunk_id, connection=redis).meta
+            if meta.get("stage") == "embedding":
+                return meta["pid"]
+        return None
+
+    os.kill(wait_for("a chunk to be embedding", embedding_chunk, every=0.02), signal.SIGKILL)
+
+    def done():
+        status = idle(client, project_id)
+        jobs = (status or {}).get("jobs") or []
+        return next((j for j in jobs if j["id"] == gather["id"] and j["meta"]["stage"] == "done"), None)
+
+    wait_for("the gathering re-score to finish", done, timeout=300)
+    result = Job.fetch(gather["id"], connection=redis).return_value()
+    embedding = result["embedding"]
+    assert (embedding["chunks"], embedding["finished"], embedding["failed"]) == (5, 4, 1), embedding
+    assert embedding["embedded"] == N_TASKS - CHUNK
+    # the killed chunk's tasks were embedded by the re-score itself: the whole pool is scored and in LS
+    assert result["imported"] == N_TASKS and result["skipped"] == {}, result
+    ranking = Registry(Path(client.app.state.backend.settings.projects_dir)).ranking(project_id, version)
+    assert ranking is not None and set(ranking.scores) == set(ids)
