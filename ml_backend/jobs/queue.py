@@ -278,7 +278,7 @@ class JobQueue:
         return job.id
 
     def fan_out_embedding(self, project_id: int, version: str, chunks: list[list[dict[str, Any]]]) -> str:
-        """Enqueue one embedding job per chunk of ``tasks`` and the re-score that gathers them; returns its id.
+        """Enqueue one embedding job per chunk and the re-score that gathers them; returns the re-score's id.
 
         The chunks are not listed among the project's recent jobs (hundreds would push out the trainings); the
         re-score's meta names them and ``recent_jobs`` shows how many finished. rq enqueues the re-score once every
@@ -287,17 +287,8 @@ class JobQueue:
         re-score (as a retry is: a request meanwhile joins it instead of fanning out the same pool again).
         """
         gather_id = f"{_KIND[RESCORE]}-{project_id}-{uuid.uuid4().hex[:12]}"
-        total = len(chunks)
-        datas = [
-            Queue.prepare_data(
-                EMBED,
-                (project_id, version, chunk, gather_id),
-                timeout=self.job_timeout,
-                **self._options(EMBED, project_id, f"{_KIND[EMBED]}-{gather_id}-{i}", {"chunk": i + 1, "of": total}),
-            )
-            for i, chunk in enumerate(chunks)
-        ]
-        chunk_ids = [job.id for job in self.queue.enqueue_many(datas)]
+        chunk_ids = self.enqueue_chunks(project_id, version, chunks, gather_id)
+        total = len(chunk_ids)
         self.hold_for_retry(RESCORE_SLOT, project_id, gather_id)
         self._enqueue(
             RESCORE,
@@ -310,6 +301,23 @@ class JobQueue:
             total=total,
         )
         return gather_id
+
+    def enqueue_chunks(
+        self, project_id: int, version: str, chunks: list[list[dict[str, Any]]], gather_id: str
+    ) -> list[str]:
+        """Enqueue the embedding jobs of ``chunks`` in one round trip (ids ``embed-<gather_id>-<i>``), counted as
+        they finish under ``gather_id`` (``chunks_done``); returns their ids."""
+        total = len(chunks)
+        datas = [
+            Queue.prepare_data(
+                EMBED,
+                (project_id, version, chunk, gather_id),
+                timeout=self.job_timeout,
+                **self._options(EMBED, project_id, f"{_KIND[EMBED]}-{gather_id}-{i}", {"chunk": i + 1, "of": total}),
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        return [job.id for job in self.queue.enqueue_many(datas)]
 
     def chunk_done(self, gather_id: str) -> int:
         """Count one finished embedding chunk of the re-score ``gather_id``; returns how many have finished."""
