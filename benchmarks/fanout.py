@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "command": "python benchmarks/fanout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/fanout.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fanout.json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")

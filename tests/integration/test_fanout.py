@@ -20,6 +20,8 @@ from rq import Queue, Worker
 from rq.job import Job
 
 from ml_backend.learning.registry import Registry
+from ml_backend.simulation.datasets import digits_png
+from tests.integration.test_api import IMAGE, setup
 from tests.integration.test_learning_loop import (  # noqa: F401 (fixtures, by name)
     CONFIG,
     REDIS_URL,
@@ -128,3 +130,24 @@ def test_a_chunk_whose_worker_dies_loses_none_of_the_others_and_the_pool_is_stil
     assert result["imported"] == N_TASKS and result["skipped"] == {}, result
     ranking = Registry(Path(client.app.state.backend.settings.projects_dir)).ranking(project_id, version)
     assert ranking is not None and set(ranking.scores) == set(ids)
+
+
+def test_an_image_chunk_skips_a_broken_image_and_the_pool_check_then_needs_no_download(make_client, file_server):
+    """Images: an embedding chunk embeds the good images despite a broken one, and afterwards the re-score's
+    check of what is left to embed knows the downloaded URLs' content without fetching them again."""
+    client = make_client()
+    setup(client, "81.1", IMAGE)
+    service = client.app.state.backend.service
+    state = service.state(81)
+    folder = file_server.root / "fanout"
+    data = digits_png(folder, n=12, seed=1)
+    (folder / "broken.png").write_bytes(b"this is text, not a PNG")
+    tasks = [{"id": i, "data": {"image": f"{file_server.url}/fanout/{p.name}"}} for i, p in enumerate(data.paths[:6])]
+    tasks.append({"id": 90, "data": {"image": f"{file_server.url}/fanout/broken.png"}})
+    tasks.append({"id": 91, "data": {}})  # unusable: nothing to embed, the scoring path reports it
+
+    assert service.uncached(state, state.version, tasks) == list(range(7))  # no URL seen yet: all usable ones
+    embedded, skipped = service.embed_part(state, state.version, tasks, batch_size=4)
+    assert embedded == 6 and set(skipped) == {"90", "91"}, skipped
+    service.fetch_file = None  # no downloader now (as without LS): the check below must not need one
+    assert service.uncached(state, state.version, tasks) == [6]  # only the broken image is still to embed
