@@ -400,18 +400,28 @@ def _fan_out_embedding(
 
 
 def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
-    """What the embedding chunks of this re-score did: chunks finished and failed, tasks embedded and skipped, and
-    which workers (on which hosts) embedded them."""
+    """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
+    and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
+    many chunks each worker (``host/worker``) embedded. The chunk jobs are deleted then: their results hold the
+    vectors (about 1.5 kB per text task) and nothing else reads them."""
     jobs = [j for j in Job.fetch_many(chunk_ids, connection=ctx.redis) if j is not None]
     results = [j.return_value() or {} for j in jobs if j.get_status() == JobStatus.FINISHED]
+    stored = sum(ctx.service.store_embeddings(r["fingerprint"], r["vectors"]) for r in results if "vectors" in r)
+    per_worker: dict[str, int] = {}
+    for r in results:
+        name = f"{r.get('host')}/{r.get('worker')}"
+        per_worker[name] = per_worker.get(name, 0) + 1
     report = {
         "chunks": len(chunk_ids),
         "finished": len(results),
         "failed": len(chunk_ids) - len(results),
         "embedded": sum(r.get("embedded", 0) for r in results),
         "skipped": sum(r.get("skipped", 0) for r in results),
-        "workers": sorted({f"{r.get('host')}/{r.get('worker')}" for r in results}),
+        "stored_here": stored,
+        "per_worker": per_worker,
     }
+    for job in jobs:
+        job.delete()
     if report["failed"]:
         log.warning(
             "project %s: %d of %d embedding chunks failed; this re-score embeds their tasks itself",
@@ -425,13 +435,14 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
 
 @_timed("embed")
 def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gather_id: str) -> dict[str, Any]:
-    """One part of a fanned-out pool embedding: fill the shared embedding cache for ``tasks`` with ``version``'s
-    encoder. Safe to retry (the cache is keyed by content); a task that cannot be embedded is counted, not fatal."""
+    """One part of a fanned-out pool embedding: embed ``tasks`` with ``version``'s encoder into this machine's cache
+    and return the vectors for the gathering re-score (which may run elsewhere). Safe to retry (the cache is keyed
+    by content); a task that cannot be embedded is counted, not fatal."""
     ctx = context.current()
     started = time.monotonic()
     state = ctx.service.state(project_id)
     _progress("embedding", 0, len(tasks))
-    embedded, skipped = ctx.service.embed_part(
+    fingerprint, vectors, embedded, skipped = ctx.service.embed_part(
         state, ctx.registry.get_version(project_id, version), tasks, ctx.settings.score_batch_size
     )
     job = get_current_job()
@@ -447,7 +458,7 @@ def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gath
     }
     finished = ctx.queue.chunk_done(gather_id)
     _progress("done", embedded, len(tasks), skipped=len(skipped), worker=result["worker"], chunks_finished=finished)
-    return result
+    return {**result, "fingerprint": fingerprint, "vectors": vectors}
 
 
 def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:

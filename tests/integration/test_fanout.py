@@ -1,9 +1,10 @@
-"""A pool embedding fanned out over two real `ml-backend worker` processes: real Redis, real Label Studio, MiniLM.
+"""A pool embedding fanned out over real `ml-backend worker` processes: real Redis, real Label Studio, MiniLM.
 
-Two workers share one queue and one DATA_DIR, as two machines sharing Redis and a data mount would. A re-score of
-a pool larger than EMBED_CHUNK_SIZE splits its embedding into chunk jobs; both workers must embed some, and the
-scores must be the very ones a single worker computes for the same pool (the one worker finishes the fan-out on
-its own too: no job waits for another on a worker).
+Two workers share one queue and one DATA_DIR but each has its own embedding cache (EMBEDDING_CACHE_DIR), as two
+machines sharing Redis and a data mount do. A re-score of a pool larger than EMBED_CHUNK_SIZE splits its embedding
+into chunk jobs; both workers must embed some, the gathering re-score must bring the other machine's vectors into
+its own cache, and the scores must be the very ones a single worker computes for the same pool (the one worker
+finishes the fan-out on its own too: no job waits for another on a worker).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ N_TASKS, CHUNK = 200, 40
 
 def fanned_out_rescore(
     start, project: tuple[int, str, list[int]], data_dir: Path, workers: int
-) -> tuple[list[float], dict, list[dict]]:
-    """Connect the LS project to a fresh backend (DATA_DIR, queue) with ``workers`` worker processes; returns the
-    stored scores in task order, the gathering re-score's result and the chunk jobs' results."""
+) -> tuple[list[float], dict, str]:
+    """Connect the LS project to a fresh backend (DATA_DIR, queue) with ``workers`` worker processes, each with an
+    embedding cache of its own; returns the stored scores in task order, the gathering re-score's result and the
+    name of the worker that ran it."""
     project_id, key, ids = project
     env = {
         "QUEUE_NAME": f"test-fanout-{uuid.uuid4().hex[:8]}",
         "DATA_DIR": str(data_dir),
         "EMBED_CHUNK_SIZE": str(CHUNK),
     }
-    client = [start(**env)[0] for _ in range(workers)][0]
+    client = [start(**env, EMBEDDING_CACHE_DIR=str(data_dir / f"machine-{i}"))[0] for i in range(workers)][0]
     redis = Redis.from_url(REDIS_URL)
     # every worker must be listening before the pool is split, or the first one up takes every chunk
     wait_for(
@@ -63,29 +65,31 @@ def fanned_out_rescore(
         return done[0] if done else None
 
     gather = Job.fetch(wait_for("the fanned-out re-score to finish", scored, timeout=300)["id"], connection=redis)
-    chunks = [Job.fetch(i, connection=redis) for i in gather.meta["fanout"]]
+    assert not any(Job.exists(i, connection=redis) for i in gather.meta["fanout"])  # their vectors left Redis
     print(f"{workers} worker(s): pool of {N_TASKS} scored {time.monotonic() - started:.1f} s after /setup")
     ranking = Registry(data_dir / "projects").ranking(project_id, version)
     assert ranking is not None
-    return [ranking.scores[t] for t in ids], gather.return_value(), [c.return_value() for c in chunks]
+    return [ranking.scores[t] for t in ids], gather.return_value(), gather.worker_name
 
 
 def test_two_workers_split_a_pool_embedding_and_score_it_as_one_worker_does(request, ls_server, tmp_path):
     start = request.getfixturevalue("start_loop")  # test_learning_loop's: worker processes on a queue we name
     # one LS project for both backends: the scores' tie-break depends on the task id, so the ids must be the same
     project_id, key, ids, _ = make_project(ls_server, n_tasks=N_TASKS, n_labelled=0)
-    two_scores, two, two_chunks = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "two", workers=2)
-    one_scores, one, one_chunks = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "one", workers=1)
+    two_scores, two, two_gatherer = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "two", workers=2)
+    one_scores, one, _ = fanned_out_rescore(start, (project_id, key, ids), tmp_path / "one", workers=1)
 
-    for result, chunks in ((two, two_chunks), (one, one_chunks)):
-        assert len(chunks) == N_TASKS // CHUNK and all(c["embedded"] == CHUNK for c in chunks), chunks
+    for result in (two, one):
         expected = {"chunks": N_TASKS // CHUNK, "finished": N_TASKS // CHUNK, "failed": 0, "embedded": N_TASKS}
         assert {k: result["embedding"][k] for k in expected} == expected, result
         assert result["imported"] == N_TASKS and result["skipped"] == {}, result
-    by_worker = {c["worker"] for c in two_chunks}
-    assert len(by_worker) == 2, f"one worker embedded every chunk: {two_chunks}"
-    assert len({c["worker"] for c in one_chunks}) == 1
-    print("chunks per worker:", {w: sum(c["worker"] == w for c in two_chunks) for w in by_worker})
+    per_worker = two["embedding"]["per_worker"]
+    print("chunks per worker:", per_worker)
+    assert len(per_worker) == 2, f"one worker embedded every chunk: {per_worker}"
+    # the gathering worker's cache got the vectors of the chunks the other "machine" embedded, and only those
+    others = sum(n for name, n in per_worker.items() if not name.endswith(f"/{two_gatherer}"))
+    assert two["embedding"]["stored_here"] == others * CHUNK > 0, two
+    assert len(one["embedding"]["per_worker"]) == 1 and one["embedding"]["stored_here"] == 0, one
     # the same embeddings and the same batch-aware order: the very same scores, task for task
     assert np.array_equal(np.array(two_scores), np.array(one_scores))
 
@@ -147,7 +151,8 @@ def test_an_image_chunk_skips_a_broken_image_and_the_pool_check_then_needs_no_do
     tasks.append({"id": 91, "data": {}})  # unusable: nothing to embed, the scoring path reports it
 
     assert service.uncached(state, state.version, tasks) == list(range(7))  # no URL seen yet: all usable ones
-    embedded, skipped = service.embed_part(state, state.version, tasks, batch_size=4)
+    fingerprint, vectors, embedded, skipped = service.embed_part(state, state.version, tasks, batch_size=4)
     assert embedded == 6 and set(skipped) == {"90", "91"}, skipped
+    assert len(vectors) == 6 and fingerprint == service.embedding_cache(service.classifier(state)).path.stem
     service.fetch_file = None  # no downloader now (as without LS): the check below must not need one
     assert service.uncached(state, state.version, tasks) == [6]  # only the broken image is still to embed
