@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +177,17 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             f"{r['seconds']} | {', '.join(map(str, r['chunks_per_worker']))} | "
             f"{r['load1_before']} → {r['load1_after']} |"
         )
+    medians = {
+        n: statistics.median(r["tasks_per_s"] for r in rows if r["workers"] == n)
+        for n in sorted({r["workers"] for r in rows})
+    }
+    base = medians[min(medians)]
+    lines += [
+        "",
+        "Median tasks/s over the repeats: "
+        + ", ".join(f"{n} worker(s) {m:.1f} ({m / base:.2f}x)" for n, m in medians.items())
+        + ".",
+    ]
     lines += [
         "",
         f"Machine: {info['cores']} cores, Python {info['python']}, {info['platform']}; shared with other jobs while "

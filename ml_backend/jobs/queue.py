@@ -51,6 +51,9 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
 #: slots of the coalesced job kinds: the Redis key (under ``al:<queue>:``) naming the one waiting job
 TRAIN_SLOT, RESCORE_SLOT, DEDUPE_SLOT = "pending", "pending:rescore", "pending:dedupe"
+#: seconds a finished embedding chunk keeps its result (its vectors) for the re-score that gathers it, which
+#: deletes it; a day covers a fan-out that runs for hours on few workers without leaving vectors in Redis for good
+CHUNK_RESULT_TTL = 86400
 #: LS saves what /predict returned only after our answer, one prediction at a time (~0.1 s each measured on
 #: SQLite, 2 cores), e.g. "Retrieve predictions" racing our own import of the version: duplicates are looked for
 #: ``DEDUPE_AFTER`` seconds plus ``DEDUPE_PER_TASK`` per returned prediction after the last /predict answered
@@ -307,16 +310,13 @@ class JobQueue:
     ) -> list[str]:
         """Enqueue the embedding jobs of ``chunks`` in one round trip (ids ``embed-<gather_id>-<i>``), counted as
         they finish under ``gather_id`` (``chunks_done``); returns their ids."""
-        total = len(chunks)
-        datas = [
-            Queue.prepare_data(
-                EMBED,
-                (project_id, version, chunk, gather_id),
-                timeout=self.job_timeout,
-                **self._options(EMBED, project_id, f"{_KIND[EMBED]}-{gather_id}-{i}", {"chunk": i + 1, "of": total}),
+        datas = []
+        for i, chunk in enumerate(chunks):
+            options = self._options(EMBED, project_id, f"{_KIND[EMBED]}-{gather_id}-{i}", {"chunk": i + 1})
+            options["result_ttl"] = CHUNK_RESULT_TTL
+            datas.append(
+                Queue.prepare_data(EMBED, (project_id, version, chunk, gather_id), timeout=self.job_timeout, **options)
             )
-            for i, chunk in enumerate(chunks)
-        ]
         return [job.id for job in self.queue.enqueue_many(datas)]
 
     def chunk_done(self, gather_id: str) -> int:

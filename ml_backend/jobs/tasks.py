@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from ml_backend.jobs import context
@@ -402,26 +403,26 @@ def _fan_out_embedding(
 def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
     """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
     and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
-    many chunks each worker (``host/worker``) embedded. The chunk jobs are deleted then: their results hold the
-    vectors (about 1.5 kB per text task) and nothing else reads them."""
-    jobs = [j for j in Job.fetch_many(chunk_ids, connection=ctx.redis) if j is not None]
-    results = [j.return_value() or {} for j in jobs if j.get_status() == JobStatus.FINISHED]
-    stored = sum(ctx.service.store_embeddings(r["fingerprint"], r["vectors"]) for r in results if "vectors" in r)
+    many chunks each worker (``host/worker``) embedded. One chunk at a time, each deleted once stored: its result
+    holds the vectors (about 1.5 kB per text task), which nothing else reads."""
+    report: dict[str, Any] = {"chunks": len(chunk_ids), "finished": 0, "embedded": 0, "skipped": 0, "stored_here": 0}
     per_worker: dict[str, int] = {}
-    for r in results:
-        name = f"{r.get('host')}/{r.get('worker')}"
-        per_worker[name] = per_worker.get(name, 0) + 1
-    report = {
-        "chunks": len(chunk_ids),
-        "finished": len(results),
-        "failed": len(chunk_ids) - len(results),
-        "embedded": sum(r.get("embedded", 0) for r in results),
-        "skipped": sum(r.get("skipped", 0) for r in results),
-        "stored_here": stored,
-        "per_worker": per_worker,
-    }
-    for job in jobs:
+    for chunk_id in chunk_ids:
+        try:
+            job = Job.fetch(chunk_id, connection=ctx.redis)
+        except NoSuchJobError:
+            continue  # expired or deleted: counted as failed, its tasks are embedded by the scoring path
+        if job.get_status() == JobStatus.FINISHED:
+            result = job.return_value() or {}
+            report["finished"] += 1
+            report["embedded"] += result.get("embedded", 0)
+            report["skipped"] += result.get("skipped", 0)
+            report["stored_here"] += ctx.service.store_embeddings(result["fingerprint"], result["vectors"])
+            name = f"{result.get('host')}/{result.get('worker')}"
+            per_worker[name] = per_worker.get(name, 0) + 1
         job.delete()
+    report["failed"] = len(chunk_ids) - report["finished"]
+    report["per_worker"] = per_worker
     if report["failed"]:
         log.warning(
             "project %s: %d of %d embedding chunks failed; this re-score embeds their tasks itself",
