@@ -383,7 +383,10 @@ def _fan_out_embedding(
     """
     job = get_current_job()
     if job is not None and "fanout" in job.meta:
-        return _gather(ctx, project_id, job.meta["fanout"])
+        if "gathered" not in job.meta:  # else this is a retry: the chunks were stored (and deleted) already
+            job.meta["gathered"] = _gather(ctx, project_id, job.meta["fanout"])
+            job.save_meta()
+        return job.meta["gathered"]
     size = ctx.settings.embed_chunk_size
     if job is None or not size or len(tasks) <= size:
         return None
@@ -403,8 +406,9 @@ def _fan_out_embedding(
 def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
     """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
     and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
-    many chunks each worker (``host/worker``) embedded. One chunk at a time, each deleted once stored: its result
-    holds the vectors (about 1.5 kB per text task), which nothing else reads."""
+    many chunks each worker (``host/worker``) embedded. One chunk at a time, each finished one deleted once stored:
+    its result holds the vectors (about 1.5 kB per text task), which nothing else reads. Failed chunks stay in rq's
+    failed registry for the admin."""
     report: dict[str, Any] = {"chunks": len(chunk_ids), "finished": 0, "embedded": 0, "skipped": 0, "stored_here": 0}
     per_worker: dict[str, int] = {}
     for chunk_id in chunk_ids:
@@ -420,7 +424,7 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
             report["stored_here"] += ctx.service.store_embeddings(result["fingerprint"], result["vectors"])
             name = f"{result.get('host')}/{result.get('worker')}"
             per_worker[name] = per_worker.get(name, 0) + 1
-        job.delete()
+            job.delete()
     report["failed"] = len(chunk_ids) - report["finished"]
     report["per_worker"] = per_worker
     if report["failed"]:
