@@ -112,13 +112,23 @@ def test_a_chunk_whose_worker_dies_loses_none_of_the_others_and_the_pool_is_stil
     assert gather["meta"]["total"] == N_TASKS // CHUNK  # the dashboard's progress: chunks done / total
 
     def embedding_chunk():
-        for chunk_id in gather["meta"]["fanout"][1:]:  # not the first: it may be over before we look
-            meta = Job.fetch(chunk_id, connection=redis).meta
-            if meta.get("stage") == "embedding":
-                return meta["pid"]
-        return None
+        # the second chunk (one worker runs them in order): the first may be over before we look, and three more
+        # come after it, so the re-score waits long enough for its progress to be seen
+        meta = Job.fetch(gather["meta"]["fanout"][1], connection=redis).meta
+        return meta["pid"] if meta.get("stage") == "embedding" else None
 
     os.kill(wait_for("a chunk to be embedding", embedding_chunk, every=0.02), signal.SIGKILL)
+
+    progress: list[int] = []  # what the dashboard shows of the waiting re-score: chunks finished so far
+
+    def started_gathering():
+        job = next(j for j in client.get(f"/projects/{project_id}/status").json()["jobs"] if j["id"] == gather["id"])
+        if job["status"] == "deferred":
+            progress.append(job["meta"]["done"])
+        return job["status"] != "deferred"
+
+    wait_for("the chunks to end", started_gathering, timeout=300, every=0.1)
+    assert progress == sorted(progress) and 1 <= progress[-1] <= 4, progress
 
     def done():
         status = idle(client, project_id)
