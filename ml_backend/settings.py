@@ -20,6 +20,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", protected_namespaces=())
 
     data_dir: Path = Field(Path("./data"), description="Model versions, embedding cache and file cache live here.")
+    embedding_cache_dir: Path | None = Field(
+        None,
+        description="Folder of the embedding cache, default DATA_DIR/embeddings. Give it a folder on the machine's "
+        "own disk when DATA_DIR is a network mount shared by several machines: the cache is SQLite in WAL mode, "
+        "which is safe only for processes on one host.",
+    )
     model_configs_dir: Path = Field(_REPO_CONFIGS, description="Folder of model config YAML files.")
     text_model_config: str = Field("text-minilm", description="Model config for Text/HyperText projects.")
     image_model_config: str = Field("image-efficientnet-lite0", description="Model config for Image projects.")
@@ -84,6 +90,13 @@ class Settings(BaseSettings):
         description="After a new version, import the predictions of this many most informative unlabelled tasks "
         "first and point the project at the version; the rest of the pool follows (0: the whole pool first).",
     )
+    embed_chunk_size: int = Field(
+        1000,
+        ge=0,
+        description="A re-score with more pool tasks to embed than this splits the embedding into chunk jobs of "
+        "this many tasks on the queue, so every worker (on any machine sharing Redis and DATA_DIR) embeds a part; "
+        "0: never (the re-score embeds alone).",
+    )
     import_concurrency: int = Field(
         1,
         ge=1,
@@ -103,7 +116,7 @@ class Settings(BaseSettings):
 
     @property
     def embeddings_dir(self) -> Path:
-        return self.data_dir / "embeddings"
+        return self.embedding_cache_dir or self.data_dir / "embeddings"
 
     @property
     def files_dir(self) -> Path:

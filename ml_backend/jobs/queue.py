@@ -12,7 +12,12 @@ Redis keys, namespaced by queue name so that several deployments (or test sessio
 ``al:<queue>:pending[:rescore|:dedupe]:<p>`` = id of the waiting training / re-score / duplicate clean-up (cleared
 by that job when it starts), ``al:<queue>:labels:<p>`` = new labels since the last training started,
 ``al:<queue>:predicted:<p>`` = when LS should have saved what /predict last returned, ``al:<queue>:jobs:<p>`` =
-recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs.
+recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs,
+``al:<queue>:fanout:<job id>`` = how many embedding chunks of a fanned-out re-score have finished.
+
+A re-score of a large pool fans its embedding out (``fan_out_embedding``): chunk jobs on this same queue, which any
+worker on any machine sharing Redis and DATA_DIR takes, and a re-score that rq enqueues once every chunk has ended
+(rq dependencies: no worker waits on another job, so one worker alone finishes it too).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Dependency, Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 
@@ -40,11 +45,15 @@ TRAIN = "ml_backend.jobs.tasks.train_project"
 RESCORE = "ml_backend.jobs.tasks.rescore_project"
 SCORE_NEW = "ml_backend.jobs.tasks.score_new_tasks"
 DEDUPE = "ml_backend.jobs.tasks.dedupe_predictions"
-_KIND = {TRAIN: "train", RESCORE: "rescore", SCORE_NEW: "score_new_tasks", DEDUPE: "dedupe"}
+EMBED = "ml_backend.jobs.tasks.embed_chunk"
+_KIND = {TRAIN: "train", RESCORE: "rescore", SCORE_NEW: "score_new_tasks", DEDUPE: "dedupe", EMBED: "embed"}
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
 #: slots of the coalesced job kinds: the Redis key (under ``al:<queue>:``) naming the one waiting job
 TRAIN_SLOT, RESCORE_SLOT, DEDUPE_SLOT = "pending", "pending:rescore", "pending:dedupe"
+#: seconds a finished embedding chunk keeps its result (its vectors) for the re-score that gathers it, which
+#: deletes it; a day covers a fan-out that runs for hours on few workers without leaving vectors in Redis for good
+CHUNK_RESULT_TTL = 86400
 #: LS saves what /predict returned only after our answer, one prediction at a time (~0.1 s each measured on
 #: SQLite, 2 cores), e.g. "Retrieve predictions" racing our own import of the version: duplicates are looked for
 #: ``DEDUPE_AFTER`` seconds plus ``DEDUPE_PER_TASK`` per returned prediction after the last /predict answered
@@ -129,20 +138,32 @@ class JobQueue:
         """A Redis key of this queue's namespace: ``pending``, ``labels``, ``jobs``, ``lock:train``, ``lock:score``."""
         return f"al:{self.queue.name}:{kind}:{project_id}"
 
-    def _enqueue(
-        self, func: str, project_id: int, *args: Any, job_id: str | None = None, delay: float | None = None, **meta: Any
-    ) -> Job:
-        """Enqueue (or schedule in ``delay`` seconds) a job and list it among the project's recent jobs."""
+    def _options(self, func: str, project_id: int, job_id: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """Id, timeout, retries, TTLs, meta and description every job of this queue gets (rq's option names)."""
         kind = _KIND[func]
-        options: dict[str, Any] = dict(
+        return dict(
             job_id=job_id or f"{kind}-{project_id}-{uuid.uuid4().hex[:12]}",
-            job_timeout=self.job_timeout,
             retry=self.retry,
             result_ttl=7 * 86400,
             failure_ttl=7 * 86400,
             meta={"project": project_id, "kind": kind, "stage": "queued", "enqueued": time.time(), **meta},
             description=f"{kind} project {project_id}",
         )
+
+    def _enqueue(
+        self,
+        func: str,
+        project_id: int,
+        *args: Any,
+        job_id: str | None = None,
+        delay: float | None = None,
+        depends_on: Dependency | None = None,
+        **meta: Any,
+    ) -> Job:
+        """Enqueue (or schedule in ``delay`` seconds, or once ``depends_on`` is met) a job and list it among the
+        project's recent jobs."""
+        options = self._options(func, project_id, job_id, meta)
+        options.update(job_timeout=self.job_timeout, depends_on=depends_on)
         if delay is None:
             job = self.queue.enqueue(func, project_id, *args, **options)
         else:
@@ -259,6 +280,56 @@ class JobQueue:
         )
         return job.id
 
+    def fan_out_embedding(self, project_id: int, version: str, chunks: list[list[dict[str, Any]]]) -> str:
+        """Enqueue one embedding job per chunk and the re-score that gathers them; returns the re-score's id.
+
+        The chunks are not listed among the project's recent jobs (hundreds would push out the trainings); the
+        re-score's meta names them and ``recent_jobs`` shows how many finished. rq enqueues the re-score once every
+        chunk has ended, finished or failed for good (``allow_failure``: a failed chunk must not lose the others;
+        the re-score embeds what is still missing itself). Before it exists it is made the project's waiting
+        re-score (as a retry is: a request meanwhile joins it instead of fanning out the same pool again).
+        """
+        gather_id = f"{_KIND[RESCORE]}-{project_id}-{uuid.uuid4().hex[:12]}"
+        chunk_ids = self.enqueue_chunks(project_id, version, chunks, gather_id)
+        total = len(chunk_ids)
+        self.hold_for_retry(RESCORE_SLOT, project_id, gather_id)
+        self._enqueue(
+            RESCORE,
+            project_id,
+            job_id=gather_id,
+            depends_on=Dependency(jobs=chunk_ids, allow_failure=True),
+            fanout=chunk_ids,
+            stage=f"waiting for {total} embedding chunks",
+            done=0,
+            total=total,
+        )
+        return gather_id
+
+    def enqueue_chunks(
+        self, project_id: int, version: str, chunks: list[list[dict[str, Any]]], gather_id: str
+    ) -> list[str]:
+        """Enqueue the embedding jobs of ``chunks`` in one round trip (ids ``embed-<gather_id>-<i>``), counted as
+        they finish under ``gather_id`` (``chunks_done``); returns their ids."""
+        datas = []
+        for i, chunk in enumerate(chunks):
+            options = self._options(EMBED, project_id, f"{_KIND[EMBED]}-{gather_id}-{i}", {"chunk": i + 1})
+            options["result_ttl"] = CHUNK_RESULT_TTL
+            datas.append(
+                Queue.prepare_data(EMBED, (project_id, version, chunk, gather_id), timeout=self.job_timeout, **options)
+            )
+        return [job.id for job in self.queue.enqueue_many(datas)]
+
+    def chunk_done(self, gather_id: str) -> int:
+        """Count one finished embedding chunk of the re-score ``gather_id``; returns how many have finished."""
+        key = f"al:{self.queue.name}:fanout:{gather_id}"
+        with self.redis.pipeline() as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 7 * 86400)
+            return int(pipe.execute()[0])
+
+    def chunks_done(self, gather_id: str) -> int:
+        return int(self.redis.get(f"al:{self.queue.name}:fanout:{gather_id}") or 0)
+
     def request_score_new(self, project_id: int, tasks: list[dict[str, Any]]) -> str:
         return self._enqueue(SCORE_NEW, project_id, tasks).id
 
@@ -317,12 +388,16 @@ class JobQueue:
                 continue
             result = job.latest_result()  # the last attempt: a failure shows here while a retry is scheduled
             exc = result.exc_string if result is not None and result.type == Result.Type.FAILED else None
+            status = job.get_status()
+            meta = job.meta
+            if status == JobStatus.DEFERRED and "fanout" in meta:  # the chunks count themselves (no meta race)
+                meta = {**meta, "done": self.chunks_done(job.id)}
             jobs.append(
                 {
                     "id": job.id,
                     "kind": job.meta.get("kind"),
-                    "status": str(job.get_status().value),
-                    "meta": job.meta,
+                    "status": str(status.value),
+                    "meta": meta,
                     "retries_left": job.retries_left,
                     "enqueued_at": job.enqueued_at.isoformat() if job.enqueued_at else None,
                     "ended_at": job.ended_at.isoformat() if job.ended_at else None,

@@ -8,6 +8,9 @@
   delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
   the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings), so the
   queue never freezes.
+  A pool with more than ``EMBED_CHUNK_SIZE`` tasks to embed is embedded first, in ``embed_chunk`` jobs that every
+  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached.
+- ``embed_chunk``: fill the shared embedding cache for one part of a pool.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
 - ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
 
@@ -21,12 +24,15 @@ import functools
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from ml_backend.jobs import context
 from ml_backend.jobs.lock import LockLost, ProjectLock
@@ -314,6 +320,9 @@ def _rescore_pool(
     _secure_webhooks(ctx, project_id)
     _progress("listing tasks in Label Studio")
     tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
+    embedding = _fan_out_embedding(ctx, project_id, state, tasks)
+    if embedding is not None and "continued_by" in embedding:
+        return {"version": version, "mode": "pool", "unlabelled": len(tasks), "embedding": embedding}
     # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
     # a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
     scored, skipped = _score_and_collect(
@@ -359,7 +368,102 @@ def _rescore_pool(
         "front": len(front),
         "skipped": skipped,
         "deleted_old_predictions": deleted,
+        "embedding": embedding,
     }
+
+
+def _fan_out_embedding(
+    ctx: context.WorkerContext, project_id: int, state: ProjectState, tasks: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Split the pool's embedding over the workers when more than ``EMBED_CHUNK_SIZE`` tasks lack one.
+
+    Returns ``continued_by`` (the re-score rq runs once every chunk has ended; this job ends now, so a worker
+    never waits on another job) when it fanned out; the gathered chunks' counts when this job is that re-score
+    (it never fans out again: what failed chunks left it embeds itself); None when the pool is embedded here.
+    """
+    job = get_current_job()
+    if job is not None and "fanout" in job.meta:
+        if "gathered" not in job.meta:  # else this is a retry: the chunks were stored (and deleted) already
+            job.meta["gathered"] = _gather(ctx, project_id, job.meta["fanout"])
+            job.save_meta()
+        return job.meta["gathered"]
+    size = ctx.settings.embed_chunk_size
+    if job is None or not size or len(tasks) <= size:
+        return None
+    _progress("looking up cached embeddings", 0, len(tasks))
+    todo = [
+        {"id": tasks[i].get("id"), "data": tasks[i].get("data")}
+        for i in ctx.service.uncached(state, state.version, tasks)
+    ]
+    if len(todo) <= size:
+        return None
+    chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+    gather_id = ctx.queue.fan_out_embedding(project_id, state.version.version, chunks)
+    _progress("embedding fanned out", 0, len(chunks), to_embed=len(todo), continued_by=gather_id)
+    return {"to_embed": len(todo), "chunks": len(chunks), "continued_by": gather_id}
+
+
+def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
+    """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
+    and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
+    many chunks each worker (``host/worker``) embedded. One chunk at a time, each finished one deleted once stored:
+    its result holds the vectors (about 1.5 kB per text task), which nothing else reads. Failed chunks stay in rq's
+    failed registry for the admin."""
+    report: dict[str, Any] = {"chunks": len(chunk_ids), "finished": 0, "embedded": 0, "skipped": 0, "stored_here": 0}
+    per_worker: dict[str, int] = {}
+    for chunk_id in chunk_ids:
+        try:
+            job = Job.fetch(chunk_id, connection=ctx.redis)
+        except NoSuchJobError:
+            continue  # expired or deleted: counted as failed, its tasks are embedded by the scoring path
+        if job.get_status() == JobStatus.FINISHED:
+            result = job.return_value() or {}
+            report["finished"] += 1
+            report["embedded"] += result.get("embedded", 0)
+            report["skipped"] += result.get("skipped", 0)
+            report["stored_here"] += ctx.service.store_embeddings(result["fingerprint"], result["vectors"])
+            name = f"{result.get('host')}/{result.get('worker')}"
+            per_worker[name] = per_worker.get(name, 0) + 1
+            job.delete()
+    report["failed"] = len(chunk_ids) - report["finished"]
+    report["per_worker"] = per_worker
+    if report["failed"]:
+        log.warning(
+            "project %s: %d of %d embedding chunks failed; this re-score embeds their tasks itself",
+            project_id,
+            report["failed"],
+            report["chunks"],
+        )
+    _progress("embedding gathered", report["finished"], report["chunks"], failed_chunks=report["failed"])
+    return report
+
+
+@_timed("embed")
+def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gather_id: str) -> dict[str, Any]:
+    """One part of a fanned-out pool embedding: embed ``tasks`` with ``version``'s encoder into this machine's cache
+    and return the vectors for the gathering re-score (which may run elsewhere). Safe to retry (the cache is keyed
+    by content); a task that cannot be embedded is counted, not fatal."""
+    ctx = context.current()
+    started = time.monotonic()
+    state = ctx.service.state(project_id)
+    _progress("embedding", 0, len(tasks))
+    fingerprint, vectors, embedded, skipped = ctx.service.embed_part(
+        state, ctx.registry.get_version(project_id, version), tasks, ctx.settings.score_batch_size
+    )
+    job = get_current_job()
+    result = {
+        "tasks": len(tasks),
+        "embedded": embedded,
+        "skipped": len(skipped),
+        "skip_reasons": dict(list(skipped.items())[:20]),
+        "worker": job.worker_name if job else None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    finished = ctx.queue.chunk_done(gather_id)
+    _progress("done", embedded, len(tasks), skipped=len(skipped), worker=result["worker"], chunks_finished=finished)
+    return {**result, "fingerprint": fingerprint, "vectors": vectors}
 
 
 def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:

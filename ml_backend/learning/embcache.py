@@ -1,7 +1,12 @@
 """Embeddings cached by content: a frozen encoder gives the same vector for the same input forever.
 
 One SQLite file per encoder fingerprint, shared by the web app and the workers (WAL mode allows concurrent
-readers with one writer). Re-scoring a pool after retraining then runs only the head.
+readers with one writer), also by workers on other machines when the data folder is a shared mount. Re-scoring a
+pool after retraining then runs only the head.
+
+An image's content key is known only once the file is downloaded; the ``source`` table remembers which key an
+image URL last had, so a re-score can tell without downloading how much of its pool still needs the encoder (and
+whether fanning the embedding out over the workers pays). It is a hint: the scoring path always hashes the file.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,19 +35,35 @@ class EmbeddingCache:
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS source (locator TEXT PRIMARY KEY, key TEXT NOT NULL)")
         self._conn.commit()
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    def _select(self, sql: str, keys: Iterable[str]) -> list[tuple[str, Any]]:
+        """Rows of ``sql`` (a SELECT ending in ``IN``) for ``keys``, 500 at a time (SQLite's variable limit)."""
         keys = list(dict.fromkeys(keys))
-        found: dict[str, np.ndarray] = {}
+        rows: list[tuple[str, Any]] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             with self._lock:
-                rows = self._conn.execute(
-                    f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall()
-            found.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
-        return found
+                rows.extend(self._conn.execute(f"{sql} ({','.join('?' * len(chunk))})", chunk).fetchall())
+        return rows
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        rows = self._select("SELECT key, vec FROM emb WHERE key IN", keys)
+        return {k: np.frombuffer(v, dtype=np.float32) for k, v in rows}
+
+    def present(self, keys: Iterable[str]) -> set[str]:
+        """The keys that have an embedding, without reading the vectors (a pool-sized check)."""
+        return {k for (k,) in self._select("SELECT key FROM emb WHERE key IN", keys)}
+
+    def sources(self, locators: Iterable[str]) -> dict[str, str]:
+        """The content key each locator (an image URL) had when it was last embedded, for those recorded."""
+        return dict(self._select("SELECT locator, key FROM source WHERE locator IN", locators))
+
+    def remember_sources(self, items: dict[str, str]) -> None:
+        if items:
+            with self._lock, self._conn:
+                self._conn.executemany("INSERT OR REPLACE INTO source (locator, key) VALUES (?, ?)", items.items())
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         if items:

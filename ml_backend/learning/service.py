@@ -210,7 +210,9 @@ class ScoringService:
         return clf
 
     def embedding_cache(self, clf: Classifier) -> EmbeddingCache:
-        fingerprint = clf.encoder.fingerprint
+        return self._cache_of(clf.encoder.fingerprint)
+
+    def _cache_of(self, fingerprint: str) -> EmbeddingCache:
         if fingerprint not in self._caches:
             self._caches[fingerprint] = EmbeddingCache(self.settings.embeddings_dir, fingerprint)
         return self._caches[fingerprint]
@@ -281,9 +283,17 @@ class ScoringService:
         """Embed every usable task (cache first). Returns outcomes, indices of embedded tasks, their embeddings
         and their raw inputs; the raw inputs are loaded (and listed) only when the config needs them (full-network
         MC or full fine-tuning), else the list holds None."""
+        return self._embed_keyed(clf, schema, tasks)[:4]
+
+    def _embed_keyed(
+        self, clf: Classifier, schema: TaskSchema, tasks: Sequence[dict[str, Any]]
+    ) -> tuple[list[TaskScore], list[int], np.ndarray, list[Any], list[str]]:
+        """``embed_tasks`` plus the content key of each embedded task."""
         outcomes = [TaskScore(task_id=t.get("id") if isinstance(t, dict) else None) for t in tasks]
         keys, loaders = self._locate_all(schema, tasks, outcomes)
         cache = self.embedding_cache(clf)
+        if schema.kind != "text":  # which content each URL held: ``uncached`` then needs no download
+            cache.remember_sources({schema.task_input(tasks[i]["data"]): key for i, key in keys.items()})
         cached = cache.get_many(keys.values())
         need_raw = clf.config.acquisition.mc_mode == "full" or clf.config.training.mode == "full"
         inputs: dict[int, Any] = {}
@@ -308,7 +318,56 @@ class ScoringService:
             cache.put_many(fresh)
         ok = [i for i in loaders if outcomes[i].reason is None and (keys[i] in cached or keys[i] in fresh)]
         emb = np.stack([cached.get(keys[i], fresh.get(keys[i])) for i in ok]) if ok else np.zeros((0, clf.in_dim or 0))
-        return outcomes, ok, emb, [inputs.get(i) for i in ok]
+        return outcomes, ok, emb, [inputs.get(i) for i in ok], [keys[i] for i in ok]
+
+    def uncached(self, state: ProjectState, version: VersionInfo, tasks: Sequence[dict[str, Any]]) -> list[int]:
+        """Indices of the tasks the version's encoder would have to embed, found without downloading or embedding:
+        whether a re-score should fan its embedding out over the workers. An image counts as uncached unless an
+        earlier embedding recorded the content its URL held. Unusable tasks are left out (nothing to embed; the
+        scoring path reports why)."""
+        cache = self.embedding_cache(self.classifier(state, version))
+        keys: dict[int, str] = {}
+        urls: dict[int, str] = {}
+        for i, task in enumerate(tasks):
+            try:
+                if state.schema.kind == "text":
+                    keys[i] = self._locate_input(state.schema, task)[0]  # hashes the text, fetches nothing
+                else:
+                    urls[i] = state.schema.task_input(task.get("data") if isinstance(task, dict) else None)
+            except ValueError:
+                continue
+        known = cache.sources(urls.values())
+        keys.update({i: known[url] for i, url in urls.items() if url in known})
+        present = cache.present(keys.values())
+        return [i for i in sorted({*keys, *urls}) if keys.get(i) not in present]
+
+    def embed_part(
+        self, state: ProjectState, version: VersionInfo, tasks: Sequence[dict[str, Any]], batch_size: int
+    ) -> tuple[str, dict[str, np.ndarray], int, dict[str, str]]:
+        """Embed one part of a pool (an embedding chunk job) into this machine's cache, ``batch_size`` inputs at a
+        time (decoded images must not all sit in memory). Returns the encoder's fingerprint, the embeddings by
+        content key (for the gathering re-score, which may run on another machine with its own cache), how many
+        tasks have one (tasks with the same content share it) and the reason of each task that cannot have one
+        (the rest of the part is unaffected)."""
+        clf = self.classifier(state, version)
+        vectors: dict[str, np.ndarray] = {}
+        embedded = 0
+        skipped: dict[str, str] = {}
+        for start in range(0, len(tasks), batch_size):
+            outcomes, ok, emb, _, keys = self._embed_keyed(clf, state.schema, tasks[start : start + batch_size])
+            vectors.update(zip(keys, emb))
+            embedded += len(ok)
+            skipped.update({str(o.task_id): o.reason for o in outcomes if o.reason})
+        return clf.encoder.fingerprint, vectors, embedded, skipped
+
+    def store_embeddings(self, fingerprint: str, vectors: dict[str, np.ndarray]) -> int:
+        """Add embeddings another worker computed with the encoder ``fingerprint`` to this machine's cache (those it
+        lacks); returns how many were added."""
+        cache = self._cache_of(fingerprint)
+        present = cache.present(vectors)
+        missing = {k: v for k, v in vectors.items() if k not in present}
+        cache.put_many(missing)
+        return len(missing)
 
     @staticmethod
     def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:
