@@ -35,8 +35,23 @@ _ONE_BY_ONE = 50
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 
 
+def _id_range(first_id: int | None, last_id: int | None) -> list[dict[str, Any]]:
+    """Data Manager filters for first_id <= task id <= last_id (either bound may be open)."""
+    bounds = [("greater_or_equal", first_id), ("less_or_equal", last_id)]
+    return [
+        {"filter": "filter:tasks:id", "operator": op, "type": "Number", "value": int(value)}
+        for op, value in bounds
+        if value is not None
+    ]
+
+
 class LabelStudioError(RuntimeError):
-    """Label Studio could not be reached or refused the request; the message says what to check."""
+    """Label Studio could not be reached or refused the request; the message says what to check, ``status`` is
+    LS's HTTP status when it answered (400: it refused the request's content, e.g. a deleted task)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class LabelStudioNotConfigured(LabelStudioError):
@@ -99,7 +114,9 @@ class LabelStudioClient:
                 if exc.status_code == 401
                 else ""
             )
-            raise LabelStudioError(f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}") from exc
+            raise LabelStudioError(
+                f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}", exc.status_code
+            ) from exc
         except Exception as exc:  # connection refused, DNS, timeouts (httpx or requests)
             raise LabelStudioError(
                 f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}"
@@ -120,15 +137,22 @@ class LabelStudioClient:
 
     # -- tasks ----------------------------------------------------------------------------------------------
     def iter_tasks(
-        self, project_id: int, labelled_only: bool = False, page_size: int = 500
+        self,
+        project_id: int,
+        labelled_only: bool = False,
+        page_size: int = 500,
+        first_id: int | None = None,
+        last_id: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every task of the project (or only those with a non-skipped annotation) as a plain dict (id, data,
-        annotations, predictions), page by page. LS spends ~5 ms per task listed, so ask only for what is needed.
+        """Every task of the project (or only those with a non-skipped annotation, or only those with an id in
+        [``first_id``, ``last_id``]) as a plain dict (id, data, annotations, predictions), page by page. LS spends
+        5-8 ms per task listed (measured on 10k tasks, with or without ``fields=all``): ask only for what is needed.
 
-        ``labelled_only`` filters in LS with a Data Manager filter: the API's ``only_annotated`` flag is ignored
-        by LS 1.23 (measured).
+        The filters run in LS as Data Manager filters: the API's ``only_annotated`` flag is ignored by LS 1.23
+        (measured); ``filter:tasks:id`` is honoured (measured: 0.1 s for the 4 newest of 10k tasks).
         """
-        query = json.dumps({"filters": {"conjunction": "and", "items": [_HAS_ANNOTATIONS]}}) if labelled_only else None
+        filters = _id_range(first_id, last_id) + ([_HAS_ANNOTATIONS] if labelled_only else [])
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
         page, seen = 1, 0
         while True:
             resp = self._call(
@@ -149,6 +173,24 @@ class LabelStudioClient:
             if len(items) < page_size or (total is not None and seen >= total):
                 return
             page += 1
+
+    def count_tasks(self, project_id: int, first_id: int, last_id: int) -> int:
+        """How many tasks of the project have an id in [first_id, last_id]: one request of one task, whose answer
+        carries LS's count of the filtered set (0.1-0.2 s on 10k tasks, measured), so a task list can find the
+        tasks deleted behind its back without listing the project."""
+        query = json.dumps({"filters": {"conjunction": "and", "items": _id_range(first_id, last_id)}})
+        resp = self._call(
+            f"count tasks {first_id}..{last_id} of project {project_id}",
+            self.sdk.tasks.list,
+            project=project_id,
+            query=query,
+            page=1,
+            page_size=1,
+        )
+        total = getattr(resp.response, "total", None)
+        if total is None:
+            raise LabelStudioError(f"count tasks of project {project_id}: Label Studio's answer carries no total")
+        return int(total)
 
     def tasks_by_id(self, project_id: int, ids: Sequence[int]) -> list[dict[str, Any]]:
         """The project's tasks with these ids, in that order; ids LS no longer has (or of another project) are
@@ -200,14 +242,18 @@ class LabelStudioClient:
         resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
         return int((resp or {}).get("deleted_predictions", 0))
 
-    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int, float | None]]:
-        """(prediction id, task id, score) of every prediction of ``version`` in the project.
+    def predictions(self, project_id: int) -> list[tuple[int, int, str, float | None]]:
+        """(prediction id, task id, model version, score) of every prediction of the project.
 
-        One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version, so
-        the version is filtered here (10k predictions are a few MB, once per scoring job).
+        One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version (10k
+        predictions: 2-3 s, measured, against 50-100 s to list the 10k tasks that hold them).
         """
         items = self._raw("GET", f"api/predictions/?project={int(project_id)}") or []
-        return [(int(p["id"]), int(p["task"]), p.get("score")) for p in items if p.get("model_version") == version]
+        return [(int(p["id"]), int(p["task"]), str(p.get("model_version")), p.get("score")) for p in items]
+
+    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int, float | None]]:
+        """(prediction id, task id, score) of every prediction of ``version`` in the project (filtered here)."""
+        return [(pid, task, score) for pid, task, v, score in self.predictions(project_id) if v == version]
 
     def delete_prediction(self, prediction_id: int) -> bool:
         """Delete one prediction; False if it was already gone (another job or LS deleted it)."""
@@ -247,7 +293,9 @@ class LabelStudioClient:
         if missing_ok and resp.status_code == 404:
             return _MISSING
         if resp.status_code >= 400:
-            raise LabelStudioError(f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}")
+            raise LabelStudioError(
+                f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}", resp.status_code
+            )
         return resp.json() if resp.content else None
 
     # -- auth and files -------------------------------------------------------------------------------------
