@@ -31,6 +31,8 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 _MISSING = object()
 #: up to this many tasks are read one request each; more are picked out of one listing of the project
 _ONE_BY_ONE = 50
+#: seconds an export of every task may take (LS answers only once all are serialized: ~1 min per 10k measured)
+EXPORT_TIMEOUT = 1800.0
 # Data Manager filter: tasks with at least one annotation that is not a skip (LS counts skips apart)
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 
@@ -174,6 +176,17 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def export_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project (id, data, annotations; predictions by id only) through LS's export (JSON
+        format, all tasks): one request, 2.6 times faster than listing them (measured on 10k tasks, LS on SQLite, loaded
+        machine: 63 s against 163 s for ``iter_tasks``). LS builds the whole answer first, so the request may take
+        ``EXPORT_TIMEOUT`` rather than the usual timeout."""
+        path = f"api/projects/{int(project_id)}/export?exportType=JSON&download_all_tasks=true"
+        tasks = self._raw("GET", path, timeout=max(self.timeout, EXPORT_TIMEOUT))
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"export of project {project_id}: expected a list of tasks, got {type(tasks)}")
+        return tasks
+
     def count_tasks(self, project_id: int, first_id: int, last_id: int) -> int:
         """How many tasks of the project have an id in [first_id, last_id]: one request of one task, whose answer
         carries LS's count of the filtered set (0.1-0.2 s on 10k tasks, measured), so a task list can find the
@@ -276,7 +289,14 @@ class LabelStudioClient:
             log.info("project %s: deleted %d duplicate predictions of %s", project_id, deleted, version)
         return deleted
 
-    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None, missing_ok: bool = False) -> Any:
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        missing_ok: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
         """A plain request for endpoints the SDK lacks; ``missing_ok``: a 404 returns ``_MISSING`` instead."""
         what = f"{method} /{path}"
         headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
@@ -286,7 +306,7 @@ class LabelStudioClient:
                 f"{self.url}/{path}",
                 headers=headers,
                 data=json.dumps(body) if body is not None else None,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
             )
         except requests.RequestException as exc:
             raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {exc}") from exc

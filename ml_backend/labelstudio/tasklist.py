@@ -27,7 +27,8 @@ LS stays the truth; the store only spares listings. It is kept true by:
      prediction of the project (one unpaginated request, 2-3 s for 10k) replaces the store's.
 
   A store that is missing or was never filled, or whose task count still differs from LS's after this, is
-  filled from a full listing (the fallback). A task whose *data* is edited in LS is not seen (LS sends no
+  filled from a full listing (the fallback): LS's export of every task, 2.6 times faster than its task listing
+  (its predictions are ids only, so step 4 reads them). A task whose *data* is edited in LS is not seen (LS sends no
   webhook for it and no count changes): deleting the store file makes the next sync list the project again.
 """
 
@@ -231,9 +232,10 @@ class TaskList:
         return report
 
     def _full_listing(self, ls: LabelStudioClient, project_id: int, report: SyncReport) -> None:
-        """Replace the store's tasks with a listing of every task (what the store exists to avoid, once)."""
-        tasks = list(ls.iter_tasks(project_id))
-        report.count("list tasks (pages of 500)", max(1, -(-len(tasks) // 500)))
+        """Replace the store's tasks with every task of the project (what the store exists to avoid, once), read
+        through LS's export: 2.6 times faster than the task listing (``LabelStudioClient.export_tasks``)."""
+        tasks = ls.export_tasks(project_id)
+        report.count("export every task")
         report.full = True
         listed = {t["id"] for t in tasks}
         # a task a webhook added during the listing goes too; the next sync finds it again (its id is the highest)

@@ -91,7 +91,7 @@ def test_the_task_list_follows_label_studio_through_webhooks_and_lost_webhooks(m
     assert set(store.ids()) == set(in_ls) and set(lost) <= set(store.ids())
     assert report.added == 3 and report.removed == 5, report
     assert store.labelled_ids() == (set(ids[1:10]) - {ids[3]}) | {ids[50]}  # a skip is not a label
-    assert "list tasks (pages of 500)" not in report.requests, report.requests
+    assert "export every task" not in report.requests, report.requests
     unlabelled = store.unlabelled()
     assert [t["id"] for t in unlabelled] == sorted(t for t in in_ls if t not in store.labelled_ids())
     assert all(t["data"]["text"] for t in unlabelled)
@@ -107,9 +107,13 @@ def test_the_task_list_follows_label_studio_through_webhooks_and_lost_webhooks(m
     assert set(store.ids()) == set(ls_tasks(ls_server, project_id)) and older in store.ids()
 
     # a missing file is a full listing, not an error
-    store.path.unlink()
-    Path(f"{store.path}-wal").unlink(missing_ok=True)
+    forget(store)
     assert store.sync(ls, project_id).full and set(store.ids()) == set(ls_tasks(ls_server, project_id))
+
+
+def forget(store: TaskList) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
 
 
 def ls_task_requests(ls_server, project_id: int, since: int) -> list[str]:
@@ -186,3 +190,8 @@ def test_a_task_deleted_during_an_import_does_not_break_it(ls_server, tmp_path, 
     assert ids[7] not in store.ids()
     # the store knows what LS holds: the next sync needs no reload of the predictions
     assert store.version_counts() == {"v-test": 19} and not store.sync(ctx.ls, project_id).predictions_reloaded
+    # and so does a full listing (LS's export names predictions by id only: they are read with one more request)
+    forget(store)
+    report = store.sync(ctx.ls, project_id)
+    assert report.full and store.version_counts() == {"v-test": 19}
+    assert store.unlabelled()[0]["predictions"] == [{"model_version": "v-test", "score": 0.0}]
