@@ -213,9 +213,20 @@ def wait_all_predictions(
     cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS."""
     t0 = time.perf_counter()
     seen_errors: set = set()
+    short_since: list[float] = []
 
     def check():
         st = be.status(pid)
+        busy = any(j.get("status") in ("queued", "started", "deferred", "scheduled") for j in st.get("jobs") or [])
+        short = min_labels and st.get("trained") and int(st.get("n_labels") or 0) < min_labels and not busy
+        if short and not short_since:
+            short_since.append(time.monotonic())
+        if short and time.monotonic() - short_since[0] > 10:
+            # measured with LS on PostgreSQL: LS's webhook can arrive before its annotation is listed, so the
+            # last training of a burst read one label less and no webhook follows; "Start Training" catches up
+            print(f"  {st.get('n_labels')} of {min_labels} labels trained: sending START_TRAINING", file=sys.stderr)
+            be.http.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}})
+            short_since.clear()
         for job in st.get("jobs") or []:
             if job.get("error") and job.get("id") not in seen_errors:
                 seen_errors.add(job.get("id"))
