@@ -73,6 +73,10 @@ def test_the_task_list_follows_label_studio_through_webhooks_and_lost_webhooks(m
     )
     assert resp.status_code == 200 and resp.json()["tasks"] == 1
     assert set(store.ids()) == set(ls_tasks(ls_server, project_id))  # before any sync
+    # "delete all tasks" names no project, and ids that are no ids change nothing: the next sync tells
+    assert client.post("/webhook", json={"action": "TASKS_DELETED", "tasks": [{"id": ids[5]}]}).status_code == 200
+    odd = {"action": "TASKS_DELETED", "project": {"id": project_id}, "tasks": [{"id": "x"}, {"id": True}, 7]}
+    assert client.post("/webhook", json=odd).json()["tasks"] == 0 and ids[5] in store.ids()
 
     # lost webhooks: tasks created and deleted, labels added and removed, and LS alone knows
     lost = import_texts(ls_server, project_id, [f"Unannounced review {i}." for i in range(3)])
