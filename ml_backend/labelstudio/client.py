@@ -31,8 +31,10 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 _MISSING = object()
 #: up to this many tasks are read one request each; more are picked out of one listing of the project
 _ONE_BY_ONE = 50
-#: seconds an export of every task may take (LS answers only once all are serialized: ~1 min per 10k measured)
-EXPORT_TIMEOUT = 1800.0
+#: seconds a request whose work in LS grows with the project may take: exporting every task (LS answers once all
+#: are serialized: 1-1.5 min per 10k measured) or deleting a version (over 60 s for 10k predictions, measured on
+#: SQLite and PostgreSQL on a loaded machine; a client timeout there failed the job while LS went on deleting)
+BULK_TIMEOUT = 1800.0
 # Data Manager filter: tasks with at least one annotation that is not a skip (LS counts skips apart)
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 
@@ -180,9 +182,9 @@ class LabelStudioClient:
         """Every task of the project (id, data, annotations; predictions by id only) through LS's export (JSON
         format, all tasks): one request, 2.6 times faster than listing them (measured on 10k tasks, LS on SQLite, loaded
         machine: 63 s against 163 s for ``iter_tasks``). LS builds the whole answer first, so the request may take
-        ``EXPORT_TIMEOUT`` rather than the usual timeout."""
+        ``BULK_TIMEOUT`` rather than the usual timeout."""
         path = f"api/projects/{int(project_id)}/export?exportType=JSON&download_all_tasks=true"
-        tasks = self._raw("GET", path, timeout=max(self.timeout, EXPORT_TIMEOUT))
+        tasks = self._raw("GET", path, timeout=max(self.timeout, BULK_TIMEOUT))
         if not isinstance(tasks, list):
             raise LabelStudioError(f"export of project {project_id}: expected a list of tasks, got {type(tasks)}")
         return tasks
@@ -252,7 +254,12 @@ class LabelStudioClient:
 
     def delete_model_version(self, project_id: int, version: str) -> int:
         """Delete one version's predictions (the SDK has no call for this endpoint)."""
-        resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
+        resp = self._raw(
+            "DELETE",
+            f"api/projects/{project_id}/model-versions/",
+            {"model_version": version},
+            timeout=max(self.timeout, BULK_TIMEOUT),
+        )
         return int((resp or {}).get("deleted_predictions", 0))
 
     def predictions(self, project_id: int) -> list[tuple[int, int, str, float | None]]:
