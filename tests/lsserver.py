@@ -2,8 +2,8 @@
 
 ``LabelStudioServer`` installs ``label-studio`` into a virtualenv of its own (never the backend's), builds a migrated
 template data dir once, copies it for every fresh start (~6 s instead of ~64 s of migrations), starts LS on
-``127.0.0.1:<free port>`` with SQLite and a known admin + legacy API token, and stops exactly the process it
-started (by PID and process group).
+``127.0.0.1:<free port>`` with SQLite (or PostgreSQL) and a known admin + legacy API token, and stops exactly the
+process it started (by PID and process group).
 
     from tests.lsserver import LabelStudioServer
 
@@ -12,18 +12,28 @@ started (by PID and process group).
         pat = ls.create_pat()                # personal access token (JWT refresh token)
         ls.tail_log(50)
 
+    with LabelStudioServer(db="postgres") as ls:   # LS on PostgreSQL (127.0.0.1:5432), a fresh database per run
+
 Environment variables (all optional):
   LS_CACHE_DIR   where the venv and the template live [$XDG_CACHE_HOME or ~/.cache]/al-backend-ls
   LS_VENV        venv holding label-studio [$LS_CACHE_DIR/ls-venv]; created (``pip install label-studio==X``) if missing
   LS_VERSION     label-studio version [1.23.2]
   LS_STARTUP_TIMEOUT  seconds to wait for /health [180]
-  LS_KEEP_DATA   1 = keep each run's data dir after stop (for debugging)
+  LS_KEEP_DATA   1 = keep each run's data dir (and PostgreSQL database) after stop (for debugging)
+  LS_POSTGRES_HOST / LS_POSTGRES_PORT / LS_POSTGRES_USER  the PostgreSQL server for ``db="postgres"``
+                 [127.0.0.1 / 5432 / postgres; trust auth, or LS_POSTGRES_PASSWORD]
 
 Facts this relies on (Label Studio 1.23.2): LABEL_STUDIO_USERNAME/PASSWORD/USER_TOKEN create the admin with no
 prompt; legacy token auth is off for new orgs unless LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true at org creation
 (``init --enable-legacy-api-token``); ML backends and webhooks on 127.0.0.1 need ML_BLOCK_LOCAL_IP=false and
 SSRF_PROTECTION_ENABLED=false; a PAT is signed with SECRET_KEY (fixed here) and only one valid PAT per user may exist
 (POST /api/token/ answers 409 for a second one), so ``create_pat`` caches it.
+
+PostgreSQL (verified in LS 1.23.2's ``core/settings/label_studio.py`` and ``base.py``): ``DJANGO_DB`` selects the
+database, ``sqlite`` by default in ``label-studio start``; ``postgresql`` (or ``default``) uses
+``POSTGRE_NAME/USER/PASSWORD/HOST/PORT``. LS ships the driver (``psycopg[binary]`` 3). The migrated, initialised
+database is built once as a PostgreSQL template database; each start clones it (``CREATE DATABASE ... TEMPLATE``,
+about a second instead of a minute of migrations) under a fresh name, dropped again at stop.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -51,6 +62,7 @@ DEFAULT_USER = "admin@example.com"
 DEFAULT_PASSWORD = "admin12345"
 DEFAULT_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 DEFAULT_SECRET_KEY = "al-backend-tests-secret-key-not-for-production"
+DATABASES = ("sqlite", "postgres")
 
 # Environment variables of the calling process that must not leak into LS's interpreter.
 _SCRUB_ENV = (
@@ -63,6 +75,10 @@ _SCRUB_ENV = (
     "LABEL_STUDIO_HOST",
     "DATABASE_URL",
     "POSTGRE_HOST",
+    "POSTGRE_PORT",
+    "POSTGRE_NAME",
+    "POSTGRE_USER",
+    "POSTGRE_PASSWORD",
     "DJANGO_DB",
     "LABEL_STUDIO_BASE_DATA_DIR",
     "LOCAL_FILES_DOCUMENT_ROOT",
@@ -196,7 +212,8 @@ def _file_lock(path: Path):
 
 
 class LabelStudioServer:
-    """One Label Studio process on 127.0.0.1 with a fresh copy of a migrated SQLite data dir."""
+    """One Label Studio process on 127.0.0.1 with a fresh copy of a migrated data dir (and, with
+    ``db="postgres"``, a fresh clone of a migrated PostgreSQL database)."""
 
     def __init__(
         self,
@@ -213,7 +230,18 @@ class LabelStudioServer:
         startup_timeout: float | None = None,
         extra_env: dict[str, str] | None = None,
         keep_data: bool | None = None,
+        db: str = "sqlite",
     ) -> None:
+        if db not in DATABASES:
+            raise LabelStudioError(f"db must be one of {DATABASES}, got {db!r}")
+        self.db = db
+        self.pg = {
+            "host": os.environ.get("LS_POSTGRES_HOST", "127.0.0.1"),
+            "port": os.environ.get("LS_POSTGRES_PORT", "5432"),
+            "user": os.environ.get("LS_POSTGRES_USER", "postgres"),
+            "password": os.environ.get("LS_POSTGRES_PASSWORD", ""),
+        }
+        self.pg_database: str | None = None
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.venv = Path(venv or os.environ.get("LS_VENV") or self.cache_dir / "ls-venv").expanduser()
         self.version = version or os.environ.get("LS_VERSION") or DEFAULT_VERSION
@@ -244,8 +272,19 @@ class LabelStudioServer:
 
     @property
     def template_dir(self) -> Path:
-        key = json.dumps([self.version, self.user, self.password, self.token, self.secret_key])
-        return self.cache_dir / f"data-template-{self.version}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        return self.cache_dir / f"data-template-{self.version}-{self._template_key}"
+
+    @property
+    def _template_key(self) -> str:
+        parts = [self.version, self.user, self.password, self.token, self.secret_key]
+        if self.db == "postgres":
+            parts += ["postgres", self.pg["host"], self.pg["port"]]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:10]
+
+    @property
+    def pg_template(self) -> str:
+        """The migrated PostgreSQL database every run clones (one per LS version and admin)."""
+        return f"ls_template_{self.version.replace('.', '_')}_{self._template_key}"
 
     @property
     def running(self) -> bool:
@@ -319,7 +358,7 @@ class LabelStudioServer:
     def ensure_template(self) -> Path:
         """Build the migrated data dir (admin user, legacy token on) once (~60 s); later starts copy it."""
         tpl = self.template_dir
-        if (tpl / "label_studio.sqlite3").exists() and (tpl / "TEMPLATE_OK").exists():
+        if (tpl / "TEMPLATE_OK").exists():
             return tpl
         self.ensure_installed()
         with _file_lock(self.cache_dir / ".template.lock"):
@@ -329,7 +368,9 @@ class LabelStudioServer:
             data = tmp / "data"
             data.mkdir()
             log = self.cache_dir / "ls-template-init.log"
-            env = self._ls_env(data, tmp / "home")
+            if self.db == "postgres":  # `init` migrates into the template database itself
+                self._sql(f'DROP DATABASE IF EXISTS "{self.pg_template}"', f'CREATE DATABASE "{self.pg_template}"')
+            env = self._ls_env(data, tmp / "home", self.pg_template)
             cmd = [
                 str(self.label_studio_bin),
                 "init",
@@ -351,7 +392,8 @@ class LabelStudioServer:
                 )
             except subprocess.TimeoutExpired:
                 r = None
-            if r is None or r.returncode != 0 or not (data / "label_studio.sqlite3").exists():
+            built = self.db == "postgres" or (data / "label_studio.sqlite3").exists()
+            if r is None or r.returncode != 0 or not built:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise LabelStudioError(f"`label-studio init` failed; tail of {log}:\n{tail_file(log, 40)}")
             (data / "TEMPLATE_OK").write_text(json.dumps({"version": self.version, "user": self.user}))
@@ -362,14 +404,43 @@ class LabelStudioServer:
         return tpl
 
     # ------------------------------------------------------------------ start / stop
-    def _ls_env(self, data_dir: Path, home: Path) -> dict[str, str]:
+    def _sql(self, *statements: str) -> None:
+        """Run statements on the PostgreSQL server's ``postgres`` database, outside a transaction (CREATE and DROP
+        DATABASE refuse one), with the driver LS ships (psycopg 3) in LS's own virtualenv."""
+        script = (
+            "import sys, psycopg\n"
+            "h, p, u, pw, *sql = sys.argv[1:]\n"
+            "with psycopg.connect(host=h, port=int(p), user=u, password=pw or None, dbname='postgres',"
+            " autocommit=True, connect_timeout=10) as c:\n"
+            "    for s in sql: c.execute(s)\n"
+        )
+        pg = self.pg
+        cmd = [str(self.venv / "bin" / "python"), "-c", script, pg["host"], pg["port"], pg["user"], pg["password"]]
+        r = subprocess.run([*cmd, *statements], capture_output=True, text=True, env=_scrubbed_env(), timeout=120)
+        if r.returncode != 0:
+            raise LabelStudioError(
+                f"PostgreSQL at {pg['host']}:{pg['port']} (user {pg['user']}) refused {statements}: {r.stderr[-800:]}"
+            )
+
+    def _ls_env(self, data_dir: Path, home: Path, pg_database: str | None = None) -> dict[str, str]:
         home.mkdir(parents=True, exist_ok=True)
         env = _scrubbed_env()
+        if self.db == "postgres":
+            database = {
+                "DJANGO_DB": "postgresql",
+                "POSTGRE_NAME": pg_database or "",
+                "POSTGRE_HOST": self.pg["host"],
+                "POSTGRE_PORT": self.pg["port"],
+                "POSTGRE_USER": self.pg["user"],
+                "POSTGRE_PASSWORD": self.pg["password"],
+            }
+        else:
+            database = {"DJANGO_DB": "sqlite"}
         env.update(
             {
                 "HOME": str(home),  # LS writes ~/.config/label-studio/
                 "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-                "DJANGO_DB": "sqlite",
+                **database,
                 # no outbound calls: version check, Sentry, analytics; any other stray request dies on a dead port
                 "LATEST_VERSION_CHECK": "false",
                 "SENTRY_DSN": "",
@@ -410,9 +481,12 @@ class LabelStudioServer:
             self.port = free_port()
         if _port_answers(self.port):
             raise LabelStudioError(f"port {self.port} on 127.0.0.1 is already in use")
+        if self.db == "postgres":
+            self.pg_database = f"ls_run_{uuid.uuid4().hex[:12]}"
+            self._sql(f'CREATE DATABASE "{self.pg_database}" TEMPLATE "{self.pg_template}"')
         self.log_path = self.run_dir / f"ls-{self.port}.log"
         self._log_file = open(self.log_path, "w")
-        env = self._ls_env(self.data_dir, self.run_dir / "home")
+        env = self._ls_env(self.data_dir, self.run_dir / "home", self.pg_database)
         cmd = [
             str(self.label_studio_bin),
             "start",
@@ -531,6 +605,12 @@ class LabelStudioServer:
             self._log_file = None
         if self.data_dir is not None and not self.keep_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.pg_database is not None and not self.keep_data:
+            try:
+                self._sql(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
+            except LabelStudioError as exc:  # stopping must go on; the database is only disk space
+                print(f"[lsserver] could not drop {self.pg_database}: {exc}", file=sys.stderr)
+            self.pg_database = None
         self._pat = None
 
     def __enter__(self) -> LabelStudioServer:
@@ -541,7 +621,7 @@ class LabelStudioServer:
 
     def __repr__(self) -> str:
         state = f"PID {self.proc.pid}" if self.running else "stopped"
-        return f"<LabelStudioServer {self.port and self.url} {state}>"
+        return f"<LabelStudioServer {self.port and self.url} {self.db} {state}>"
 
 
 def _scrubbed_env() -> dict[str, str]:
@@ -557,8 +637,8 @@ def _port_answers(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-if __name__ == "__main__":  # smoke run: python tests/lsserver.py
-    with LabelStudioServer() as ls:
+if __name__ == "__main__":  # smoke run: python tests/lsserver.py [sqlite|postgres]
+    with LabelStudioServer(db=sys.argv[1] if len(sys.argv) > 1 else "sqlite") as ls:
         print("url", ls.url, "token", ls.token)
         print("pat", ls.create_pat()[:24], "...")
         print(ls.client().get("/api/current-user/whoami").json()["email"])

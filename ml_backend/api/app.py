@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -35,7 +36,8 @@ from ml_backend.api.schemas import PredictRequest, ProjectId, SetupRequest
 from ml_backend.jobs.queue import WEB_SOCKET_TIMEOUT, JobQueue, QueueUnavailable, connect
 from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import UnsupportedConfig, parse_label_config
-from ml_backend.labelstudio.webhooks import BadEvent, WebhookEvent, parse_event, project_id_of_key
+from ml_backend.labelstudio.tasklist import TaskList
+from ml_backend.labelstudio.webhooks import BadEvent, WebhookEvent, parse_event, project_id_of_key, valid_id
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
 from ml_backend.models.config import UnknownModelConfig
@@ -96,6 +98,19 @@ class Backend:
         self.registry.mark_rescore_pending(project_id, False)
         return True
 
+    def update_task_list(self, event: WebhookEvent) -> int:
+        """Add created or forget deleted tasks in the project's task list; returns how many changed. Best effort:
+        a busy or broken store costs at most the ``TASK_LIST_TIMEOUT`` of LS's 1 s webhook budget, and the
+        worker's next sync finds the change in LS anyway."""
+        tasks = TaskList.of_project(self.settings.projects_dir, event.project_id, timeout=TASK_LIST_TIMEOUT)
+        try:
+            if event.deletes_tasks:
+                return tasks.remove(t["id"] for t in event.tasks if valid_id(t.get("id")) is not None)
+            return tasks.add(event.tasks)
+        except sqlite3.Error as exc:
+            log.warning("project %s: task list not updated by %s: %s", event.project_id, event.action, exc)
+            return 0
+
     def defer(self, event: WebhookEvent) -> None:
         """Keep on disk what a webhook asked for while Redis is down: LS sends a webhook once, so refusing it would
         lose new tasks' predictions or a retraining until the next label. New tasks become a pending re-score (it
@@ -125,6 +140,8 @@ class Backend:
 
 
 _T = TypeVar("_T")
+#: seconds a webhook waits for the task list's SQLite lock (a worker writing a full listing holds it briefly)
+TASK_LIST_TIMEOUT = 0.5
 #: seconds between attempts to enqueue what /setup and webhooks could not (Redis down)
 PENDING_RETRY_INTERVAL = 5.0
 
@@ -243,13 +260,19 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             return error(400, str(exc))
         if not event.handled:
             return JSONResponse({"status": "Unknown event", "action": event.action}, status_code=200)
+        if event.deletes_tasks and event.project_id is None:
+            return JSONResponse({"status": "ok", "detail": "no project given: the next task list sync finds it"})
         if backend.registry.get_project(event.project_id) is None:
             return error(
                 404, f"project {event.project_id} is unknown: connect it to this backend in Label Studio first"
             )
+        project_id = event.project_id
+        if event.creates_tasks or event.deletes_tasks:
+            changed = await backend.in_thread(backend.update_task_list, event)
+            if event.deletes_tasks:
+                return JSONResponse({"status": "ok", "job": None, "tasks": changed})
         if not event.creates_tasks and not event.forces_training and event.labels == 0:
             return JSONResponse({"status": "ok", "job": None, "detail": "no new label (skipped or empty)"})
-        project_id = event.project_id
 
         def enqueue() -> str | None:
             queue = backend.queue()

@@ -40,6 +40,7 @@ from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_SLOT, RESCORE_SLOT, TRAIN
 from ml_backend.labelstudio.annotations import is_labelled, labelled_examples
 from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
 from ml_backend.labelstudio.labelconfig import parse_label_config
+from ml_backend.labelstudio.tasklist import TaskList
 from ml_backend.labelstudio.webhooks import webhook_headers
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
@@ -230,6 +231,19 @@ def _score_and_collect(
     return predictions, skipped
 
 
+def _tasklist(ctx: context.WorkerContext, project_id: int) -> TaskList:
+    return TaskList.of_project(ctx.settings.projects_dir, project_id)
+
+
+def _unlabelled_tasks(ctx: context.WorkerContext, project_id: int) -> list[dict[str, Any]]:
+    """The project's unlabelled tasks (id, data, the predictions LS holds) from our task list, synced with LS
+    first by a few cheap requests instead of listing every task (``labelstudio.tasklist``)."""
+    _progress("syncing the task list with Label Studio")
+    report = _tasklist(ctx, project_id).sync(ctx.ls, project_id)
+    _progress("task list synced", full_listing=report.full, seconds=round(report.seconds, 1))
+    return _tasklist(ctx, project_id).unlabelled()
+
+
 def _lacks(task: dict[str, Any], version: str) -> bool:
     """An unlabelled task without a prediction of ``version``: LS does not serve it in version order."""
     return not is_labelled(task) and not any(p.get("model_version") == version for p in task.get("predictions") or [])
@@ -260,11 +274,38 @@ def _import(
     for start in range(0, len(predictions), step):
         _progress(stage, start, len(predictions))
         chunk = predictions[start : start + step]
-        created += ctx.ls.import_predictions(project_id, chunk, s.import_batch_size, s.import_concurrency)
+        try:
+            created += ctx.ls.import_predictions(project_id, chunk, s.import_batch_size, s.import_concurrency)
+        except LabelStudioError as exc:
+            # LS refuses a whole request (400) when one of its tasks was deleted since the task list was synced:
+            # sync again (it finds deleted tasks cheaply) and send the predictions of the tasks LS still has, once
+            if exc.status != 400:
+                raise
+            chunk = _still_in_label_studio(ctx, project_id, chunk, exc)
+            created += ctx.ls.import_predictions(project_id, chunk, s.import_batch_size, s.import_concurrency)
+        _tasklist(ctx, project_id).record_predictions(version, {p["task"]: p["score"] for p in chunk})
     _progress(stage, len(predictions), len(predictions), created=created)
     if created and dedupe:
         _dedupe_after_import(ctx, project_id, version, predictions)
     return created
+
+
+def _still_in_label_studio(
+    ctx: context.WorkerContext, project_id: int, predictions: list[dict[str, Any]], exc: LabelStudioError
+) -> list[dict[str, Any]]:
+    """``predictions`` without those of tasks deleted in LS; re-raises ``exc`` if none was deleted (the refusal
+    had another cause). The cheap sync first, a full listing if it finds nothing (a deletion its counts missed)."""
+    tasklist = _tasklist(ctx, project_id)
+    for full in (False, True):
+        tasklist.sync(ctx.ls, project_id, full=full)
+        known = set(tasklist.ids())
+        kept = [p for p in predictions if p["task"] in known]
+        if len(kept) < len(predictions):
+            break
+    else:
+        raise exc
+    log.warning("project %s: %d tasks were deleted in LS during the import", project_id, len(predictions) - len(kept))
+    return kept
 
 
 def _dedupe_after_import(
@@ -318,8 +359,7 @@ def _rescore_pool(
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
     _secure_webhooks(ctx, project_id)
-    _progress("listing tasks in Label Studio")
-    tasks = [t for t in ctx.ls.iter_tasks(project_id) if not is_labelled(t)]
+    tasks = _unlabelled_tasks(ctx, project_id)
     embedding = _fan_out_embedding(ctx, project_id, state, tasks)
     if embedding is not None and "continued_by" in embedding:
         return {"version": version, "mode": "pool", "unlabelled": len(tasks), "embedding": embedding}
@@ -479,8 +519,7 @@ def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:
 def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
     """The project already points at the current version: score only the unlabelled tasks that lack it."""
     version = state.version.version
-    _progress("listing tasks in Label Studio")
-    todo = [t for t in ctx.ls.iter_tasks(project_id) if _lacks(t, version)]
+    todo = [t for t in _unlabelled_tasks(ctx, project_id) if _lacks(t, version)]
     predictions, skipped = _score_and_collect(
         ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "fill", whole_pool=False
     )
@@ -496,6 +535,7 @@ def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: st
     for name in ctx.ls.model_versions(project_id):
         if name != keep and name in ours:
             deleted += ctx.ls.delete_model_version(project_id, name)
+            _tasklist(ctx, project_id).forget_version(name)
     return deleted
 
 

@@ -31,12 +31,31 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 _MISSING = object()
 #: up to this many tasks are read one request each; more are picked out of one listing of the project
 _ONE_BY_ONE = 50
+#: seconds a request whose work in LS grows with the project may take: exporting every task (LS answers once all
+#: are serialized: 1-1.5 min per 10k measured) or deleting a version (over 60 s for 10k predictions, measured on
+#: SQLite and PostgreSQL on a loaded machine; a client timeout there failed the job while LS went on deleting)
+BULK_TIMEOUT = 1800.0
 # Data Manager filter: tasks with at least one annotation that is not a skip (LS counts skips apart)
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
 
 
+def _id_range(first_id: int | None, last_id: int | None) -> list[dict[str, Any]]:
+    """Data Manager filters for first_id <= task id <= last_id (either bound may be open)."""
+    bounds = [("greater_or_equal", first_id), ("less_or_equal", last_id)]
+    return [
+        {"filter": "filter:tasks:id", "operator": op, "type": "Number", "value": int(value)}
+        for op, value in bounds
+        if value is not None
+    ]
+
+
 class LabelStudioError(RuntimeError):
-    """Label Studio could not be reached or refused the request; the message says what to check."""
+    """Label Studio could not be reached or refused the request; the message says what to check, ``status`` is
+    LS's HTTP status when it answered (400: it refused the request's content, e.g. a deleted task)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class LabelStudioNotConfigured(LabelStudioError):
@@ -99,7 +118,9 @@ class LabelStudioClient:
                 if exc.status_code == 401
                 else ""
             )
-            raise LabelStudioError(f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}") from exc
+            raise LabelStudioError(
+                f"{what}: Label Studio answered {exc.status_code}: {exc.body}{hint}", exc.status_code
+            ) from exc
         except Exception as exc:  # connection refused, DNS, timeouts (httpx or requests)
             raise LabelStudioError(
                 f"{what}: cannot reach Label Studio at {self.url}: {type(exc).__name__}: {exc}"
@@ -120,15 +141,22 @@ class LabelStudioClient:
 
     # -- tasks ----------------------------------------------------------------------------------------------
     def iter_tasks(
-        self, project_id: int, labelled_only: bool = False, page_size: int = 500
+        self,
+        project_id: int,
+        labelled_only: bool = False,
+        page_size: int = 500,
+        first_id: int | None = None,
+        last_id: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Every task of the project (or only those with a non-skipped annotation) as a plain dict (id, data,
-        annotations, predictions), page by page. LS spends ~5 ms per task listed, so ask only for what is needed.
+        """Every task of the project (or only those with a non-skipped annotation, or only those with an id in
+        [``first_id``, ``last_id``]) as a plain dict (id, data, annotations, predictions), page by page. LS spends
+        5-8 ms per task listed (measured on 10k tasks, with or without ``fields=all``): ask only for what is needed.
 
-        ``labelled_only`` filters in LS with a Data Manager filter: the API's ``only_annotated`` flag is ignored
-        by LS 1.23 (measured).
+        The filters run in LS as Data Manager filters: the API's ``only_annotated`` flag is ignored by LS 1.23
+        (measured); ``filter:tasks:id`` is honoured (measured: 0.1 s for the 4 newest of 10k tasks).
         """
-        query = json.dumps({"filters": {"conjunction": "and", "items": [_HAS_ANNOTATIONS]}}) if labelled_only else None
+        filters = _id_range(first_id, last_id) + ([_HAS_ANNOTATIONS] if labelled_only else [])
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
         page, seen = 1, 0
         while True:
             resp = self._call(
@@ -149,6 +177,35 @@ class LabelStudioClient:
             if len(items) < page_size or (total is not None and seen >= total):
                 return
             page += 1
+
+    def export_tasks(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project (id, data, annotations; predictions by id only) through LS's export (JSON
+        format, all tasks): one request, 2.6 times faster than listing them (measured on 10k tasks, LS on SQLite, loaded
+        machine: 63 s against 163 s for ``iter_tasks``). LS builds the whole answer first, so the request may take
+        ``BULK_TIMEOUT`` rather than the usual timeout."""
+        path = f"api/projects/{int(project_id)}/export?exportType=JSON&download_all_tasks=true"
+        tasks = self._raw("GET", path, timeout=max(self.timeout, BULK_TIMEOUT))
+        if not isinstance(tasks, list):
+            raise LabelStudioError(f"export of project {project_id}: expected a list of tasks, got {type(tasks)}")
+        return tasks
+
+    def count_tasks(self, project_id: int, first_id: int, last_id: int) -> int:
+        """How many tasks of the project have an id in [first_id, last_id]: one request of one task, whose answer
+        carries LS's count of the filtered set (0.1-0.2 s on 10k tasks, measured), so a task list can find the
+        tasks deleted behind its back without listing the project."""
+        query = json.dumps({"filters": {"conjunction": "and", "items": _id_range(first_id, last_id)}})
+        resp = self._call(
+            f"count tasks {first_id}..{last_id} of project {project_id}",
+            self.sdk.tasks.list,
+            project=project_id,
+            query=query,
+            page=1,
+            page_size=1,
+        )
+        total = getattr(resp.response, "total", None)
+        if total is None:
+            raise LabelStudioError(f"count tasks of project {project_id}: Label Studio's answer carries no total")
+        return int(total)
 
     def tasks_by_id(self, project_id: int, ids: Sequence[int]) -> list[dict[str, Any]]:
         """The project's tasks with these ids, in that order; ids LS no longer has (or of another project) are
@@ -197,17 +254,26 @@ class LabelStudioClient:
 
     def delete_model_version(self, project_id: int, version: str) -> int:
         """Delete one version's predictions (the SDK has no call for this endpoint)."""
-        resp = self._raw("DELETE", f"api/projects/{project_id}/model-versions/", {"model_version": version})
+        resp = self._raw(
+            "DELETE",
+            f"api/projects/{project_id}/model-versions/",
+            {"model_version": version},
+            timeout=max(self.timeout, BULK_TIMEOUT),
+        )
         return int((resp or {}).get("deleted_predictions", 0))
 
-    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int, float | None]]:
-        """(prediction id, task id, score) of every prediction of ``version`` in the project.
+    def predictions(self, project_id: int) -> list[tuple[int, int, str, float | None]]:
+        """(prediction id, task id, model version, score) of every prediction of the project.
 
-        One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version, so
-        the version is filtered here (10k predictions are a few MB, once per scoring job).
+        One request: LS 1.23 serves ``/api/predictions/?project=`` unpaginated and cannot filter by version (10k
+        predictions: 2-3 s, measured, against 50-100 s to list the 10k tasks that hold them).
         """
         items = self._raw("GET", f"api/predictions/?project={int(project_id)}") or []
-        return [(int(p["id"]), int(p["task"]), p.get("score")) for p in items if p.get("model_version") == version]
+        return [(int(p["id"]), int(p["task"]), str(p.get("model_version")), p.get("score")) for p in items]
+
+    def predictions_of_version(self, project_id: int, version: str) -> list[tuple[int, int, float | None]]:
+        """(prediction id, task id, score) of every prediction of ``version`` in the project (filtered here)."""
+        return [(pid, task, score) for pid, task, v, score in self.predictions(project_id) if v == version]
 
     def delete_prediction(self, prediction_id: int) -> bool:
         """Delete one prediction; False if it was already gone (another job or LS deleted it)."""
@@ -230,7 +296,14 @@ class LabelStudioClient:
             log.info("project %s: deleted %d duplicate predictions of %s", project_id, deleted, version)
         return deleted
 
-    def _raw(self, method: str, path: str, body: dict[str, Any] | None = None, missing_ok: bool = False) -> Any:
+    def _raw(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        missing_ok: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
         """A plain request for endpoints the SDK lacks; ``missing_ok``: a 404 returns ``_MISSING`` instead."""
         what = f"{method} /{path}"
         headers = {"Authorization": self._auth_header(), "Content-Type": "application/json"}
@@ -240,14 +313,16 @@ class LabelStudioClient:
                 f"{self.url}/{path}",
                 headers=headers,
                 data=json.dumps(body) if body is not None else None,
-                timeout=self.timeout,
+                timeout=timeout or self.timeout,
             )
         except requests.RequestException as exc:
             raise LabelStudioError(f"{what}: cannot reach Label Studio at {self.url}: {exc}") from exc
         if missing_ok and resp.status_code == 404:
             return _MISSING
         if resp.status_code >= 400:
-            raise LabelStudioError(f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}")
+            raise LabelStudioError(
+                f"{what}: Label Studio answered {resp.status_code}: {resp.text[:300]}", resp.status_code
+            )
         return resp.json() if resp.content else None
 
     # -- auth and files -------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Label Studio's webhook events and project keys: which events train, how many labels an event carries.
 
 LS sends one webhook per saved annotation inside the annotator's own request (1 s timeout, no retry), so the web
-app only reads the event here and enqueues; everything else happens in the worker.
+app only reads the event here, updates the project's task list (``tasklist``: tasks created or deleted) and
+enqueues; everything else happens in the worker. Annotation events do not touch the task list: every reader of it
+syncs first, and the sync reads the labelled tasks from LS (annotations are the truth, and a lost webhook must
+not leave a task labelled or unlabelled for good).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ TRAIN_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIO
 FORCE_TRAINING = "START_TRAINING"
 #: new tasks imported into the project: score them with the current version
 TASKS_CREATED = "TASKS_CREATED"
-HANDLED_EVENTS = TRAIN_EVENTS | {FORCE_TRAINING, TASKS_CREATED}
+#: tasks deleted in LS: forget them in the task list (no job)
+TASKS_DELETED = "TASKS_DELETED"
+HANDLED_EVENTS = TRAIN_EVENTS | {FORCE_TRAINING, TASKS_CREATED, TASKS_DELETED}
 #: LS ids are database integers (64-bit at most); anything larger is not a project and would make a file name
 #: longer than the file system allows
 MAX_ID = 2**63 - 1
@@ -45,6 +50,10 @@ class WebhookEvent:
     def creates_tasks(self) -> bool:
         return self.action == TASKS_CREATED
 
+    @property
+    def deletes_tasks(self) -> bool:
+        return self.action == TASKS_DELETED
+
 
 def valid_id(value: Any) -> int | None:
     """``value`` if it is an id LS can have (a positive 64-bit int, not a bool), else None."""
@@ -72,12 +81,13 @@ def parse_event(payload: Any) -> WebhookEvent:
     if not event.handled:
         return event
     event.project_id = _project_id(payload)
-    if event.project_id is None:
-        raise BadEvent(f"{event.action}: payload has no project id")
-    if event.creates_tasks:
+    if event.creates_tasks or event.deletes_tasks:
         tasks = payload.get("tasks")
         event.tasks = [t for t in tasks if isinstance(t, dict)] if isinstance(tasks, list) else []
-    elif not event.forces_training:
+    if event.project_id is None and not event.deletes_tasks:
+        # "delete all tasks" sends TASKS_DELETED without a project: the next sync of the task list finds it
+        raise BadEvent(f"{event.action}: payload has no project id")
+    if not (event.creates_tasks or event.deletes_tasks or event.forces_training):
         event.labels = _label_count(event.action, payload)
     return event
 
