@@ -278,7 +278,7 @@ def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastA
             queue = backend.queue()
             if event.creates_tasks:
                 return queue.request_score_new(project_id, event.tasks) if event.tasks else None
-            return queue.add_labels(project_id, event.labels, force=event.forces_training)
+            return queue.add_labels(project_id, event.labels, event.forces_training, event.annotation_ids)
 
         try:
             job_id = await backend.in_thread(enqueue)

@@ -11,6 +11,8 @@ Re-scores are coalesced the same way: a waiting re-score brings LS up to the ver
 Redis keys, namespaced by queue name so that several deployments (or test sessions) can share one Redis:
 ``al:<queue>:pending[:rescore|:dedupe]:<p>`` = id of the waiting training / re-score / duplicate clean-up (cleared
 by that job when it starts), ``al:<queue>:labels:<p>`` = new labels since the last training started,
+``al:<queue>:annotations:<p>`` = ids of the annotations webhooks reported since then (the training waits for LS to
+list them: LS may send the webhook before the annotation is readable, seen with PostgreSQL),
 ``al:<queue>:predicted:<p>`` = when LS should have saved what /predict last returned, ``al:<queue>:jobs:<p>`` =
 recent job ids, ``al:<queue>:lock:<train|score>:<p>`` = the project locks of running jobs,
 ``al:<queue>:fanout:<job id>`` = how many embedding chunks of a fanned-out re-score have finished.
@@ -175,13 +177,31 @@ class JobQueue:
         return job
 
     # -- training, coalesced ----------------------------------------------------------------------------------
-    def add_labels(self, project_id: int, n: int, force: bool = False) -> str | None:
-        """Count ``n`` new labels; enqueue a training when enough arrived (or ``force``). Returns the job id
-        that will include these labels (a new or an already-waiting one), or None if it is not yet time."""
+    def add_labels(
+        self, project_id: int, n: int, force: bool = False, annotation_ids: Sequence[int] = ()
+    ) -> str | None:
+        """Count ``n`` new labels (and remember their ``annotation_ids``); enqueue a training when enough arrived
+        (or ``force``). Returns the job id that will include these labels (a new or an already-waiting one), or
+        None if it is not yet time."""
+        if annotation_ids:
+            with self.redis.pipeline() as pipe:
+                pipe.sadd(self.key("annotations", project_id), *annotation_ids)
+                pipe.expire(self.key("annotations", project_id), self.job_timeout * 4)
+                pipe.execute()
         count = int(self.redis.incrby(self.key("labels", project_id), max(n, 0)))
         if not force and count < self.retrain_every:
             return None
         return self.request_training(project_id)
+
+    def take_reported_labels(self, project_id: int) -> set[int]:
+        """For a training that starts: reset the count of new labels (later ones go to a new waiting job) and take
+        the annotation ids reported so far, in one transaction."""
+        with self.redis.pipeline() as pipe:  # MULTI/EXEC
+            pipe.set(self.key("labels", project_id), 0)
+            pipe.smembers(self.key("annotations", project_id))
+            pipe.delete(self.key("annotations", project_id))
+            _, ids, _ = pipe.execute()
+        return {int(i) for i in ids}
 
     def request_training(self, project_id: int) -> str:
         """The id of the waiting training job of the project, enqueuing one if none waits."""

@@ -130,11 +130,11 @@ def train_project(project_id: int) -> dict[str, Any]:
     _progress("waiting for the project's training lock")
     with ProjectLock(ctx.redis, ctx.queue.key("lock:train", project_id), job_id, wait=ctx.settings.job_timeout) as lock:
         # from here on we are the running training: later labels must go to a new waiting job
-        ctx.redis.set(ctx.queue.key("labels", project_id), 0)
+        reported = ctx.queue.take_reported_labels(project_id)
         ctx.queue.started(TRAIN_SLOT, project_id, job_id)
         ctx.registry.cleanup_temp(project_id)
         try:
-            result = _train(ctx, project_id, lock)
+            result = _train(ctx, project_id, lock, reported)
         except LabelStudioError as exc:
             _after_failure(ctx, TRAIN_SLOT, project_id, exc)
             raise
@@ -172,10 +172,33 @@ def _discard(ctx: context.WorkerContext, project_id: int, reason: str, labels: i
     }
 
 
-def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock) -> dict[str, Any]:
+#: seconds to wait between reads of the labelled tasks while an annotation a webhook reported is not listed yet
+LABEL_VISIBILITY_WAITS = (0.5, 1.0, 2.0, 4.0)
+
+
+def _labelled_tasks(ctx: context.WorkerContext, project_id: int, reported: set[int]) -> list[dict[str, Any]]:
+    """The project's labelled tasks, read again (for up to ``sum(LABEL_VISIBILITY_WAITS)`` s) while an annotation
+    that a webhook reported is not among them: LS can send the webhook before the annotation is readable (seen on
+    PostgreSQL), and a training that missed the burst's last label would not see it until the next annotation."""
+    tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
+    for wait in LABEL_VISIBILITY_WAITS:
+        missing = reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
+        if not missing:
+            break
+        _progress(f"waiting {wait} s for {len(missing)} reported annotations to be listed by Label Studio")
+        time.sleep(wait)
+        tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
+    else:
+        missing = reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
+        if missing:  # deleted again, or LS is far behind: train on what it lists
+            log.warning("project %s: annotations %s were reported but are not listed", project_id, sorted(missing))
+    return tasks
+
+
+def _train(ctx: context.WorkerContext, project_id: int, lock: ProjectLock, reported: set[int]) -> dict[str, Any]:
     state = ctx.service.state(project_id)
     _progress("fetching labelled tasks from Label Studio")
-    kept, labels, stats = labelled_examples(state.schema, list(ctx.ls.iter_tasks(project_id, labelled_only=True)))
+    kept, labels, stats = labelled_examples(state.schema, _labelled_tasks(ctx, project_id, reported))
     if stats.unknown_labels:
         log.warning("project %s: ignored labels not in the config: %s", project_id, stats.unknown_labels)
     _progress("labels read", stats.labelled, stats.labelled, skipped_cancelled=stats.cancelled_only)

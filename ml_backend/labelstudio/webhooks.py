@@ -37,6 +37,8 @@ class WebhookEvent:
     project_id: int | None = None
     labels: int = 0
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    #: ids of the annotations the event reports as labels: the training waits until LS lists them
+    annotation_ids: list[int] = field(default_factory=list)
 
     @property
     def handled(self) -> bool:
@@ -89,7 +91,16 @@ def parse_event(payload: Any) -> WebhookEvent:
         raise BadEvent(f"{event.action}: payload has no project id")
     if not (event.creates_tasks or event.deletes_tasks or event.forces_training):
         event.labels = _label_count(event.action, payload)
+        if event.action != "ANNOTATIONS_DELETED":
+            event.annotation_ids = [i for a in _label_annotations(payload) if (i := valid_id(a.get("id"))) is not None]
     return event
+
+
+def _label_annotations(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The annotations of an ANNOTATION(S)_CREATED/UPDATED payload that are labels (not skips, not empty)."""
+    annotations = payload.get("annotation")
+    annotations = annotations if isinstance(annotations, list) else [annotations]
+    return [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result")]
 
 
 def _label_count(action: str, payload: dict[str, Any]) -> int:
@@ -97,9 +108,7 @@ def _label_count(action: str, payload: dict[str, Any]) -> int:
     if action == "ANNOTATIONS_DELETED":
         deleted = payload.get("annotations")
         return max(1, len(deleted) if isinstance(deleted, list) else 1)
-    annotations = payload.get("annotation")
-    annotations = annotations if isinstance(annotations, list) else [annotations]
-    return sum(1 for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result"))
+    return len(_label_annotations(payload))
 
 
 def _project_id(payload: dict[str, Any]) -> int | None:

@@ -156,6 +156,28 @@ def predictions_by_task(ls_server, project_id: int) -> dict[int, list[dict]]:
     return out
 
 
+def test_a_label_reported_before_label_studio_lists_it_is_waited_for_and_trained(loop, ls_server):
+    """LS may send ANNOTATION_CREATED before the annotation is readable (seen on PostgreSQL): a training that read
+    the labels at once would miss the burst's last label until the next annotation. It waits for the reported id."""
+    client, _ = loop
+    project_id, key, ids, labels = make_project(ls_server, n_tasks=30, n_labelled=20)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+    wait_for("the first scoring", lambda: (s := idle(client, project_id)) and s["jobs"])
+    sdk = ls_server.sdk()
+    # annotation ids are autoincrement (never reused) and nothing else creates one meanwhile: the next id is known
+    probe = sdk.annotations.create(id=ids[20], **_annotation(labels[ids[20]]))
+    sdk.annotations.delete(id=probe.id)
+    late = ids[21]
+    annotation = {"id": probe.id + 1, "task": late, **_annotation(labels[late])}
+    hook = {"action": "ANNOTATION_CREATED", "project": {"id": project_id}, "task": {"id": late}}
+    hook["annotation"] = annotation
+    assert client.post("/webhook", json=hook).status_code == 201
+    time.sleep(1.0)  # the training has started and read the labels without it
+    assert sdk.annotations.create(id=late, **_annotation(labels[late])).id == probe.id + 1
+    status = wait_for("the training", lambda: (s := idle(client, project_id)) and s["trained"] and s)
+    assert status["n_labels"] == 21, status["n_labels"]  # the 20 imported labels and the late one
+
+
 def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(loop, ls_server):
     client, worker = loop
     project_id, key, ids, labels = make_project(ls_server, n_tasks=240, n_labelled=200)

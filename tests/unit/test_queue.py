@@ -41,6 +41,23 @@ def test_labels_accumulate_until_retrain_every_then_one_job_waits(queue):
     assert queue.add_labels(2, 0, force=True) not in (None, first)  # another project gets its own job
 
 
+def test_a_starting_training_takes_the_reported_annotations_and_resets_the_count(queue):
+    from ml_backend.labelstudio.webhooks import parse_event
+
+    event = parse_event(
+        {
+            "action": "ANNOTATIONS_CREATED",
+            "project": {"id": 3},
+            "annotation": [{"id": 11, "result": [1]}, {"id": 12, "result": [1], "was_cancelled": True}, {"id": 13}],
+        }
+    )
+    assert event.labels == 1 and event.annotation_ids == [11]  # a skip and an empty result are no labels
+    queue.add_labels(3, event.labels, annotation_ids=event.annotation_ids)
+    queue.add_labels(3, 1, annotation_ids=[14])
+    assert queue.take_reported_labels(3) == {11, 14}
+    assert queue.take_reported_labels(3) == set() and int(queue.redis.get(queue.key("labels", 3))) == 0
+
+
 def test_a_started_job_frees_the_slot_for_the_next_waiting_one(queue):
     first = queue.request_training(7)
     queue.redis.delete(queue.key("pending", 7))  # what the job does once it holds the project lock
