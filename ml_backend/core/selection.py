@@ -36,7 +36,8 @@ scores: finite, in [0, 1], strictly increasing along the order, so LS serves exa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -190,23 +191,52 @@ def greedy_front(
     cover_batch = np.zeros(len(ref))  # what this front's picks cover: a learn pick only avoids repeating them
     alone = np.maximum(sim.sum(axis=1), 1e-12)  # each candidate's gain with nothing picked yet
     val = np.ones(len(cand)) if value is None else np.clip(value[cand], 0.0, None) + 1e-9
+    # Lazy greedy (Minoux 1978): both gains only fall as the covers grow, so a stale gain is an upper bound and
+    # only candidates whose bound reaches the top are re-evaluated; the picks are those of the plain greedy
+    # (ties: the larger value, then the earlier candidate), at a fraction of its (size x candidates x reference).
+    explore_heap = _heap(np.maximum(sim - cover_all, 0.0).sum(axis=1), val)
+    learn_heap = _heap(val, np.zeros(len(cand)))  # nothing of this front is picked yet: the gain ratio is 1
+
+    def explore_gain(i: int) -> tuple[float, float]:
+        return float(np.maximum(sim[i] - cover_all, 0.0).sum()), float(val[i])
+
+    def learn_gain(i: int) -> tuple[float, float]:
+        return float(val[i] * np.maximum(sim[i] - cover_batch, 0.0).sum() / alone[i]), 0.0
+
     available = np.ones(len(cand), dtype=bool)
     picked: list[int] = []
     reasons: list[str] = []
     for step in range(min(size, len(cand))):
         explore = value is None or (explore_every > 0 and step % explore_every == explore_every - 1)
-        if explore:
-            gain = np.maximum(sim - cover_all, 0.0).sum(axis=1)
-            objective = gain / max(float(gain[available].max()), 1e-12) + 1e-12 * val
-        else:
-            objective = val * np.maximum(sim - cover_batch, 0.0).sum(axis=1) / alone
-        best = int(np.argmax(np.where(available, objective, -np.inf)))
+        best = _lazy_pop(*((explore_heap, explore_gain) if explore else (learn_heap, learn_gain)), available)
         available[best] = False
-        cover_all = np.maximum(cover_all, sim[best])
-        cover_batch = np.maximum(cover_batch, sim[best])
+        np.maximum(cover_all, sim[best], out=cover_all)  # in place: the gain functions read the current covers
+        np.maximum(cover_batch, sim[best], out=cover_batch)
         picked.append(int(cand[best]))
         reasons.append(EXPLORE if explore else LEARN)
     return np.array(picked, dtype=np.int64), reasons
+
+
+def _heap(gain: np.ndarray, tie: np.ndarray) -> list[tuple[float, float, int]]:
+    """A min-heap of (-gain, -tie, candidate): the largest gain on top, then the largest tie value, then the first."""
+    heap = list(zip((-gain).tolist(), (-tie).tolist(), range(len(gain))))
+    heapq.heapify(heap)
+    return heap
+
+
+def _lazy_pop(
+    heap: list[tuple[float, float, int]], fresh: Callable[[int], tuple[float, float]], available: np.ndarray
+) -> int:
+    """The available candidate with the largest current (gain, tie): re-evaluate the top until it stays on top."""
+    while True:
+        _, _, i = heapq.heappop(heap)
+        if not available[i]:
+            continue
+        gain, tie = fresh(i)
+        key = (-gain, -tie, i)
+        if not heap or key <= heap[0]:
+            return i
+        heapq.heappush(heap, key)
 
 
 def rank_pool(

@@ -118,3 +118,46 @@ def test_empty_pool_and_bad_input():
     assert len(rank_pool(np.zeros((0, 4)), [], SelectionParams()).order) == 0
     with pytest.raises(ValueError):
         rank_pool(np.zeros((3, 4)), [1, 2], SelectionParams())
+
+
+def _plain_greedy(embeddings, value, labelled, size, explore_every, neighbours=10):
+    """The greedy front evaluated in full at every step (what the lazy greedy must reproduce), for pools small
+    enough that every task is both a candidate and a reference."""
+    from ml_backend.core.density import unit_rows
+    from ml_backend.core.selection import _bandwidth
+
+    emb = unit_rows(embeddings)
+    dist = 1.0 - emb @ emb.T
+    sim = np.exp(-np.clip(dist, 0.0, None) / _bandwidth(dist, neighbours))
+    cover_all = np.zeros(len(emb))
+    if labelled is not None:
+        cover_all = np.exp(-np.clip(1.0 - unit_rows(labelled) @ emb.T, 0.0, None) / _bandwidth(dist, neighbours))
+        cover_all = cover_all.max(axis=0)
+    cover_batch, alone = np.zeros(len(emb)), sim.sum(axis=1)
+    val = np.ones(len(emb)) if value is None else np.clip(value, 0.0, None) + 1e-9
+    available, picked = np.ones(len(emb), dtype=bool), []
+    for step in range(size):
+        if value is None or (explore_every and step % explore_every == explore_every - 1):
+            gain = np.maximum(sim - cover_all, 0.0).sum(axis=1)
+            ranked = np.lexsort((np.arange(len(emb)), -val, -gain))  # largest gain, then value, then first
+            best = int(next(i for i in ranked if available[i]))
+        else:
+            objective = val * np.maximum(sim - cover_batch, 0.0).sum(axis=1) / alone
+            best = int(np.argmax(np.where(available, objective, -np.inf)))
+        available[best] = False
+        cover_all, cover_batch = np.maximum(cover_all, sim[best]), np.maximum(cover_batch, sim[best])
+        picked.append(best)
+    return picked
+
+
+@pytest.mark.parametrize("with_model", [False, True])
+def test_the_lazy_greedy_front_picks_what_the_full_greedy_picks(with_model):
+    from ml_backend.core.selection import greedy_front
+
+    x, _ = _clusters([200, 60, 25, 15], seed=3)
+    x = np.concatenate([x, x[:40]])  # exact duplicates: ties must break the same way
+    rng = np.random.default_rng(5)
+    value = np.concatenate([u := rng.uniform(size=300), u[:40]]) if with_model else None
+    labelled = x[200:203] if with_model else None
+    picked, _ = greedy_front(x, value, labelled, 60, explore_every=3)
+    assert picked.tolist() == _plain_greedy(x, value, labelled, 60, explore_every=3)
