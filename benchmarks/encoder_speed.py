@@ -1,0 +1,161 @@
+"""Text encoder throughput: MiniLM tokens/s on 1 torch thread, fp32 and int8, and with 2 worker processes.
+
+    python benchmarks/encoder_speed.py                     # 2,048 Rotten Tomatoes snippets, fp32 and int8
+    python benchmarks/encoder_speed.py --n 1024 --repeats 5 --out benchmarks/results
+
+What is timed is ``Encoder.embed`` alone (tokenise, batch by length, encoder, mean pooling), the part of pool
+scoring that grows with the text; ``benchmarks/speed.py`` times the whole pass to LS scores. Tokens are counted
+after truncation, padding excluded, so tokens/s does not reward padding.
+
+* ``1 process``: one process, 1 torch thread, the whole pool; median of ``--repeats`` runs after a warm-up.
+* ``2 processes``: two spawned processes of 1 torch thread each, each embedding one half of the pool (as two
+  ``ml-backend worker`` processes embedding two chunks would). Both load and warm up their encoder, wait on a
+  barrier, then embed; aggregate tokens/s = all tokens / (last finish - first start). Median of ``--repeats``.
+
+The machine is shared: the 1-minute load average before each figure is saved with it (``encoder.json``), and a
+load above the core count means the figures are lower than the machine can do.
+Writes ``encoder.json`` and ``encoder.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from ml_backend.models.config import ModelConfig, load_model_config
+from ml_backend.models.encoders import configure_torch
+from ml_backend.models.pool import EncoderPool
+from ml_backend.settings import Settings
+from ml_backend.simulation import datasets
+
+QUANTIZE = ("none", "int8")
+
+
+def text_config(quantize: str) -> ModelConfig:
+    """The default text model config with ``encoder.quantize`` set, validated like a YAML file."""
+    settings = Settings()
+    base = load_model_config(settings.model_configs_dir, settings.text_model_config).model_dump()
+    return ModelConfig.model_validate(base | {"encoder": base["encoder"] | {"quantize": quantize}})
+
+
+def one_process(texts: list[str], quantize: str, repeats: int) -> dict:
+    """Seconds to embed all ``texts`` in this process (1 torch thread): median after one warm-up run."""
+    configure_torch(1)
+    encoder = EncoderPool().get(text_config(quantize))
+    encoder.embed(texts)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        encoder.embed(texts)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": statistics.median(times), "all_seconds": times}
+
+
+def _worker(texts: list[str], quantize: str, barrier, results) -> None:
+    """A spawned process: load and warm up the encoder, then embed its half once the other one is ready too."""
+    configure_torch(1)
+    encoder = EncoderPool().get(text_config(quantize))
+    encoder.embed(texts[:64])
+    barrier.wait()
+    start = time.time()
+    encoder.embed(texts)
+    results.put((start, time.time()))
+
+
+def two_processes(texts: list[str], quantize: str) -> float:
+    """Wall seconds for two spawned processes to embed one half of ``texts`` each."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    half = len(texts) // 2
+    procs = [
+        ctx.Process(target=_worker, args=(part, quantize, barrier, results)) for part in (texts[:half], texts[half:])
+    ]
+    for p in procs:
+        p.start()
+    spans = [results.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"encoder worker process failed with exit code {p.exitcode}")
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+def markdown(rows: list[dict], info: dict) -> str:
+    lines = [
+        "| encoder | quantize | processes x torch threads | texts | tokens | seconds | tokens/s | vs fp32 | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    fp32 = {r["processes"]: r["tokens_per_s"] for r in rows if r["quantize"] == "none"}
+    for r in rows:
+        ratio = r["tokens_per_s"] / fp32[r["processes"]] if r["processes"] in fp32 else float("nan")
+        lines.append(
+            f"| {r['model']} | {r['quantize']} | {r['processes']} x 1 | {r['texts']} | {r['tokens']:,} | "
+            f"{r['seconds']:.2f} | {r['tokens_per_s']:,.0f} | {ratio:.2f}x | {r['load_avg_1m_before']:.2f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Machine: {info['cores']} cores, torch {info['torch']}, no GPU, shared with other jobs (load avg = 1-minute "
+        f"load average before the measurement). Rotten Tomatoes snippets, tokens after truncation (padding "
+        f"excluded). 1 process: median of {info['repeats']} runs after a warm-up; 2 processes: spawned, each embeds "
+        f"half after a warm-up, all tokens / (last finish - first start), median of {info['repeats']}."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=2048, help="Rotten Tomatoes snippets in the pool (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quantize", default=",".join(QUANTIZE), help="comma-separated (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args(argv)
+    modes = [q.strip() for q in args.quantize.split(",") if q.strip()]
+    unknown = sorted(set(modes) - set(QUANTIZE))
+    if unknown:
+        p.error(f"unknown --quantize {unknown}; choose from {list(QUANTIZE)}")
+
+    import torch
+
+    texts = datasets.rotten_tomatoes(n=args.n, seed=0).texts
+    tokens = EncoderPool().get(text_config("none")).count_tokens(texts)
+    info = {"cores": os.cpu_count(), "torch": torch.__version__, "repeats": args.repeats}
+    rows = []
+    for quantize in modes:
+        for processes in (1, 2):
+            load = os.getloadavg()[0]
+            if processes == 1:
+                timing = one_process(texts, quantize, args.repeats)
+            else:
+                times = [two_processes(texts, quantize) for _ in range(args.repeats)]
+                timing = {"seconds": statistics.median(times), "all_seconds": times}
+            row = {
+                "model": text_config(quantize).name,
+                "quantize": quantize,
+                "processes": processes,
+                "texts": len(texts),
+                "tokens": tokens,
+                **timing,
+                "tokens_per_s": tokens / timing["seconds"],
+                "load_avg_1m_before": load,
+            }
+            rows.append(row)
+            print(
+                f"  {quantize:5s} {processes} process(es) {row['tokens_per_s']:8.0f} tokens/s  (load {load:.2f})",
+                file=sys.stderr,
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows, info)
+    (args.out / "encoder.json").write_text(json.dumps({"machine": info, "results": rows}, indent=1) + "\n")
+    (args.out / "encoder.md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
