@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoModel, AutoTokenizer
 
 from ml_backend.models.config import EncoderConfig
@@ -61,8 +60,11 @@ def quantize_int8(network: nn.Module) -> nn.Module:
     Per-channel weights: on MiniLM and Rotten Tomatoes snippets, per-tensor weights gave embeddings with a cosine
     of 0.93 on average (0.79 at worst) to fp32's, per-channel 0.97 (0.92), at the same speed. Activations are
     quantized on the fly per batch, so no calibration data is needed. Dropout modules stay, so full-network MC
-    dropout still works.
+    dropout still works. Imported here: torch announces that eager-mode quantization moves to torchao, and fp32
+    configs must keep loading if it ever leaves torch.
     """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
     with warnings.catch_warnings():  # torch announces the move of eager-mode quantization to torchao
         warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
         warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")

@@ -68,3 +68,11 @@ def test_int8_refused_with_fine_tuning_and_for_images(tmp_path):
     with pytest.raises(ValidationError, match="text encoders only"):
         _load(tmp_path, kind="image", encoder={"pretrained": "efficientnet-lite0", "quantize": "int8"})
     assert _load(tmp_path, encoder={"pretrained": "none", "quantize": "int8"}).encoder.quantize == "int8"
+
+
+def test_full_network_mc_dropout_runs_on_the_int8_encoder(encoders):
+    """acquisition.mc_mode: full turns the encoder's dropout on: the quantized network keeps its dropout layers."""
+    _, int8 = encoders
+    passes = int8.embed_stochastic(["a quiet, moving film", "dull and far too long"], mc=3, seed=0)
+    assert passes.shape == (2, 3, 384)
+    assert not np.allclose(passes[:, 0], passes[:, 1]), "dropout did not change the passes"
