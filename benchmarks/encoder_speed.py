@@ -7,6 +7,9 @@ What is timed is ``Encoder.embed`` alone (tokenise, batch by length, encoder, me
 scoring that grows with the text; ``benchmarks/speed.py`` times the whole pass to LS scores. Tokens are counted
 after truncation, padding excluded, so tokens/s does not reward padding.
 
+The quantize modes take turns within each repeat (fp32, int8, fp32, int8, ...), so that a load that comes and goes
+on the shared machine hits both alike.
+
 * ``1 process``: one process, 1 torch thread, the whole pool; median of ``--repeats`` runs after a warm-up. Also
   tokens per CPU-second of the process: on a machine shared with other jobs the wall-clock figure drops with the
   load, the CPU-time one much less (it still includes the tokenizer's own threads, if any).
@@ -46,18 +49,32 @@ def text_config(quantize: str) -> ModelConfig:
     return ModelConfig.model_validate(base | {"encoder": base["encoder"] | {"quantize": quantize}})
 
 
-def one_process(texts: list[str], quantize: str, repeats: int) -> dict:
-    """Seconds to embed all ``texts`` in this process (1 torch thread): median after one warm-up run."""
+def one_process(texts: list[str], modes: list[str], repeats: int) -> dict[str, dict]:
+    """Per quantize mode: seconds to embed all ``texts`` in this process (1 torch thread), after one warm-up run.
+
+    The modes take turns within each repeat, so a load that comes and goes on the shared machine hits them alike.
+    """
     configure_torch(1)
-    encoder = EncoderPool().get(text_config(quantize))
-    encoder.embed(texts)
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
+    pool = EncoderPool()
+    encoders = {quantize: pool.get(text_config(quantize)) for quantize in modes}
+    for encoder in encoders.values():
         encoder.embed(texts)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return {"seconds": statistics.median(times), "all_seconds": times, "cpu_seconds": statistics.median(cpu)}
+    runs: dict[str, list[tuple[float, float, float]]] = {quantize: [] for quantize in modes}
+    for _ in range(repeats):
+        for quantize, encoder in encoders.items():
+            load, t0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
+            encoder.embed(texts)
+            runs[quantize].append((time.perf_counter() - t0, time.process_time() - c0, load))
+    return {quantize: _timing(r) for quantize, r in runs.items()}
+
+
+def _timing(runs: list[tuple[float, ...]]) -> dict:
+    """Medians of (wall seconds, [CPU seconds,] load average before) runs."""
+    columns = list(zip(*runs, strict=True))
+    out = {"seconds": statistics.median(columns[0]), "all_seconds": list(columns[0])}
+    if len(columns) == 3:
+        out["cpu_seconds"] = statistics.median(columns[1])
+    return out | {"load_avg_1m_before": statistics.median(columns[-1])}
 
 
 def _worker(texts: list[str], quantize: str, barrier, results) -> None:
@@ -106,10 +123,11 @@ def markdown(rows: list[dict], info: dict) -> str:
         )
     lines.append("")
     lines.append(
-        f"Machine: {info['cores']} cores, torch {info['torch']}, no GPU, shared with other jobs (load avg = 1-minute "
-        f"load average before the measurement). Rotten Tomatoes snippets, tokens after truncation (padding "
-        f"excluded). 1 process: median of {info['repeats']} runs after a warm-up; 2 processes: spawned, each embeds "
-        f"half after a warm-up, all tokens / (last finish - first start), median of {info['repeats']}."
+        f"Machine: {info['cores']} cores, torch {info['torch']}, no GPU, shared with other jobs (load avg = median "
+        f"1-minute load average before the timed runs; fp32 and int8 runs alternate). Rotten Tomatoes snippets, "
+        f"tokens after truncation (padding excluded). 1 process: median of {info['repeats']} runs after a warm-up; "
+        f"2 processes: spawned, each embeds half after a warm-up, all tokens / (last finish - first start), median "
+        f"of {info['repeats']}."
     )
     return "\n".join(lines)
 
@@ -131,15 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     texts = datasets.rotten_tomatoes(n=args.n, seed=0).texts
     tokens = EncoderPool().get(text_config("none")).count_tokens(texts)
     info = {"cores": os.cpu_count(), "torch": torch.__version__, "repeats": args.repeats}
+    timings = {(quantize, 1): timing for quantize, timing in one_process(texts, modes, args.repeats).items()}
+    pairs: dict[str, list[tuple[float, float]]] = {quantize: [] for quantize in modes}
+    for _ in range(args.repeats):
+        for quantize in modes:
+            load = os.getloadavg()[0]
+            pairs[quantize].append((two_processes(texts, quantize), load))
+    timings |= {(quantize, 2): _timing(runs) for quantize, runs in pairs.items()}
     rows = []
     for quantize in modes:
         for processes in (1, 2):
-            load = os.getloadavg()[0]
-            if processes == 1:
-                timing = one_process(texts, quantize, args.repeats)
-            else:
-                times = [two_processes(texts, quantize) for _ in range(args.repeats)]
-                timing = {"seconds": statistics.median(times), "all_seconds": times}
+            timing = timings[quantize, processes]
             row = {
                 "model": text_config(quantize).name,
                 "quantize": quantize,
@@ -148,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                 "tokens": tokens,
                 **timing,
                 "tokens_per_s": tokens / timing["seconds"],
-                "load_avg_1m_before": load,
             }
             rows.append(row)
             print(
-                f"  {quantize:5s} {processes} process(es) {row['tokens_per_s']:8.0f} tokens/s  (load {load:.2f})",
+                f"  {quantize:5s} {processes} process(es) {row['tokens_per_s']:8.0f} tokens/s  "
+                f"(load {row['load_avg_1m_before']:.2f})",
                 file=sys.stderr,
             )
     args.out.mkdir(parents=True, exist_ok=True)
