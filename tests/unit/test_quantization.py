@@ -76,3 +76,14 @@ def test_full_network_mc_dropout_runs_on_the_int8_encoder(encoders):
     passes = int8.embed_stochastic(["a quiet, moving film", "dull and far too long"], mc=3, seed=0)
     assert passes.shape == (2, 3, 384)
     assert not np.allclose(passes[:, 0], passes[:, 1]), "dropout did not change the passes"
+
+
+def test_int8_vectors_depend_on_their_batch_fp32_ones_do_not(encoders):
+    """Why int8 is not the default: activation scales are per batch, so a text's int8 vector moves with the texts
+    batched with it (the embedding cache, /predict and chunked pool scoring assume one vector per text)."""
+    texts = datasets.rotten_tomatoes(n=40, seed=6).texts
+    for encoder, equal in zip(encoders, (True, False), strict=True):
+        batched, alone = encoder.embed(texts)[:3], np.stack([encoder.embed([t])[0] for t in texts[:3]])
+        assert np.allclose(batched, alone, atol=1e-5) == equal
+        cosine = (batched * alone).sum(1) / np.linalg.norm(batched, axis=1) / np.linalg.norm(alone, axis=1)
+        assert cosine.min() > 0.9
