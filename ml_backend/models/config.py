@@ -35,6 +35,11 @@ class EncoderConfig(_Strict):
     max_length: int = Field(256, ge=8, description="Text: tokens per input; longer text is truncated.")
     image_size: int = Field(224, ge=32, description="Images are resized to this square size.")
     batch_size: int = Field(32, ge=1)
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="Text: 'int8' runs the encoder's Linear layers with dynamic int8 quantization (faster on CPU, "
+        "embeddings close to but not equal to fp32's, cached under their own fingerprint).",
+    )
 
 
 class HeadConfig(_Strict):
@@ -168,6 +173,22 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"strategy {self.acquisition.strategy!r} needs acquisition.mc_samples >= 2 and "
                 f"head.dropout > 0 (got {self.acquisition.mc_samples} and {self.head.dropout})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quantize_frozen_text_only(self) -> ModelConfig:
+        """int8 weights have no gradients and dynamic quantization only covers Linear layers: fine-tuning a
+        quantized encoder cannot work, and an image CNN would stay fp32 under a name that says int8. Refuse both
+        at load time instead of training or caching something other than what the config names."""
+        if self.encoder.quantize == "none":
+            return self
+        if self.kind != "text":
+            raise ValueError(f"encoder.quantize: {self.encoder.quantize!r} is for text encoders only (kind: text)")
+        if self.training.mode == "full":
+            raise ValueError(
+                f"encoder.quantize: {self.encoder.quantize!r} cannot be combined with training.mode: full "
+                "(a quantized encoder cannot be fine-tuned); use quantize: none to fine-tune"
             )
         return self
 

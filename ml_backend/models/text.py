@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from ml_backend.models.config import EncoderConfig
@@ -20,11 +22,16 @@ class TextEncoder(Encoder):
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.network = AutoModel.from_pretrained(source)
         self.network.eval()
+        if config.quantize == "int8":
+            self.network = quantize_int8(self.network)
         self.pooling = config.pooling
         self.max_length = config.max_length
         self.batch_size = config.batch_size
         self.dim = int(self.network.config.hidden_size)
-        self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length)
+        # fp32 keeps its historical fingerprint (existing embedding caches stay valid); int8 vectors differ from
+        # fp32's, so they must never be served from, or written into, the fp32 cache
+        quantized = () if config.quantize == "none" else (config.quantize,)
+        self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length, *quantized)
 
     def _batch_order(self, items: Sequence[str]) -> np.ndarray:
         """Batch texts of similar length together: padding to the longest text of a batch is wasted compute,
@@ -45,3 +52,20 @@ class TextEncoder(Encoder):
         """Tokens the encoder actually processes (after truncation), for throughput figures."""
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return sum(len(x) for x in ids)
+
+
+def quantize_int8(network: nn.Module) -> nn.Module:
+    """The network with every Linear layer dynamically quantized to int8 (weights per output channel).
+
+    Per-channel weights: on MiniLM and Rotten Tomatoes snippets, per-tensor weights gave embeddings with a cosine
+    of 0.93 on average (0.79 at worst) to fp32's, per-channel 0.97 (0.92), at the same speed. Activations are
+    quantized on the fly per batch, so no calibration data is needed. Dropout modules stay, so full-network MC
+    dropout still works. Imported here: torch announces that eager-mode quantization moves to torchao, and fp32
+    configs must keep loading if it ever leaves torch.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch announces the move of eager-mode quantization to torchao
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
+        return quantize_dynamic(network, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
