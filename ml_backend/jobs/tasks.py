@@ -180,18 +180,19 @@ def _labelled_tasks(ctx: context.WorkerContext, project_id: int, reported: set[i
     """The project's labelled tasks, read again (for up to ``sum(LABEL_VISIBILITY_WAITS)`` s) while an annotation
     that a webhook reported is not among them: LS can send the webhook before the annotation is readable (seen on
     PostgreSQL), and a training that missed the burst's last label would not see it until the next annotation."""
+
+    def unlisted(tasks: list[dict[str, Any]]) -> set[int]:
+        return reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
+
     tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
     for wait in LABEL_VISIBILITY_WAITS:
-        missing = reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
-        if not missing:
-            break
+        if not (missing := unlisted(tasks)):
+            return tasks
         _progress(f"waiting {wait} s for {len(missing)} reported annotations to be listed by Label Studio")
         time.sleep(wait)
         tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
-    else:
-        missing = reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
-        if missing:  # deleted again, or LS is far behind: train on what it lists
-            log.warning("project %s: annotations %s were reported but are not listed", project_id, sorted(missing))
+    if missing := unlisted(tasks):  # deleted again, or LS is far behind: train on what it lists
+        log.warning("project %s: annotations %s were reported but are not listed", project_id, sorted(missing))
     return tasks
 
 
@@ -262,9 +263,10 @@ def _unlabelled_tasks(ctx: context.WorkerContext, project_id: int) -> list[dict[
     """The project's unlabelled tasks (id, data, the predictions LS holds) from our task list, synced with LS
     first by a few cheap requests instead of listing every task (``labelstudio.tasklist``)."""
     _progress("syncing the task list with Label Studio")
-    report = _tasklist(ctx, project_id).sync(ctx.ls, project_id)
+    tasklist = _tasklist(ctx, project_id)
+    report = tasklist.sync(ctx.ls, project_id)
     _progress("task list synced", full_listing=report.full, seconds=round(report.seconds, 1))
-    return _tasklist(ctx, project_id).unlabelled()
+    return tasklist.unlabelled()
 
 
 def _lacks(task: dict[str, Any], version: str) -> bool:

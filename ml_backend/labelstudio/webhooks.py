@@ -89,26 +89,22 @@ def parse_event(payload: Any) -> WebhookEvent:
     if event.project_id is None and not event.deletes_tasks:
         # "delete all tasks" sends TASKS_DELETED without a project: the next sync of the task list finds it
         raise BadEvent(f"{event.action}: payload has no project id")
-    if not (event.creates_tasks or event.deletes_tasks or event.forces_training):
-        event.labels = _label_count(event.action, payload)
-        if event.action != "ANNOTATIONS_DELETED":
-            event.annotation_ids = [i for a in _label_annotations(payload) if (i := valid_id(a.get("id"))) is not None]
+    if event.action == "ANNOTATIONS_DELETED":  # the label set changed: at least one, whatever the payload lists
+        deleted = payload.get("annotations")
+        event.labels = max(1, len(deleted) if isinstance(deleted, list) else 1)
+    elif not (event.creates_tasks or event.deletes_tasks or event.forces_training):
+        labels = _label_annotations(payload)
+        event.labels = len(labels)
+        event.annotation_ids = [i for a in labels if (i := valid_id(a.get("id"))) is not None]
     return event
 
 
 def _label_annotations(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """The annotations of an ANNOTATION(S)_CREATED/UPDATED payload that are labels (not skips, not empty)."""
+    """The annotations of an ANNOTATION(S)_CREATED/UPDATED payload that are labels: skips (was_cancelled) and
+    empty results are not."""
     annotations = payload.get("annotation")
     annotations = annotations if isinstance(annotations, list) else [annotations]
     return [a for a in annotations if isinstance(a, dict) and not a.get("was_cancelled") and a.get("result")]
-
-
-def _label_count(action: str, payload: dict[str, Any]) -> int:
-    """New labels an event carries: skips (was_cancelled) and empty results are not labels."""
-    if action == "ANNOTATIONS_DELETED":
-        deleted = payload.get("annotations")
-        return max(1, len(deleted) if isinstance(deleted, list) else 1)
-    return len(_label_annotations(payload))
 
 
 def _project_id(payload: dict[str, Any]) -> int | None:

@@ -124,6 +124,11 @@ class VersionInfo:
     note: str = ""
 
 
+def _deferred_lines(path: Path) -> list[dict[str, Any]]:
+    """The webhooks recorded in a deferred-labels file, one JSON object a line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -201,16 +206,14 @@ class Registry:
             path.rename(taken)
         except FileNotFoundError:
             return None
-        lines = [json.loads(line) for line in taken.read_text().splitlines() if line.strip()]
+        lines = _deferred_lines(taken)
         taken.unlink()
         return sum(int(x["labels"]) for x in lines), any(bool(x["force"]) for x in lines)
 
     def deferred_labels(self, project_id: int) -> int:
         """How many labels wait on disk for Redis (0: none)."""
         path = self._dir(project_id) / DEFERRED_LABELS
-        if not path.is_file():
-            return 0
-        return sum(int(json.loads(line)["labels"]) for line in path.read_text().splitlines() if line.strip())
+        return sum(int(x["labels"]) for x in _deferred_lines(path)) if path.is_file() else 0
 
     def projects_with_deferred_labels(self) -> list[int]:
         return [p for p in self.project_ids() if (self._dir(p) / DEFERRED_LABELS).is_file()]
