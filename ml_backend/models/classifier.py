@@ -13,6 +13,7 @@ Two training modes (``training.mode`` in the model config):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 from collections.abc import Sequence
@@ -50,7 +51,14 @@ class Classifier:
         self.in_dim = in_dim if in_dim is not None else (encoder.dim if encoder else None)
         t = config.training
         self.params = HeadParams(
-            config.head.hidden, config.head.dropout, t.epochs, t.lr, t.weight_decay, t.batch_size, t.min_steps
+            config.head.hidden,
+            config.head.dropout,
+            t.epochs,
+            t.lr,
+            t.weight_decay,
+            t.batch_size,
+            t.min_steps,
+            config.head.members,
         )
 
     @property
@@ -138,7 +146,8 @@ class Classifier:
             for start in range(0, len(order), t.batch_size):
                 idx = order[start : start + t.batch_size]
                 opt.zero_grad()
-                loss = loss_fn(head(encoder._forward([items[i] for i in idx])), targets[idx])
+                logits = head(encoder._forward([items[i] for i in idx]))
+                loss = sum(loss_fn(logits[m], targets[idx]) for m in range(head.members))
                 loss.backward()
                 opt.step()
                 total += loss.item() * len(idx)
@@ -168,8 +177,11 @@ class Classifier:
 
     def load_state(self, data: bytes) -> None:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        self.head = build_head(int(saved["in_dim"]), self.n_outputs, self.params, seed=0)
-        self.head.load_state_dict(saved["state"])
+        state = saved["state"]
+        members = int(state["w1"].shape[0]) if "w1" in state else 1  # as saved, whatever the config says now
+        params = dataclasses.replace(self.params, members=members)
+        self.head = build_head(int(saved["in_dim"]), self.n_outputs, params, seed=0)
+        self.head.load_state(state)
         self.head.eval()
         self.in_dim = int(saved["in_dim"])
         if saved.get("encoder") is not None:

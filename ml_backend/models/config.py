@@ -45,6 +45,13 @@ class EncoderConfig(_Strict):
 class HeadConfig(_Strict):
     hidden: int = Field(256, ge=1)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    members: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="Heads in the committee (a deep ensemble): their mean predicts, their disagreement is part of "
+        "the uncertainty; trained in one batched pass.",
+    )
 
 
 class TrainingConfig(_Strict):

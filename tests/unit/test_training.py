@@ -1,7 +1,10 @@
 """From LS annotations to a version decision, with the real head on synthetic features."""
 
+import io
+
 import numpy as np
 import pytest
+import torch
 
 from ml_backend.labelstudio.annotations import labelled_examples, latest_annotation
 from ml_backend.labelstudio.labelconfig import parse_label_config
@@ -71,12 +74,13 @@ def _data(x, y):
     return LabelledData(x, list(x), y, list(range(len(y))))
 
 
-def _config(**training):
+def _config(members=1, **training):
     return ModelConfig.model_validate(
         {
             "name": "t",
             "kind": "text",
             "encoder": {"pretrained": "none"},
+            "head": {"members": members},
             "training": {"epochs": 40, "min_labels_for_holdout": 10, **training},
         }
     )
@@ -221,3 +225,56 @@ def test_few_labels_still_get_the_minimum_number_of_optimizer_steps():
     x, y = _blobs(20, 2)
     losses = Classifier(None, _config(), 2, False, in_dim=8).fit(x, y, seed=0)
     assert len(losses) == 600 and losses[-1] < losses[59]  # the extra steps keep lowering the loss
+
+
+def test_a_committee_predicts_the_mean_of_its_members_and_scores_each_with_its_own_masks():
+    from ml_backend.models.head import passes_per_member
+
+    assert passes_per_member(20, 5) == [4] * 5 and passes_per_member(7, 3) == [3, 2, 2]
+    assert passes_per_member(2, 5) == [1] * 5  # every member takes part, however few the passes
+    x, y = _blobs(60, 3, noise=1.0)
+    clf = Classifier(None, _config(members=5), 2, False, in_dim=8)
+    clf.fit(x, y, seed=0)
+    members = clf.head.members
+    assert members == 5 and clf.head.w1.shape == (5, 256, 8)
+    # the members start apart and stay apart: a committee, not five copies of one head
+    assert not torch.allclose(clf.head.w1[0], clf.head.w1[1])
+    with torch.no_grad():
+        each = torch.softmax(clf.head(torch.as_tensor(x[:6])), dim=-1).numpy()  # (members, n, C), eval mode
+    assert np.allclose(clf.predict_proba(x[:6], mc=1)[:, 0], each.mean(axis=0))
+    p = clf.predict_proba(x[:6], mc=20, seed=4)
+    assert p.shape == (6, 20, 2) and np.allclose(p.sum(-1), 1.0)
+    assert np.array_equal(p, clf.predict_proba(x[:6], mc=20, seed=4))  # fixed masks: the same every time
+    assert np.allclose(p[2:3], clf.predict_proba(x[2:3], mc=20, seed=4), rtol=0, atol=1e-12)  # whatever the batch
+    assert (clf.predict(x) == y).mean() > 0.8
+
+
+def test_a_saved_committee_loads_as_saved_and_a_single_head_of_an_older_version_still_loads():
+    x, y = _blobs(40, 1)
+    committee = Classifier(None, _config(members=3), 2, False, in_dim=8)
+    committee.fit(x, y, seed=2)
+    loaded = Classifier(None, _config(members=1), 2, False)  # the config changed since: the version did not
+    loaded.load_state(committee.state_bytes())
+    assert loaded.head.members == 3
+    assert np.array_equal(loaded.predict_proba(x, mc=20, seed=1), committee.predict_proba(x, mc=20, seed=1))
+
+    single = Classifier(None, _config(), 2, False, in_dim=8)
+    single.fit(x, y, seed=0)
+    h = single.head
+    old_format = {  # what versions saved before committees hold: an nn.Sequential's Linear layers
+        "net.1.weight": h.w1[0].detach(),
+        "net.1.bias": h.b1[0].detach(),
+        "net.4.weight": h.w2[0].detach(),
+        "net.4.bias": h.b2[0].detach(),
+    }
+    buf = io.BytesIO()
+    torch.save({"state": old_format, "in_dim": 8, "encoder": None, "encoder_fingerprint": None}, buf)
+    old = Classifier(None, _config(members=5), 2, False)
+    old.load_state(buf.getvalue())
+    assert old.head.members == 1
+    assert np.array_equal(old.predict_proba(x, mc=20, seed=1), single.predict_proba(x, mc=20, seed=1))
+
+
+def test_committee_size_is_checked():
+    with pytest.raises(ValueError, match="members"):
+        _config(members=0)
