@@ -26,6 +26,17 @@ class Settings(BaseSettings):
         "own disk when DATA_DIR is a network mount shared by several machines: the cache is SQLite in WAL mode, "
         "which is safe only for processes on one host.",
     )
+    model_store_url: str | None = Field(
+        None,
+        description="Where versions, current pointers, pool orders and embedding chunks live for every process: a "
+        "folder (default DATA_DIR; a shared mount for workers on several machines) or s3://bucket/prefix "
+        "(S3-compatible; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).",
+    )
+    model_store_cache_dir: Path | None = Field(
+        None,
+        description="This machine's copies of committed version files read from s3:// (immutable), default "
+        "DATA_DIR/store-cache.",
+    )
     model_configs_dir: Path = Field(_REPO_CONFIGS, description="Folder of model config YAML files.")
     text_model_config: str = Field("text-minilm", description="Model config for Text/HyperText projects.")
     image_model_config: str = Field("image-efficientnet-lite0", description="Model config for Image projects.")
@@ -117,6 +128,10 @@ class Settings(BaseSettings):
     @property
     def embeddings_dir(self) -> Path:
         return self.embedding_cache_dir or self.data_dir / "embeddings"
+
+    @property
+    def store_cache_dir(self) -> Path:
+        return self.model_store_cache_dir or self.data_dir / "store-cache"
 
     @property
     def files_dir(self) -> Path:

@@ -20,7 +20,7 @@ from ml_backend.settings import Settings
 
 def run_export(args: argparse.Namespace) -> None:
     settings = Settings()
-    registry = Registry(settings.projects_dir)
+    registry = Registry.from_settings(settings)
     try:
         state = ScoringService(settings, registry, EncoderPool(), None, parse_label_config).state(args.project)
         ls = LabelStudioClient.from_settings(settings, *registry.ls_connection())

@@ -7,11 +7,16 @@ pool after retraining then runs only the head.
 An image's content key is known only once the file is downloaded; the ``source`` table remembers which key an
 image URL last had, so a re-score can tell without downloading how much of its pool still needs the encoder (and
 whether fanning the embedding out over the workers pays). It is a hint: the scoring path always hashes the file.
+
+Workers on other machines have caches of their own: an embedding chunk job hands its vectors to the gathering
+re-score as one object in the model store (:func:`pack`, under ``embedding-chunks/<fingerprint>/``), which the
+gatherer merges into its machine's cache (:func:`unpack`) and deletes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -24,6 +29,22 @@ import numpy as np
 def content_key(kind: str, value: str | bytes) -> str:
     data = value.encode() if isinstance(value, str) else value
     return hashlib.sha1(kind.encode() + b"\0" + data).hexdigest()
+
+
+def pack(vectors: dict[str, np.ndarray]) -> bytes:
+    """Embeddings by content key as one .npz object, in float32 (the cache's own precision: a gathered pool scores
+    bit for bit as if embedded on the gathering machine)."""
+    buf = io.BytesIO()
+    keys = list(vectors)
+    matrix = np.stack([np.asarray(vectors[k], dtype=np.float32) for k in keys]) if keys else np.zeros((0, 0))
+    np.savez(buf, keys=np.asarray(keys, dtype=str), vectors=matrix.astype(np.float32))
+    return buf.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, np.ndarray]:
+    """The embeddings of a :func:`pack` object."""
+    with np.load(io.BytesIO(data)) as stored:
+        return dict(zip(stored["keys"].tolist(), stored["vectors"]))
 
 
 class EmbeddingCache:
