@@ -22,16 +22,13 @@ from ml_backend.learning.store import ObjectStore, StoreError, open_store
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 from tests.lsserver import free_port
-from tests.s3server import S3Server
 
 BUCKET = "models"
 
 
-@pytest.fixture(scope="module")
-def s3():
-    with S3Server() as server:
-        server.create_bucket(BUCKET)
-        yield server
+@pytest.fixture()
+def s3(s3_server):
+    return s3_server
 
 
 @pytest.fixture()
