@@ -21,6 +21,7 @@ from ml_backend.learning.service import ScoringService
 from ml_backend.learning.store import ObjectStore, StoreError, open_store
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
+from tests.integration.test_api import TEXT
 from tests.lsserver import free_port
 
 BUCKET = "models"
@@ -167,3 +168,13 @@ def test_store_urls_are_checked(tmp_path: Path):
         open_store(Settings(data_dir=tmp_path, model_store_url="gs://bucket/x"))
     with pytest.raises(StoreError, match="expected s3://bucket"):
         open_store(Settings(data_dir=tmp_path, model_store_url="s3://"))
+
+
+def test_the_web_app_answers_503_while_the_store_is_unreachable(s3, make_client, monkeypatch):
+    """LS gets a retryable answer without the store's address; the cause is in the server log."""
+    for name, value in {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}.items():
+        monkeypatch.setenv(name, value)
+    client = make_client(model_store_url=f"s3://{BUCKET}/web")
+    resp = client.post("/setup", json={"project": "1.1700000000", "schema": TEXT})
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["detail"] == "the model store is unavailable (details are in the server log)"
