@@ -19,7 +19,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", protected_namespaces=())
 
-    data_dir: Path = Field(Path("./data"), description="Model versions, embedding cache and file cache live here.")
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Model versions (unless MODEL_STORE_URL names another store), embedding cache and file cache.",
+    )
     embedding_cache_dir: Path | None = Field(
         None,
         description="Folder of the embedding cache, default DATA_DIR/embeddings. Give it a folder on the machine's "
@@ -105,8 +108,8 @@ class Settings(BaseSettings):
         1000,
         ge=0,
         description="A re-score with more pool tasks to embed than this splits the embedding into chunk jobs of "
-        "this many tasks on the queue, so every worker (on any machine sharing Redis and DATA_DIR) embeds a part; "
-        "0: never (the re-score embeds alone).",
+        "this many tasks on the queue, so every worker (on any machine sharing Redis and the model store) embeds a "
+        "part; 0: never (the re-score embeds alone).",
     )
     import_concurrency: int = Field(
         1,

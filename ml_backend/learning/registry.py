@@ -354,6 +354,10 @@ class Registry:
         np.save(buf, embeddings.astype(np.float32))
         self.store.write(self._key(project_id, "pool_reference.npy"), buf.getvalue())
 
+    def pool_reference_mtime(self, project_id: int) -> float:
+        """When the project's pool reference was last written (0.0: never)."""
+        return self.store.mtime(self._key(project_id, "pool_reference.npy"))
+
     def pool_reference(self, project_id: int) -> np.ndarray | None:
         data = self.store.read(self._key(project_id, "pool_reference.npy"))
         return None if data is None else np.load(io.BytesIO(data))

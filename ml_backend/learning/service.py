@@ -102,9 +102,9 @@ class ScoringService:
         self.parse_config = parse_config
         self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
         self._caches: dict[str, EmbeddingCache] = {}
-        # the stored pool order of a version, per (project, version), with the file's mtime: /predict must not
-        # rebuild a pool-sized dict on every call, and a re-score of the same version rewrites the file
-        self._rankings: dict[tuple[int, str], tuple[float, StoredRanking | None]] = {}
+        # stored pool-sized objects (a version's pool order, a project's pool reference) with their mtime: /predict
+        # must not read (from S3: download) and rebuild them on every call, and a re-score rewrites them
+        self._stored: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
 
     # -- projects -------------------------------------------------------------------------------------------
@@ -420,7 +420,10 @@ class ScoringService:
                 probs = mc_probabilities(clf, emb, version.seed, items)
             value = uncertainty_of(state.schema.task, clf, probs)
         else:
-            stored = self.registry.pool_reference(state.record.project_id)
+            pid = state.record.project_id
+            stored = self._fresh(
+                ("pool_reference", pid), self.registry.pool_reference_mtime(pid), self.registry.pool_reference, pid
+            )
             reference = emb if stored is None else stored
             value = representativeness(emb, reference, clf.config.acquisition.cold_start_neighbours)
         ranked = self._stored_ranking(state.record.project_id, version.version)
@@ -431,15 +434,18 @@ class ScoringService:
 
     def _stored_ranking(self, project_id: int, version: str) -> StoredRanking | None:
         mtime = self.registry.ranking_mtime(project_id, version)
-        key = (project_id, version)
+        return self._fresh(("ranking", project_id, version), mtime, self.registry.ranking, project_id, version)
+
+    def _fresh(self, key: tuple[Any, ...], mtime: float, load: Callable[..., Any], *args: Any) -> Any:
+        """``load(*args)``, read again only when the stored object's ``mtime`` changed (0.0: absent, None)."""
         with self._lock:
-            cached = self._rankings.get(key)
+            cached = self._stored.get(key)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, self.registry.ranking(project_id, version) if mtime else None)
+            cached = (mtime, load(*args) if mtime else None)
             with self._lock:
-                self._rankings[key] = cached
-                while len(self._rankings) > 64:
-                    self._rankings.pop(next(iter(self._rankings)))
+                self._stored[key] = cached
+                while len(self._stored) > 64:
+                    self._stored.pop(next(iter(self._stored)))
         return cached[1]
 
     def score_pool(
