@@ -59,7 +59,14 @@ class WorkerContext:
 
     @cached_property
     def service(self) -> ScoringService:
-        return ScoringService(self.settings, self.registry, self.encoders, self.ls.fetch_file, parse_label_config)
+        return ScoringService(
+            self.settings,
+            self.registry,
+            self.encoders,
+            self.ls.fetch_file,
+            parse_label_config,
+            shared_embeddings=self.store.child("embeddings"),
+        )
 
     @cached_property
     def redis(self) -> Redis:

@@ -42,10 +42,8 @@ from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfig
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.labelstudio.tasklist import TaskList
 from ml_backend.labelstudio.webhooks import webhook_headers
-from ml_backend.learning.embcache import pack, unpack
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
-from ml_backend.learning.store import ModelStore
 from ml_backend.learning.training import train_version
 
 log = logging.getLogger(__name__)
@@ -470,19 +468,15 @@ def _fan_out_embedding(
     return {"to_embed": len(todo), "chunks": len(chunks), "continued_by": gather_id}
 
 
-def _chunk_store(ctx: context.WorkerContext) -> ModelStore:
-    """Where embedding chunks leave their vectors for the gathering re-score, on whichever machine it runs."""
-    return ctx.store.child("embedding-chunks")
-
-
 def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
     """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
     and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
-    many chunks each worker (``host/worker``) embedded. One chunk at a time, each finished one deleted once stored
-    (its vectors in the model store, about 1.5 kB per text task, then its job), as nothing else reads them. Failed
-    chunks stay in rq's failed registry for the admin."""
+    many chunks each worker (``host/worker``) embedded. The vectors come from the packs the chunks left in the model
+    store (``learning.embcache``); the finished chunk jobs are deleted, failed ones stay in rq's failed registry for
+    the admin."""
     report: dict[str, Any] = {"chunks": len(chunk_ids), "finished": 0, "embedded": 0, "skipped": 0, "stored_here": 0}
     per_worker: dict[str, int] = {}
+    fingerprints: set[str] = set()
     for chunk_id in chunk_ids:
         try:
             job = Job.fetch(chunk_id, connection=ctx.redis)
@@ -493,15 +487,11 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
             report["finished"] += 1
             report["embedded"] += result.get("embedded", 0)
             report["skipped"] += result.get("skipped", 0)
-            packed = _chunk_store(ctx).read(result["pack"])
-            # None: an earlier attempt, dead before deleting the job, gathered it (maybe into another machine's
-            # cache): the scoring path embeds what this machine lacks
-            if packed is not None:
-                report["stored_here"] += ctx.service.store_embeddings(result["fingerprint"], unpack(packed))
+            fingerprints.add(result["fingerprint"])
             name = f"{result.get('host')}/{result.get('worker')}"
             per_worker[name] = per_worker.get(name, 0) + 1
-            _chunk_store(ctx).delete(result["pack"])
             job.delete()
+    report["stored_here"] = sum(ctx.service.sync_embeddings(f) for f in fingerprints)
     report["failed"] = len(chunk_ids) - report["finished"]
     report["per_worker"] = per_worker
     if report["failed"]:
@@ -518,9 +508,9 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
 @_timed("embed")
 def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gather_id: str) -> dict[str, Any]:
     """One part of a fanned-out pool embedding: embed ``tasks`` with ``version``'s encoder into this machine's cache
-    and leave the vectors in the model store for the gathering re-score (which may run elsewhere; the result names
-    the object). Safe to retry (the cache and the object are keyed by content and job); a task that cannot be
-    embedded is counted, not fatal; a store that cannot be written fails the job (rq retries it)."""
+    and leave the vectors in the model store for the gathering re-score and every other machine (the result names
+    the pack). Safe to retry (the cache and the pack are keyed by content and job); a task that cannot be embedded
+    is counted, not fatal; a store that cannot be written fails the job (rq retries it)."""
     ctx = context.current()
     started = time.monotonic()
     state = ctx.service.state(project_id)
@@ -529,8 +519,7 @@ def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gath
         state, ctx.registry.get_version(project_id, version), tasks, ctx.settings.score_batch_size
     )
     job = get_current_job()
-    pack_key = f"{fingerprint}/{_job_id(f'embed-{gather_id}-local')}.npz"
-    _chunk_store(ctx).write(pack_key, pack(vectors))
+    pack_key = ctx.service.share_embeddings(fingerprint, _job_id(f"embed-{gather_id}-local"), vectors)
     result = {
         "tasks": len(tasks),
         "embedded": embedded,

@@ -8,9 +8,10 @@ An image's content key is known only once the file is downloaded; the ``source``
 image URL last had, so a re-score can tell without downloading how much of its pool still needs the encoder (and
 whether fanning the embedding out over the workers pays). It is a hint: the scoring path always hashes the file.
 
-Workers on other machines have caches of their own: an embedding chunk job hands its vectors to the gathering
-re-score as one object in the model store (:func:`pack`, under ``embedding-chunks/<fingerprint>/``), which the
-gatherer merges into its machine's cache (:func:`unpack`) and deletes.
+Workers on other machines have caches of their own: an embedding chunk job also leaves its vectors in the model
+store as one object (:func:`pack`, under ``embeddings/<fingerprint>/``), and every machine merges the packs it has
+not merged yet into its cache (:meth:`EmbeddingCache.merge`, which remembers their names): the gathering re-score
+wherever it runs, and any re-score before it decides how much of its pool still needs the encoder.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class EmbeddingCache:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
         self._conn.execute("CREATE TABLE IF NOT EXISTS source (locator TEXT PRIMARY KEY, key TEXT NOT NULL)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS pack (name TEXT PRIMARY KEY)")
         self._conn.commit()
 
     def _select(self, sql: str, keys: Iterable[str]) -> list[tuple[str, Any]]:
@@ -93,3 +95,18 @@ class EmbeddingCache:
                     "INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)",
                     [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items.items()],
                 )
+
+    def merged(self) -> set[str]:
+        """Names of the packs of the model store this cache holds (merged, or written from here)."""
+        with self._lock:
+            return {name for (name,) in self._conn.execute("SELECT name FROM pack").fetchall()}
+
+    def merge(self, name: str, vectors: dict[str, np.ndarray]) -> int:
+        """Add the embeddings of the pack ``name`` this cache lacks and remember the pack as merged, in one
+        transaction (a crash merges it again, harmlessly); returns how many were added."""
+        present = self.present(vectors)
+        missing = {k: np.asarray(v, dtype=np.float32).tobytes() for k, v in vectors.items() if k not in present}
+        with self._lock, self._conn:
+            self._conn.executemany("INSERT OR REPLACE INTO emb (key, vec) VALUES (?, ?)", missing.items())
+            self._conn.execute("INSERT OR IGNORE INTO pack (name) VALUES (?)", (name,))
+        return len(missing)

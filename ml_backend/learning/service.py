@@ -25,9 +25,10 @@ import numpy as np
 
 from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
-from ml_backend.learning.embcache import EmbeddingCache, content_key
+from ml_backend.learning.embcache import EmbeddingCache, content_key, pack, unpack
 from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
+from ml_backend.learning.store import ModelStore
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import ModelConfig, UnknownModelConfig, load_model_config
 from ml_backend.models.image import ImageError, load_image
@@ -94,10 +95,13 @@ class ScoringService:
         encoders: EncoderPool,
         fetch_file: FileFetcher | None,
         parse_config: ConfigParser,
+        shared_embeddings: ModelStore | None = None,
     ):
         self.settings = settings
         self.registry = registry
         self.encoders = encoders
+        # the model store's embedding packs (``learning.embcache``); None: this machine's cache alone
+        self.shared_embeddings = shared_embeddings
         self.fetch_file = fetch_file
         self.parse_config = parse_config
         self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
@@ -324,8 +328,10 @@ class ScoringService:
         """Indices of the tasks the version's encoder would have to embed, found without downloading or embedding:
         whether a re-score should fan its embedding out over the workers. An image counts as uncached unless an
         earlier embedding recorded the content its URL held. Unusable tasks are left out (nothing to embed; the
-        scoring path reports why)."""
-        cache = self.embedding_cache(self.classifier(state, version))
+        scoring path reports why). Other machines' packs are merged first: what they embedded is not uncached."""
+        clf = self.classifier(state, version)
+        self.sync_embeddings(clf.encoder.fingerprint)
+        cache = self.embedding_cache(clf)
         keys: dict[int, str] = {}
         urls: dict[int, str] = {}
         for i, task in enumerate(tasks):
@@ -346,7 +352,7 @@ class ScoringService:
     ) -> tuple[str, dict[str, np.ndarray], int, dict[str, str]]:
         """Embed one part of a pool (an embedding chunk job) into this machine's cache, ``batch_size`` inputs at a
         time (decoded images must not all sit in memory). Returns the encoder's fingerprint, the embeddings by
-        content key (for the gathering re-score, which may run on another machine with its own cache), how many
+        content key (to share with the other machines, :meth:`share_embeddings`), how many
         tasks have one (tasks with the same content share it) and the reason of each task that cannot have one
         (the rest of the part is unaffected)."""
         clf = self.classifier(state, version)
@@ -360,14 +366,28 @@ class ScoringService:
             skipped.update({str(o.task_id): o.reason for o in outcomes if o.reason})
         return clf.encoder.fingerprint, vectors, embedded, skipped
 
-    def store_embeddings(self, fingerprint: str, vectors: dict[str, np.ndarray]) -> int:
-        """Add embeddings another worker computed with the encoder ``fingerprint`` to this machine's cache (those it
-        lacks); returns how many were added."""
+    def share_embeddings(self, fingerprint: str, name: str, vectors: dict[str, np.ndarray]) -> str:
+        """Leave embeddings this machine computed (and cached) in the model store as the pack ``name``, for every
+        other machine's cache; returns its key. StoreError when the store cannot take it."""
+        if self.shared_embeddings is None:
+            raise RuntimeError("this process has no model store to share embeddings through")
+        key = f"{fingerprint}/{name}.npz"
+        self.shared_embeddings.write(key, pack(vectors))
+        self._cache_of(fingerprint).merge(f"{name}.npz", {})  # its vectors are here already: never download it
+        return key
+
+    def sync_embeddings(self, fingerprint: str) -> int:
+        """Merge into this machine's cache the packs of the encoder ``fingerprint`` that other machines left in the
+        model store since the last sync (one listing, then only the new packs); returns the embeddings added."""
+        if self.shared_embeddings is None:
+            return 0
         cache = self._cache_of(fingerprint)
-        present = cache.present(vectors)
-        missing = {k: v for k, v in vectors.items() if k not in present}
-        cache.put_many(missing)
-        return len(missing)
+        merged = cache.merged()
+        added = 0
+        for name in self.shared_embeddings.children(fingerprint):
+            if name not in merged and (data := self.shared_embeddings.read(f"{fingerprint}/{name}")) is not None:
+                added += cache.merge(name, unpack(data))
+        return added
 
     @staticmethod
     def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ml_backend.labelstudio.labelconfig import parse_label_config
-from ml_backend.learning.embcache import EmbeddingCache, pack, unpack
+from ml_backend.learning.embcache import EmbeddingCache
 from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
 from ml_backend.learning.service import ScoringService
 from ml_backend.learning.store import ObjectStore, StoreError, open_store
@@ -114,20 +114,31 @@ def test_a_half_written_version_is_invisible_and_cleaned_up(machines, s3, reques
     assert [v.version for v in a.versions(3)] == [v0.version]
 
 
-def test_chunk_embeddings_written_by_one_machine_are_gathered_into_the_other_machines_cache(settings):
-    """What an embed_chunk job hands over: its vectors as one object in the store; the gatherer (another machine)
-    merges them into its own SQLite cache through the scoring service, then deletes the object."""
+def test_chunk_embeddings_written_by_one_machine_are_merged_into_the_other_machines_cache(settings):
+    """What an embed_chunk job leaves: its vectors as one pack in the store. Another machine merges each pack once
+    into its own SQLite cache (the gathering re-score, a re-score deciding what is uncached); the machine that
+    wrote a pack never downloads it."""
     a, b = settings
-    vectors = {f"key-{i}": np.random.default_rng(i).normal(size=384).astype(np.float32) for i in range(50)}
-    open_store(a).child("embedding-chunks").write("fp/embed-1.npz", pack(vectors))
-    chunks = open_store(b).child("embedding-chunks")
-    service = ScoringService(b, Registry.from_settings(b), EncoderPool(), None, parse_label_config)
-    assert service.store_embeddings("fp", unpack(chunks.read("fp/embed-1.npz"))) == 50
-    chunks.delete("fp/embed-1.npz")
-    assert chunks.read("fp/embed-1.npz") is None and chunks.children("fp") == []
-    got = EmbeddingCache(b.embeddings_dir, "fp").get_many(vectors)
-    assert all(np.array_equal(got[k], v) for k, v in vectors.items())  # float32, bit for bit
-    assert not (a.embeddings_dir / "fp.sqlite").exists()
+
+    def service(s: Settings) -> ScoringService:
+        shared = open_store(s).child("embeddings")
+        return ScoringService(s, Registry.from_settings(s), EncoderPool(), None, parse_label_config, shared)
+
+    def vectors(seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {f"key-{seed}-{i}": rng.normal(size=384).astype(np.float32) for i in range(50)}
+
+    writer, reader = service(a), service(b)
+    first, second = vectors(1), vectors(2)
+    EmbeddingCache(a.embeddings_dir, "fp").put_many(first)  # embed_part caches what it embeds, the job shares it
+    assert writer.share_embeddings("fp", "embed-1", first) == "fp/embed-1.npz"
+    assert writer.sync_embeddings("fp") == 0  # its own pack: already here
+    assert reader.sync_embeddings("fp") == 50 and reader.sync_embeddings("fp") == 0  # each pack merged once
+    writer.share_embeddings("fp", "embed-2", second)
+    assert reader.sync_embeddings("fp") == 50
+    got = EmbeddingCache(b.embeddings_dir, "fp").get_many({**first, **second})
+    assert all(np.array_equal(got[k], v) for k, v in {**first, **second}.items())  # float32, bit for bit
+    assert open_store(b).child("embeddings").children("fp") == ["embed-1.npz", "embed-2.npz"]
 
 
 def test_an_unreachable_endpoint_fails_fast_with_a_message_naming_the_store(s3, tmp_path, monkeypatch):

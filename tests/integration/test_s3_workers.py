@@ -4,7 +4,8 @@ real Label Studio, MiniLM, and a real S3-compatible server (moto's, over HTTP).
 Each worker has a DATA_DIR of its own (its local flags, task list, embedding cache and copies of version files), as
 two machines without a shared mount have. The pool's first scoring is fanned out over both, the chunks' vectors
 travel through the store to the gathering re-score; a training on whichever worker publishes a version the other
-serves; a third machine that never ran a job sees the same versions and the same current one.
+serves, and the new version's re-score finds the whole pool embedded on whichever machine it runs; a third machine
+that never ran a job sees the same versions and the same current one.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ def test_two_machines_share_versions_and_chunk_embeddings_through_s3_only(
         lambda: (v := client.get(f"/projects/{project_id}/status").json()["current_version"]) != first and v,
         timeout=300,
     )
-    wait_for("the new version's re-score", lambda: rescored(trained), timeout=300)
+    rescore = wait_for("the new version's re-score", lambda: rescored(trained), timeout=300)
     assert ls_server.sdk().projects.get(project_id).model_version == trained
+    # whichever machine ran it found the whole pool embedded (the other machine's chunks merged from the store)
+    assert rescore["embedding"] is None and rescore["imported"] == N_TASKS - LABELLED, rescore
 
     # a machine that never ran a job reads the same truth from the store alone
     third = Registry.from_settings(Settings(data_dir=tmp_path / "machine-2", model_store_url=store_url))
@@ -76,8 +79,8 @@ def test_two_machines_share_versions_and_chunk_embeddings_through_s3_only(
     assert third.current(project_id).version == trained and third.current(project_id).trained
     assert third.read_file(project_id, trained, "model.pt")
     assert third.ranking(project_id, trained) is not None
-    # versions live in the store only; the chunks' vectors left it once gathered
+    # versions live in the store only; so do the chunks' packs, one per chunk
     for folder in machines:
         assert not (folder / "projects" / str(project_id) / "versions").exists()
-    prefix = f"{store_url.removeprefix('s3://models/')}/embedding-chunks/"
-    assert "Contents" not in s3_server.client().list_objects_v2(Bucket="models", Prefix=prefix)
+    prefix = f"{store_url.removeprefix('s3://models/')}/embeddings/"
+    assert len(s3_server.client().list_objects_v2(Bucket="models", Prefix=prefix)["Contents"]) == 3
