@@ -352,9 +352,9 @@ class ScoringService:
     ) -> tuple[str, dict[str, np.ndarray], int, dict[str, str]]:
         """Embed one part of a pool (an embedding chunk job) into this machine's cache, ``batch_size`` inputs at a
         time (decoded images must not all sit in memory). Returns the encoder's fingerprint, the embeddings by
-        content key (to share with the other machines, :meth:`share_embeddings`), how many
-        tasks have one (tasks with the same content share it) and the reason of each task that cannot have one
-        (the rest of the part is unaffected)."""
+        content key (to share with the other machines: :meth:`share_embeddings`), how many tasks have one (tasks
+        with the same content share it) and the reason of each task that cannot have one (the rest of the part is
+        unaffected)."""
         clf = self.classifier(state, version)
         vectors: dict[str, np.ndarray] = {}
         embedded = 0
