@@ -18,6 +18,7 @@ from rq.job import Job
 
 from ml_backend.learning.registry import Registry
 from ml_backend.settings import Settings
+from tests.integration.test_api import TEXT
 from tests.integration.test_learning_loop import (  # noqa: F401 (fixtures, by name)
     CONFIG,
     REDIS_URL,
@@ -27,6 +28,8 @@ from tests.integration.test_learning_loop import (  # noqa: F401 (fixtures, by n
     start_loop,
     wait_for,
 )
+from tests.integration.test_worker_faults import jobs, start_worker  # noqa: F401 (fixtures, by name)
+from tests.lsserver import free_port
 
 N_TASKS, LABELLED, CHUNK = 132, 12, 40
 
@@ -84,3 +87,30 @@ def test_two_machines_share_versions_and_chunk_embeddings_through_s3_only(
         assert not (folder / "projects" / str(project_id) / "versions").exists()
     prefix = f"{store_url.removeprefix('s3://models/')}/embeddings/"
     assert len(s3_server.client().list_objects_v2(Bucket="models", Prefix=prefix)["Contents"]) == 3
+
+
+def test_a_worker_that_cannot_reach_the_store_fails_its_job_clearly_retries_and_the_version_stays(
+    request, s3_server, monkeypatch
+):
+    """The web app reaches the store, the worker's endpoint is down (its network, its MinIO): the re-score fails
+    with the store's message in the project status, one log line per attempt, rq retries it, and the current
+    version in the store is the one /setup published."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)  # the web app's (this process); the worker gets a dead endpoint below
+    store_url = f"s3://models/down-{uuid.uuid4().hex[:8]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: neither the store nor LS (never reached)
+    start = request.getfixturevalue("start_worker")  # test_worker_faults': a worker, no Label Studio
+    ls = {"LABEL_STUDIO_URL": dead, "LABEL_STUDIO_API_KEY": "x" * 40}
+    client, _, log_path = start(MODEL_STORE_URL=store_url, AWS_ENDPOINT_URL=dead, JOB_RETRIES="2", **ls)
+    version = client.post("/setup", json={"project": "64.1", "schema": TEXT}).json()["model_version"]
+
+    def retry_shown():
+        status = client.get("/projects/64/status").json()
+        return status if status["retry_pending"] and status["last_error"] else None
+
+    status = wait_for("the re-score's retry to be pending", retry_shown, timeout=120, every=0.2)
+    assert status["last_error"].startswith(f"rescore: StoreError: model store {store_url}/projects: could not"), status
+    assert "EndpointConnectionError" in status["last_error"]
+    assert jobs(client, 64, "rescore")[0]["retries_left"] == 1
+    assert status["current_version"] == version  # nothing the worker did touched the store
+    assert "Traceback" not in log_path.read_text() and "StoreError: model store" in log_path.read_text()
