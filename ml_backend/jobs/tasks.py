@@ -44,6 +44,7 @@ from ml_backend.labelstudio.tasklist import TaskList
 from ml_backend.labelstudio.webhooks import webhook_headers
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
+from ml_backend.learning.store import StoreError
 from ml_backend.learning.training import train_version
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def train_project(project_id: int) -> dict[str, Any]:
         ctx.registry.cleanup_temp(project_id)
         try:
             result = _train(ctx, project_id, lock, reported)
-        except LabelStudioError as exc:
+        except (LabelStudioError, StoreError) as exc:  # both pass: the retry holds the project's slot
             _after_failure(ctx, TRAIN_SLOT, project_id, exc)
             raise
     # promoted: the new version re-scores the pool; refused or kept: still give every unlabelled task a prediction
@@ -354,16 +355,16 @@ def rescore_project(project_id: int) -> dict[str, Any]:
             if ctx.ls.get_project(project_id).model_version == state.version.version:
                 return _fill(ctx, project_id, state, lock)
             return _rescore_pool(ctx, project_id, state, lock)
-    except LabelStudioError as exc:
+    except (LabelStudioError, StoreError) as exc:
         if not _after_failure(ctx, RESCORE_SLOT, project_id, exc) and not isinstance(exc, LabelStudioNotConfigured):
             _retry_later(ctx, project_id, exc)
         raise
 
 
-def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError) -> None:
-    """After the last rq attempt, schedule a later re-score: the pool gets scored once LS is back, not at the next
-    label. rq's own retries (minutes) come first; this adds a few bounded, longer waits. Not when another
-    re-score already waits (it does the same work)."""
+def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError | StoreError) -> None:
+    """After the last rq attempt, schedule a later re-score: the pool gets scored once LS (or the model store) is
+    back, not at the next label. rq's own retries (minutes) come first; this adds a few bounded, longer waits. Not
+    when another re-score already waits (it does the same work)."""
     job = get_current_job()
     if job is None or job.meta.get("superseded_by"):
         return

@@ -11,6 +11,7 @@ that never ran a job sees the same versions and the same current one.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from redis import Redis
 from rq import Queue, Worker
@@ -18,17 +19,16 @@ from rq.job import Job
 
 from ml_backend.learning.registry import Registry
 from ml_backend.settings import Settings
-from tests.integration.test_api import TEXT
 from tests.integration.test_learning_loop import (  # noqa: F401 (fixtures, by name)
     CONFIG,
     REDIS_URL,
+    Forwarder,
     idle,
     loop_configs,
     make_project,
     start_loop,
     wait_for,
 )
-from tests.integration.test_worker_faults import jobs, start_worker  # noqa: F401 (fixtures, by name)
 from tests.lsserver import free_port
 
 N_TASKS, LABELLED, CHUNK = 132, 12, 40
@@ -89,28 +89,48 @@ def test_two_machines_share_versions_and_chunk_embeddings_through_s3_only(
     assert len(s3_server.client().list_objects_v2(Bucket="models", Prefix=prefix)["Contents"]) == 3
 
 
-def test_a_worker_that_cannot_reach_the_store_fails_its_job_clearly_retries_and_the_version_stays(
-    request, s3_server, monkeypatch
+def test_a_worker_that_cannot_reach_the_store_fails_clearly_loses_nothing_and_scores_once_it_is_back(
+    request, ls_server, s3_server, tmp_path, monkeypatch
 ):
-    """The web app reaches the store, the worker's endpoint is down (its network, its MinIO): the re-score fails
-    with the store's message in the project status, one log line per attempt, rq retries it, and the current
-    version in the store is the one /setup published."""
+    """The web app reaches the store, the worker's endpoint is down (its network, its MinIO): the first scoring
+    fails with the store's message in the project status and one log line, the version /setup published stays
+    current, a later re-score is scheduled (as when LS is down), and once the endpoint answers it scores the pool."""
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)  # the web app's (this process); the worker gets a dead endpoint below
+    port = free_port()  # nothing listens there until the forwarder below
     store_url = f"s3://models/down-{uuid.uuid4().hex[:8]}"
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: neither the store nor LS (never reached)
-    start = request.getfixturevalue("start_worker")  # test_worker_faults': a worker, no Label Studio
-    ls = {"LABEL_STUDIO_URL": dead, "LABEL_STUDIO_API_KEY": "x" * 40}
-    client, _, log_path = start(MODEL_STORE_URL=store_url, AWS_ENDPOINT_URL=dead, JOB_RETRIES="2", **ls)
-    version = client.post("/setup", json={"project": "64.1", "schema": TEXT}).json()["model_version"]
+    start = request.getfixturevalue("start_loop")
+    client, _ = start(MODEL_STORE_URL=store_url, AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", JOB_RETRIES="0")
+    project_id, key, _, _ = make_project(ls_server, n_tasks=20, n_labelled=0)
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
 
-    def retry_shown():
-        status = client.get("/projects/64/status").json()
-        return status if status["retry_pending"] and status["last_error"] else None
+    def waiting_retry():
+        status = client.get(f"/projects/{project_id}/status").json()
+        late = [j for j in status["jobs"] if j["kind"] == "rescore" and j["status"] == "scheduled"]
+        return status if late and status["last_error"] else None
 
-    status = wait_for("the re-score's retry to be pending", retry_shown, timeout=120, every=0.2)
-    assert status["last_error"].startswith(f"rescore: StoreError: model store {store_url}/projects: could not"), status
+    status = wait_for("a later re-score to be scheduled after the failure", waiting_retry, timeout=120)
+    assert status["last_error"].startswith(f"rescore: model store {store_url}/projects: could not read")
     assert "EndpointConnectionError" in status["last_error"]
-    assert jobs(client, 64, "rescore")[0]["retries_left"] == 1
     assert status["current_version"] == version  # nothing the worker did touched the store
-    assert "Traceback" not in log_path.read_text() and "StoreError: model store" in log_path.read_text()
+    (late,) = [j for j in status["jobs"] if j["status"] == "scheduled"]
+    log_path = tmp_path / "worker-0.log"  # start_loop's
+    assert "StoreError: model store" in log_path.read_text() and "Traceback" not in log_path.read_text()
+
+    forwarder = Forwarder(port, s3_server.endpoint_url)  # the worker's endpoint answers again
+    try:
+        queue = client.app.state.backend.queue()
+        # skip the 10 minutes the late re-score would wait: make it due now, the worker's scheduler enqueues it
+        queue.queue.scheduled_job_registry.schedule(Job.fetch(late["id"], connection=queue.redis), datetime.now(UTC))
+        status = wait_for("the pool to be scored", lambda: scored(client, project_id))
+    finally:
+        forwarder.close()
+    assert status["jobs"][0]["id"] == late["id"] and status["jobs"][0]["status"] == "finished", status["jobs"]
+    assert status["last_error"] is None
+    assert ls_server.sdk().projects.get(project_id).model_version == version
+
+
+def scored(client, project_id: int) -> dict | None:
+    """The status once the late re-score ran: idle, with it and the failed first scoring."""
+    status = idle(client, project_id)
+    return status if status and len(status["jobs"]) >= 2 else None
