@@ -5,7 +5,8 @@ Each worker has a DATA_DIR of its own (its local flags, task list, embedding cac
 two machines without a shared mount have. The pool's first scoring is fanned out over both, the chunks' vectors
 travel through the store to the gathering re-score; a training on whichever worker publishes a version the other
 serves, and the new version's re-score finds the whole pool embedded on whichever machine it runs; a third machine
-that never ran a job sees the same versions and the same current one.
+that never ran a job sees the same versions and the same current one. A worker whose store endpoint is down fails
+clearly, loses nothing, and scores the pool once the endpoint answers again.
 """
 
 from __future__ import annotations
