@@ -18,7 +18,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 RUN mkdir ml_backend && touch ml_backend/__init__.py \
  && pip install --index-url "$TORCH_INDEX_URL" "torch==2.13.0" \
- && pip install . \
+ && pip install ".[s3]" \
  && pip uninstall -y al-ml-backend && rm -rf ml_backend
 COPY ml_backend ./ml_backend
 COPY model_configs ./model_configs

@@ -19,12 +19,26 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", protected_namespaces=())
 
-    data_dir: Path = Field(Path("./data"), description="Model versions, embedding cache and file cache live here.")
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Model versions (unless MODEL_STORE_URL names another store), embedding cache and file cache.",
+    )
     embedding_cache_dir: Path | None = Field(
         None,
         description="Folder of the embedding cache, default DATA_DIR/embeddings. Give it a folder on the machine's "
         "own disk when DATA_DIR is a network mount shared by several machines: the cache is SQLite in WAL mode, "
         "which is safe only for processes on one host.",
+    )
+    model_store_url: str | None = Field(
+        None,
+        description="Where versions, current pointers, pool orders and embedding chunks live for every process: a "
+        "folder (default DATA_DIR; a shared mount for workers on several machines) or s3://bucket/prefix "
+        "(S3-compatible; endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).",
+    )
+    model_store_cache_dir: Path | None = Field(
+        None,
+        description="This machine's copies of committed version files read from s3:// (immutable), default "
+        "DATA_DIR/store-cache.",
     )
     model_configs_dir: Path = Field(_REPO_CONFIGS, description="Folder of model config YAML files.")
     text_model_config: str = Field("text-minilm", description="Model config for Text/HyperText projects.")
@@ -94,8 +108,8 @@ class Settings(BaseSettings):
         1000,
         ge=0,
         description="A re-score with more pool tasks to embed than this splits the embedding into chunk jobs of "
-        "this many tasks on the queue, so every worker (on any machine sharing Redis and DATA_DIR) embeds a part; "
-        "0: never (the re-score embeds alone).",
+        "this many tasks on the queue, so every worker (on any machine sharing Redis and the model store) embeds a "
+        "part; 0: never (the re-score embeds alone).",
     )
     import_concurrency: int = Field(
         1,
@@ -117,6 +131,10 @@ class Settings(BaseSettings):
     @property
     def embeddings_dir(self) -> Path:
         return self.embedding_cache_dir or self.data_dir / "embeddings"
+
+    @property
+    def store_cache_dir(self) -> Path:
+        return self.model_store_cache_dir or self.data_dir / "store-cache"
 
     @property
     def files_dir(self) -> Path:

@@ -53,7 +53,7 @@ class Backend:
 
     def __init__(self, settings: Settings, encoders: EncoderPool | None = None):
         self.settings = settings
-        self.registry = Registry(settings.projects_dir)
+        self.registry = Registry.from_settings(settings)
         self.service = ScoringService(settings, self.registry, encoders or EncoderPool(), None, parse_label_config)
         self.connect_label_studio(*self.registry.ls_connection())
         self.counters: Counter[str] = Counter()

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ml_backend.learning.store import StoreError
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
         # JSON nested thousands of levels deep exhausts the parser's recursion: the caller's fault, not ours
         return error(400, "the body is nested too deeply")
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        # a deployment problem that passes (endpoint down, credentials rotated): LS may retry; nothing was lost
+        log.error("model store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error(503, "the model store is unavailable (details are in the server log)")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,5 +1,5 @@
 """``ml-backend export``: the queue's next tasks, the labelled tasks or the hard examples of a project as a file
-(the same as ``GET /projects/{id}/export``), read from the data folder and Label Studio named by the settings."""
+(the same as ``GET /projects/{id}/export``), read from the model store and Label Studio named by the settings."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ml_backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
+from ml_backend.learning.store import StoreError
 from ml_backend.models.config import UnknownModelConfig
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
@@ -20,12 +21,12 @@ from ml_backend.settings import Settings
 
 def run_export(args: argparse.Namespace) -> None:
     settings = Settings()
-    registry = Registry(settings.projects_dir)
     try:
+        registry = Registry.from_settings(settings)
         state = ScoringService(settings, registry, EncoderPool(), None, parse_label_config).state(args.project)
         ls = LabelStudioClient.from_settings(settings, *registry.ls_connection())
         done = export_project(args.what, args.format, state, registry, ls, args.limit)
-    except (UnknownProject, UnknownModelConfig, InvalidModelConfig, ExportError, LabelStudioError) as exc:
+    except (UnknownProject, UnknownModelConfig, InvalidModelConfig, ExportError, LabelStudioError, StoreError) as exc:
         sys.exit(f"ml-backend export: {exc}")
     if args.out is None:
         sys.stdout.buffer.write(done.content)

@@ -17,6 +17,7 @@ from ml_backend.labelstudio.client import LabelStudioClient
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import ScoringService
+from ml_backend.learning.store import ModelStore, open_store
 from ml_backend.models.config import load_model_config
 from ml_backend.models.encoders import configure_torch
 from ml_backend.models.pool import EncoderPool
@@ -43,8 +44,13 @@ class WorkerContext:
         return cls(settings, encoders)
 
     @cached_property
+    def store(self) -> ModelStore:
+        """The model store every machine shares (``MODEL_STORE_URL``): versions and embedding chunks."""
+        return open_store(self.settings)
+
+    @cached_property
     def registry(self) -> Registry:
-        return Registry(self.settings.projects_dir)
+        return Registry.from_settings(self.settings, self.store)
 
     @cached_property
     def ls(self) -> LabelStudioClient:
@@ -53,7 +59,14 @@ class WorkerContext:
 
     @cached_property
     def service(self) -> ScoringService:
-        return ScoringService(self.settings, self.registry, self.encoders, self.ls.fetch_file, parse_label_config)
+        return ScoringService(
+            self.settings,
+            self.registry,
+            self.encoders,
+            self.ls.fetch_file,
+            parse_label_config,
+            shared_embeddings=self.store.child("embeddings"),
+        )
 
     @cached_property
     def redis(self) -> Redis:

@@ -53,8 +53,8 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 _RECENT_JOBS = 50
 #: slots of the coalesced job kinds: the Redis key (under ``al:<queue>:``) naming the one waiting job
 TRAIN_SLOT, RESCORE_SLOT, DEDUPE_SLOT = "pending", "pending:rescore", "pending:dedupe"
-#: seconds a finished embedding chunk keeps its result (its vectors) for the re-score that gathers it, which
-#: deletes it; a day covers a fan-out that runs for hours on few workers without leaving vectors in Redis for good
+#: seconds a finished embedding chunk keeps its result (the name of its vectors' object in the model store) for the
+#: re-score that gathers it, which deletes both; a day covers a fan-out that runs for hours on few workers
 CHUNK_RESULT_TTL = 86400
 #: LS saves what /predict returned only after our answer, one prediction at a time (~0.1 s each measured on
 #: SQLite, 2 cores), e.g. "Retrieve predictions" racing our own import of the version: duplicates are looked for

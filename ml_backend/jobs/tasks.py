@@ -44,6 +44,7 @@ from ml_backend.labelstudio.tasklist import TaskList
 from ml_backend.labelstudio.webhooks import webhook_headers
 from ml_backend.learning.registry import VersionInfo
 from ml_backend.learning.service import ProjectState, ScoringService
+from ml_backend.learning.store import StoreError
 from ml_backend.learning.training import train_version
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def train_project(project_id: int) -> dict[str, Any]:
         ctx.registry.cleanup_temp(project_id)
         try:
             result = _train(ctx, project_id, lock, reported)
-        except LabelStudioError as exc:
+        except (LabelStudioError, StoreError) as exc:  # both pass: the retry holds the project's slot
             _after_failure(ctx, TRAIN_SLOT, project_id, exc)
             raise
     # promoted: the new version re-scores the pool; refused or kept: still give every unlabelled task a prediction
@@ -354,16 +355,16 @@ def rescore_project(project_id: int) -> dict[str, Any]:
             if ctx.ls.get_project(project_id).model_version == state.version.version:
                 return _fill(ctx, project_id, state, lock)
             return _rescore_pool(ctx, project_id, state, lock)
-    except LabelStudioError as exc:
+    except (LabelStudioError, StoreError) as exc:
         if not _after_failure(ctx, RESCORE_SLOT, project_id, exc) and not isinstance(exc, LabelStudioNotConfigured):
             _retry_later(ctx, project_id, exc)
         raise
 
 
-def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError) -> None:
-    """After the last rq attempt, schedule a later re-score: the pool gets scored once LS is back, not at the next
-    label. rq's own retries (minutes) come first; this adds a few bounded, longer waits. Not when another
-    re-score already waits (it does the same work)."""
+def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioError | StoreError) -> None:
+    """After the last rq attempt, schedule a later re-score: the pool gets scored once LS (or the model store) is
+    back, not at the next label. rq's own retries (minutes) come first; this adds a few bounded, longer waits. Not
+    when another re-score already waits (it does the same work)."""
     job = get_current_job()
     if job is None or job.meta.get("superseded_by"):
         return
@@ -471,11 +472,12 @@ def _fan_out_embedding(
 def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -> dict[str, Any]:
     """Store the chunks' embeddings in this machine's cache (a chunk may have run on a machine with its own cache)
     and report what they did: chunks finished and failed, tasks embedded, skipped and newly stored here, and how
-    many chunks each worker (``host/worker``) embedded. One chunk at a time, each finished one deleted once stored:
-    its result holds the vectors (about 1.5 kB per text task), which nothing else reads. Failed chunks stay in rq's
-    failed registry for the admin."""
+    many chunks each worker (``host/worker``) embedded. The vectors come from the packs the chunks left in the model
+    store (``learning.embcache``); the finished chunk jobs are deleted, failed ones stay in rq's failed registry for
+    the admin."""
     report: dict[str, Any] = {"chunks": len(chunk_ids), "finished": 0, "embedded": 0, "skipped": 0, "stored_here": 0}
     per_worker: dict[str, int] = {}
+    fingerprints: set[str] = set()
     for chunk_id in chunk_ids:
         try:
             job = Job.fetch(chunk_id, connection=ctx.redis)
@@ -486,10 +488,11 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
             report["finished"] += 1
             report["embedded"] += result.get("embedded", 0)
             report["skipped"] += result.get("skipped", 0)
-            report["stored_here"] += ctx.service.store_embeddings(result["fingerprint"], result["vectors"])
+            fingerprints.add(result["fingerprint"])
             name = f"{result.get('host')}/{result.get('worker')}"
             per_worker[name] = per_worker.get(name, 0) + 1
             job.delete()
+    report["stored_here"] = sum(ctx.service.sync_embeddings(f) for f in fingerprints)
     report["failed"] = len(chunk_ids) - report["finished"]
     report["per_worker"] = per_worker
     if report["failed"]:
@@ -506,8 +509,9 @@ def _gather(ctx: context.WorkerContext, project_id: int, chunk_ids: list[str]) -
 @_timed("embed")
 def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gather_id: str) -> dict[str, Any]:
     """One part of a fanned-out pool embedding: embed ``tasks`` with ``version``'s encoder into this machine's cache
-    and return the vectors for the gathering re-score (which may run elsewhere). Safe to retry (the cache is keyed
-    by content); a task that cannot be embedded is counted, not fatal."""
+    and leave the vectors in the model store for the gathering re-score and every other machine (the result names
+    the pack). Safe to retry (the cache and the pack are keyed by content and job); a task that cannot be embedded
+    is counted, not fatal; a store that cannot be written fails the job (rq retries it)."""
     ctx = context.current()
     started = time.monotonic()
     state = ctx.service.state(project_id)
@@ -516,6 +520,7 @@ def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gath
         state, ctx.registry.get_version(project_id, version), tasks, ctx.settings.score_batch_size
     )
     job = get_current_job()
+    pack_key = ctx.service.share_embeddings(fingerprint, _job_id(f"embed-{gather_id}-local"), vectors)
     result = {
         "tasks": len(tasks),
         "embedded": embedded,
@@ -528,7 +533,7 @@ def embed_chunk(project_id: int, version: str, tasks: list[dict[str, Any]], gath
     }
     finished = ctx.queue.chunk_done(gather_id)
     _progress("done", embedded, len(tasks), skipped=len(skipped), worker=result["worker"], chunks_finished=finished)
-    return {**result, "fingerprint": fingerprint, "vectors": vectors}
+    return {**result, "fingerprint": fingerprint, "pack": pack_key}
 
 
 def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:

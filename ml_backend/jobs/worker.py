@@ -25,6 +25,7 @@ from ml_backend.jobs import context
 from ml_backend.jobs.queue import connect
 from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
 from ml_backend.learning.service import InvalidModelConfig
+from ml_backend.learning.store import StoreError
 from ml_backend.models.config import UnknownModelConfig
 from ml_backend.settings import Settings
 
@@ -40,10 +41,10 @@ WORKER_TTL = 35
 
 
 class BackendWorker(Worker):
-    """rq's worker with errors an admin can read: LS being down or unconfigured is one log line (the message says
-    what to check), not a traceback per attempt; a job failing on configuration (LS's URL and token, a model
-    config) is not retried, whatever its kind; and every failed attempt's error lands in the job's meta, so the
-    project status shows it while a retry waits (rq keeps no result for a retried attempt)."""
+    """rq's worker with errors an admin can read: LS or the model store being down, LS unconfigured, is one log line
+    (the message says what to check), not a traceback per attempt; a job failing on configuration (LS's URL and
+    token, a model config) is not retried, whatever its kind; and every failed attempt's error lands in the job's
+    meta, so the project status shows it while a retry waits (rq keeps no result for a retried attempt)."""
 
     def handle_exception(
         self, job: Job, *exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
@@ -57,7 +58,7 @@ class BackendWorker(Worker):
             log.warning("job %s: could not record its error: %s", job.id, err)
         if isinstance(exc, CONFIGURATION_ERRORS):
             job.retries_left = 0  # no attempt can succeed until the admin fixes the configuration
-        if isinstance(exc, (LabelStudioError, *CONFIGURATION_ERRORS)):
+        if isinstance(exc, (LabelStudioError, StoreError, *CONFIGURATION_ERRORS)):
             retrying = "retrying later" if job.should_retry else "no retry left"
             log.error("job %s (%s) failed: %s (%s)", job.id, job.meta.get("kind"), message, retrying)
             return

@@ -1,9 +1,10 @@
-"""Model versions on disk: the single truth about which versions exist and which one serves.
+"""Model versions in the model store: the single truth about which versions exist and which one serves.
 
-Layout under ``<data_dir>/projects/<project id>/``::
+Layout under the store's ``projects/<project id>/`` (``MODEL_STORE_URL``: ``DATA_DIR`` by default, or
+``s3://bucket/prefix``; see ``learning.store``), shared by every process on every machine::
 
     project.json              label config, model config name, LS project key
-    current.json              {"version": ...}: the serving version, replaced atomically (os.replace)
+    current.json              {"version": ...}: the serving version, one object replaced atomically
     versions/<version>/       meta.json (config, seed, metrics, labelled task ids), model.pt (weights),
                               labelled.npy (embeddings of the labelled tasks: novelty and coverage are measured
                               against them), ranking.npz (the pool order of the version's last pool scoring, with
@@ -11,12 +12,19 @@ Layout under ``<data_dir>/projects/<project id>/``::
                               labelled_predictions.npz (the model's label and confidence on each labelled task:
                               possible label errors)
     pool_reference.npy        a sample of the project's pool embeddings: the one reference for density
+
+and under the local ``<data_dir>/projects/<project id>/`` (the same folder with the default store), what belongs to
+the web process that wrote it::
+
     rescore-pending           a pool scoring /setup or a TASKS_CREATED webhook could not enqueue (Redis down)
     deferred-labels.jsonl     labels of annotation webhooks that could not be enqueued (Redis down)
 
-A version is written into a temporary folder and renamed into place, so a crash (even SIGKILL) in the middle
-of publishing leaves the previous versions and the current pointer untouched. Every process (web, workers)
-reads ``current.json`` on each request: no per-process copy of "the current version" can go stale.
+A version is published so that no reader sees a part of it: in a folder, written into a temporary folder and
+renamed into place; in object storage, its files first and its ``meta.json`` last (the commit marker: readers list
+only versions that have one). A crash (even SIGKILL) in the middle of publishing leaves the previous versions and
+the current pointer untouched. The pointer is written after the version is committed. Every process (web, workers)
+reads ``current.json`` on each request: no per-process copy of "the current version" can go stale; a committed
+version never changes (apart from its pool order, ``ranking.npz``), so its files may be cached by version name.
 """
 
 from __future__ import annotations
@@ -24,8 +32,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -35,11 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.learning.store import LocalStore, ModelStore, open_store
 from ml_backend.models.config import ModelConfig
+from ml_backend.settings import Settings
 
 #: the file of a version holding :class:`LabelPredictions`
 LABEL_PREDICTIONS = "labelled_predictions.npz"
 DEFERRED_LABELS = "deferred-labels.jsonl"
+#: a version's commit marker: the file written last, whose presence makes the version exist
+META = "meta.json"
 
 
 def label_predictions_bytes(predictions: LabelPredictions) -> bytes:
@@ -129,45 +139,47 @@ def _deferred_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Registry:
-    """Per-project versions, metrics and the current pointer, on a folder shared by all processes."""
+    """Per-project versions, metrics and the current pointer in ``store`` (shared by all processes), and the web
+    process's own flags in the folder ``root``. Without a store, both are ``root`` (one folder, as on one machine)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store: ModelStore | None = None):
         self.root = Path(root)
+        self.store = store or LocalStore(self.root)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: ModelStore | None = None) -> Registry:
+        """The registry of a deployment: local flags in ``DATA_DIR/projects``, the rest in the model store's
+        ``projects/`` (``store``: the one ``MODEL_STORE_URL`` names, already open)."""
+        return cls(settings.projects_dir, (store or open_store(settings)).child("projects"))
 
     def _dir(self, project_id: int) -> Path:
         return self.root / str(int(project_id))
 
+    @staticmethod
+    def _key(project_id: int, *parts: str) -> str:
+        return "/".join((str(int(project_id)), *parts))
+
+    def _read_json(self, key: str, immutable: bool = False) -> Any:
+        data = self.store.read(key, immutable)
+        return None if data is None else json.loads(data)
+
     # -- projects ---------------------------------------------------------------------------------------------
     def get_project(self, project_id: int) -> ProjectRecord | None:
-        path = self._dir(project_id) / "project.json"
-        if not path.is_file():
-            return None
-        return ProjectRecord(**json.loads(path.read_text()))
+        saved = self._read_json(self._key(project_id, "project.json"))
+        return None if saved is None else ProjectRecord(**saved)
 
     def save_project(self, record: ProjectRecord) -> None:
-        _write_atomic(self._dir(record.project_id) / "project.json", json.dumps(asdict(record), indent=1).encode())
+        self.store.write(self._key(record.project_id, "project.json"), json.dumps(asdict(record), indent=1).encode())
 
     def archive_project(self, project_id: int) -> Path:
-        """Move a project's state aside (its LS project was replaced by another with the same id)."""
-        src = self._dir(project_id)
-        dst = self.root / f"{project_id}.archived-{int(time.time())}"
-        src.rename(dst)
-        return dst
+        """Move a project's state aside (its LS project was replaced by another with the same id): in the store,
+        and its local flags (already moved when the store is the same folder)."""
+        archived = f"{project_id}.archived-{int(time.time())}"
+        self.store.move(str(int(project_id)), archived)
+        if self._dir(project_id).exists():
+            self._dir(project_id).rename(self.root / archived)
+        return self.root / archived
 
     def mark_rescore_pending(self, project_id: int, pending: bool = True) -> None:
         """Remember on disk that a project's pool scoring could not be enqueued (Redis down during /setup or a
@@ -183,9 +195,13 @@ class Registry:
         """Whether the project's pool scoring still has to be enqueued (see :meth:`mark_rescore_pending`)."""
         return (self._dir(project_id) / "rescore-pending").is_file()
 
+    def _local_project_ids(self) -> list[int]:
+        """Projects with a local folder (flags of this web process)."""
+        return sorted(int(p.name) for p in self.root.glob("*") if p.name.isdigit()) if self.root.is_dir() else []
+
     def rescore_pending(self) -> list[int]:
         """Projects whose pool scoring still has to be enqueued."""
-        return [p for p in self.project_ids() if self.is_rescore_pending(p)]
+        return [p for p in self._local_project_ids() if self.is_rescore_pending(p)]
 
     def defer_labels(self, project_id: int, labels: int, force: bool) -> None:
         """Keep on disk the labels of a webhook whose job could not be enqueued (Redis down): LS sends a webhook
@@ -216,7 +232,7 @@ class Registry:
         return sum(int(x["labels"]) for x in _deferred_lines(path)) if path.is_file() else 0
 
     def projects_with_deferred_labels(self) -> list[int]:
-        return [p for p in self.project_ids() if (self._dir(p) / DEFERRED_LABELS).is_file()]
+        return [p for p in self._local_project_ids() if (self._dir(p) / DEFERRED_LABELS).is_file()]
 
     def save_ls_connection(self, url: str, token: str) -> None:
         """Keep the LS URL and token /setup brought (used only when the environment names no LS): the workers
@@ -239,26 +255,32 @@ class Registry:
         return saved.get("url"), saved.get("token")
 
     def project_ids(self) -> list[int]:
-        return sorted(int(p.name) for p in self.root.glob("*") if p.name.isdigit()) if self.root.is_dir() else []
+        """The projects registered in the store."""
+        return sorted(int(name) for name in self.store.children("") if name.isdigit())
 
     # -- versions ---------------------------------------------------------------------------------------------
     def current(self, project_id: int) -> VersionInfo | None:
-        path = self._dir(project_id) / "current.json"
-        if not path.is_file():
-            return None
-        return self.get_version(project_id, json.loads(path.read_text())["version"])
+        pointer = self._read_json(self._key(project_id, "current.json"))
+        return None if pointer is None else self.get_version(project_id, pointer["version"])
+
+    def _meta(self, project_id: int, version: str) -> dict[str, Any] | None:
+        """A committed version's meta.json (None: no such version, or not committed yet)."""
+        return self._read_json(self._key(project_id, "versions", version, META), immutable=True)
 
     def get_version(self, project_id: int, version: str) -> VersionInfo:
-        meta = self._dir(project_id) / "versions" / version / "meta.json"
-        return VersionInfo(**json.loads(meta.read_text()))
+        meta = self._meta(project_id, version)
+        if meta is None:
+            raise FileNotFoundError(f"no version {version} in project {project_id}")
+        return VersionInfo(**meta)
 
     def versions(self, project_id: int) -> list[VersionInfo]:
         """Every version ever published for the project (promoted or not), oldest first."""
-        vdir = self._dir(project_id) / "versions"
-        # pathlib's glob matches hidden folders: skip the ``.tmp-*`` one a publish is writing (its meta.json may be
-        # empty at this instant; the status page read one and failed while the worker published)
-        metas = [m for m in vdir.glob("*/meta.json") if not m.parent.name.startswith(".")] if vdir.is_dir() else []
-        return sorted((VersionInfo(**json.loads(m.read_text())) for m in metas), key=lambda v: v.number)
+        # skip the hidden ``.tmp-*`` folder a publish is writing in a folder store (its meta.json may be empty at
+        # this instant; the status page read one and failed while the worker published), and, in object storage,
+        # a version whose meta.json (written last) is not there yet
+        names = [n for n in self.store.children(self._key(project_id, "versions")) if not n.startswith(".")]
+        metas = [m for m in (self._meta(project_id, n) for n in names) if m is not None]
+        return sorted((VersionInfo(**m) for m in metas), key=lambda v: v.number)
 
     def next_number(self, project_id: int) -> int:
         return max((v.number for v in self.versions(project_id)), default=-1) + 1
@@ -299,52 +321,50 @@ class Registry:
         return self.publish(project_id, info, files, promote=promote)
 
     def publish(self, project_id: int, info: VersionInfo, files: dict[str, bytes], promote: bool) -> VersionInfo:
-        """Write a version atomically; make it current if ``promote``. Returns the stored info."""
-        vroot = self._dir(project_id) / "versions"
-        vroot.mkdir(parents=True, exist_ok=True)
-        final = vroot / info.version
-        if final.exists():
-            raise FileExistsError(f"version {info.version} already exists")
+        """Write a version atomically (its meta.json committing it); make it current if ``promote``. Returns the
+        stored info."""
         info.promoted = promote
-        tmp = Path(tempfile.mkdtemp(dir=vroot, prefix=".tmp-"))
+        meta = json.dumps(asdict(info), indent=1).encode()
         try:
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            (tmp / "meta.json").write_text(json.dumps(asdict(info), indent=1))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            self.store.publish(self._key(project_id, "versions", info.version), {**files, META: meta}, META)
+        except FileExistsError:
+            raise FileExistsError(f"version {info.version} already exists") from None
         if promote:
             self.set_current(project_id, info.version)
         return info
 
     def set_current(self, project_id: int, version: str) -> None:
-        if not (self._dir(project_id) / "versions" / version / "meta.json").is_file():
-            raise FileNotFoundError(f"no version {version} in project {project_id}")
-        _write_atomic(self._dir(project_id) / "current.json", json.dumps({"version": version}).encode())
+        """Point the project at a committed version: one small object, written after the version is complete."""
+        self.get_version(project_id, version)
+        self.store.write(self._key(project_id, "current.json"), json.dumps({"version": version}).encode())
+
+    def _version_file(self, project_id: int, version: str, name: str) -> bytes | None:
+        """A committed version's file (immutable: this machine's copy answers once read)."""
+        return self.store.read(self._key(project_id, "versions", version, name), immutable=True)
 
     def read_file(self, project_id: int, version: str, name: str) -> bytes:
-        return (self._dir(project_id) / "versions" / version / name).read_bytes()
+        data = self._version_file(project_id, version, name)
+        if data is None:
+            raise FileNotFoundError(f"version {version} of project {project_id} has no {name}")
+        return data
 
     # -- pool reference for cold start ------------------------------------------------------------------------
     def save_pool_reference(self, project_id: int, embeddings: np.ndarray) -> None:
-        path = self._dir(project_id) / "pool_reference.npy"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, embeddings.astype(np.float32))
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, embeddings.astype(np.float32))
+        self.store.write(self._key(project_id, "pool_reference.npy"), buf.getvalue())
+
+    def pool_reference_mtime(self, project_id: int) -> float:
+        """When the project's pool reference was last written (0.0: never)."""
+        return self.store.mtime(self._key(project_id, "pool_reference.npy"))
 
     def pool_reference(self, project_id: int) -> np.ndarray | None:
-        path = self._dir(project_id) / "pool_reference.npy"
-        return np.load(path) if path.is_file() else None
+        data = self.store.read(self._key(project_id, "pool_reference.npy"))
+        return None if data is None else np.load(io.BytesIO(data))
 
     def labelled_embeddings(self, project_id: int, version: str) -> np.ndarray | None:
-        path = self._dir(project_id) / "versions" / version / "labelled.npy"
-        return np.load(path).astype(np.float32) if path.is_file() else None
+        data = self._version_file(project_id, version, "labelled.npy")
+        return None if data is None else np.load(io.BytesIO(data)).astype(np.float32)
 
     def save_ranking(
         self,
@@ -367,15 +387,15 @@ class Registry:
             predicted=np.asarray(list(predicted) if predicted is not None else [""] * len(task_ids), dtype=str),
             uncertainty=np.asarray(uncertainty if uncertainty is not None else np.full(len(task_ids), np.nan), float),
         )
-        _write_atomic(self._ranking_path(project_id, version), buf.getvalue())
+        self.store.write(self._ranking_key(project_id, version), buf.getvalue())
 
-    def _ranking_path(self, project_id: int, version: str) -> Path:
-        return self._dir(project_id) / "versions" / version / "ranking.npz"
+    def _ranking_key(self, project_id: int, version: str) -> str:
+        """The version's pool order: the one file of a version rewritten after it is committed (never cached)."""
+        return self._key(project_id, "versions", version, "ranking.npz")
 
     def ranking_mtime(self, project_id: int, version: str) -> float:
         """When the version's stored pool order was last written (0.0: never)."""
-        path = self._ranking_path(project_id, version)
-        return path.stat().st_mtime if path.is_file() else 0.0
+        return self.store.mtime(self._ranking_key(project_id, version))
 
     def ranking(self, project_id: int, version: str) -> StoredRanking | None:
         """The version's stored LS score per task and the floor of the rest of the pool (None: never scored)."""
@@ -386,10 +406,12 @@ class Registry:
 
     def pool_predictions(self, project_id: int, version: str) -> PoolPredictions | None:
         """The version's stored pool view for the dashboard and the stopping rule (None: never scored the pool)."""
-        path = self._ranking_path(project_id, version)
-        if not path.is_file():
+        key = self._ranking_key(project_id, version)
+        written_at = self.store.mtime(key)
+        stored = self.store.read(key) if written_at else None
+        if stored is None:
             return None
-        with np.load(path) as data:
+        with np.load(io.BytesIO(stored)) as data:
             n = len(data["task_ids"])
             return PoolPredictions(
                 version,
@@ -399,19 +421,23 @@ class Registry:
                 data["predicted"].tolist() if "predicted" in data else [""] * n,
                 data["uncertainty"] if "uncertainty" in data else np.full(n, np.nan),
                 float(data["rest_floor"]),
-                path.stat().st_mtime,
+                written_at,
             )
 
     def label_predictions(self, project_id: int, version: str) -> LabelPredictions | None:
-        path = self._dir(project_id) / "versions" / version / LABEL_PREDICTIONS
-        if not path.is_file():
+        stored = self._version_file(project_id, version, LABEL_PREDICTIONS)
+        if stored is None:
             return None
-        with np.load(path) as data:
+        with np.load(io.BytesIO(stored)) as data:
             return LabelPredictions(
                 data["task_ids"].tolist(), data["predicted"].tolist(), data["confidence"], data["human"].tolist()
             )
 
     def cleanup_temp(self, project_id: int) -> None:
-        """Remove half-written versions left by a crashed job (they were never visible)."""
-        for tmp in (self._dir(project_id) / "versions").glob(".tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        """Remove half-written versions left by a crashed job (they were never visible): a folder store's
+        ``.tmp-*`` folders, an object store's versions without their meta.json. Called under the training lock,
+        the only publisher of versions with files (an untrained version is its meta.json alone)."""
+        prefix = self._key(project_id, "versions")
+        for name in self.store.children(prefix):
+            if name.startswith(".tmp-") or (not name.startswith(".") and self._meta(project_id, name) is None):
+                self.store.delete(f"{prefix}/{name}")

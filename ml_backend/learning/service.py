@@ -25,9 +25,10 @@ import numpy as np
 
 from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
-from ml_backend.learning.embcache import EmbeddingCache, content_key
+from ml_backend.learning.embcache import EmbeddingCache, content_key, pack, unpack
 from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
+from ml_backend.learning.store import ModelStore
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import ModelConfig, UnknownModelConfig, load_model_config
 from ml_backend.models.image import ImageError, load_image
@@ -94,17 +95,20 @@ class ScoringService:
         encoders: EncoderPool,
         fetch_file: FileFetcher | None,
         parse_config: ConfigParser,
+        shared_embeddings: ModelStore | None = None,
     ):
         self.settings = settings
         self.registry = registry
         self.encoders = encoders
+        # the model store's embedding packs (``learning.embcache``); None: this machine's cache alone
+        self.shared_embeddings = shared_embeddings
         self.fetch_file = fetch_file
         self.parse_config = parse_config
         self._heads: OrderedDict[tuple[int, str], Classifier] = OrderedDict()
         self._caches: dict[str, EmbeddingCache] = {}
-        # the stored pool order of a version, per (project, version), with the file's mtime: /predict must not
-        # rebuild a pool-sized dict on every call, and a re-score of the same version rewrites the file
-        self._rankings: dict[tuple[int, str], tuple[float, StoredRanking | None]] = {}
+        # stored pool-sized objects (a version's pool order, a project's pool reference) with their mtime: /predict
+        # must not read (from S3: download) and rebuild them on every call, and a re-score rewrites them
+        self._stored: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._lock = threading.Lock()  # one model computation at a time: torch threads are the parallelism
 
     # -- projects -------------------------------------------------------------------------------------------
@@ -324,8 +328,10 @@ class ScoringService:
         """Indices of the tasks the version's encoder would have to embed, found without downloading or embedding:
         whether a re-score should fan its embedding out over the workers. An image counts as uncached unless an
         earlier embedding recorded the content its URL held. Unusable tasks are left out (nothing to embed; the
-        scoring path reports why)."""
-        cache = self.embedding_cache(self.classifier(state, version))
+        scoring path reports why). Other machines' packs are merged first: what they embedded is not uncached."""
+        clf = self.classifier(state, version)
+        self.sync_embeddings(clf.encoder.fingerprint)
+        cache = self.embedding_cache(clf)
         keys: dict[int, str] = {}
         urls: dict[int, str] = {}
         for i, task in enumerate(tasks):
@@ -346,9 +352,9 @@ class ScoringService:
     ) -> tuple[str, dict[str, np.ndarray], int, dict[str, str]]:
         """Embed one part of a pool (an embedding chunk job) into this machine's cache, ``batch_size`` inputs at a
         time (decoded images must not all sit in memory). Returns the encoder's fingerprint, the embeddings by
-        content key (for the gathering re-score, which may run on another machine with its own cache), how many
-        tasks have one (tasks with the same content share it) and the reason of each task that cannot have one
-        (the rest of the part is unaffected)."""
+        content key (to share with the other machines: :meth:`share_embeddings`), how many tasks have one (tasks
+        with the same content share it) and the reason of each task that cannot have one (the rest of the part is
+        unaffected)."""
         clf = self.classifier(state, version)
         vectors: dict[str, np.ndarray] = {}
         embedded = 0
@@ -360,14 +366,28 @@ class ScoringService:
             skipped.update({str(o.task_id): o.reason for o in outcomes if o.reason})
         return clf.encoder.fingerprint, vectors, embedded, skipped
 
-    def store_embeddings(self, fingerprint: str, vectors: dict[str, np.ndarray]) -> int:
-        """Add embeddings another worker computed with the encoder ``fingerprint`` to this machine's cache (those it
-        lacks); returns how many were added."""
+    def share_embeddings(self, fingerprint: str, name: str, vectors: dict[str, np.ndarray]) -> str:
+        """Leave embeddings this machine computed (and cached) in the model store as the pack ``name``, for every
+        other machine's cache; returns its key. StoreError when the store cannot take it."""
+        if self.shared_embeddings is None:
+            raise RuntimeError("this process has no model store to share embeddings through")
+        key = f"{fingerprint}/{name}.npz"
+        self.shared_embeddings.write(key, pack(vectors))
+        self._cache_of(fingerprint).merge(f"{name}.npz", {})  # its vectors are here already: never download it
+        return key
+
+    def sync_embeddings(self, fingerprint: str) -> int:
+        """Merge into this machine's cache the packs of the encoder ``fingerprint`` that other machines left in the
+        model store since the last sync (one listing, then only the new packs); returns the embeddings added."""
+        if self.shared_embeddings is None:
+            return 0
         cache = self._cache_of(fingerprint)
-        present = cache.present(vectors)
-        missing = {k: v for k, v in vectors.items() if k not in present}
-        cache.put_many(missing)
-        return len(missing)
+        merged = cache.merged()
+        added = 0
+        for name in self.shared_embeddings.children(fingerprint):
+            if name not in merged and (data := self.shared_embeddings.read(f"{fingerprint}/{name}")) is not None:
+                added += cache.merge(name, unpack(data))
+        return added
 
     @staticmethod
     def _embed_one(clf: Classifier, item: Any, outcome: TaskScore) -> np.ndarray | None:
@@ -420,7 +440,10 @@ class ScoringService:
                 probs = mc_probabilities(clf, emb, version.seed, items)
             value = uncertainty_of(state.schema.task, clf, probs)
         else:
-            stored = self.registry.pool_reference(state.record.project_id)
+            pid = state.record.project_id
+            stored = self._fresh(
+                ("pool_reference", pid), self.registry.pool_reference_mtime(pid), self.registry.pool_reference, pid
+            )
             reference = emb if stored is None else stored
             value = representativeness(emb, reference, clf.config.acquisition.cold_start_neighbours)
         ranked = self._stored_ranking(state.record.project_id, version.version)
@@ -431,15 +454,18 @@ class ScoringService:
 
     def _stored_ranking(self, project_id: int, version: str) -> StoredRanking | None:
         mtime = self.registry.ranking_mtime(project_id, version)
-        key = (project_id, version)
+        return self._fresh(("ranking", project_id, version), mtime, self.registry.ranking, project_id, version)
+
+    def _fresh(self, key: tuple[Any, ...], mtime: float, load: Callable[..., Any], *args: Any) -> Any:
+        """``load(*args)``, read again only when the stored object's ``mtime`` changed (0.0: absent, None)."""
         with self._lock:
-            cached = self._rankings.get(key)
+            cached = self._stored.get(key)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, self.registry.ranking(project_id, version) if mtime else None)
+            cached = (mtime, load(*args) if mtime else None)
             with self._lock:
-                self._rankings[key] = cached
-                while len(self._rankings) > 64:
-                    self._rankings.pop(next(iter(self._rankings)))
+                self._stored[key] = cached
+                while len(self._stored) > 64:
+                    self._stored.pop(next(iter(self._stored)))
         return cached[1]
 
     def score_pool(

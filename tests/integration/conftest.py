@@ -147,3 +147,13 @@ def own_redis(tmp_path):
     redis = OwnRedis(tmp_path).start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's, over HTTP) for the model store tests, with an empty bucket ``models``."""
+    from tests.s3server import S3Server
+
+    with S3Server() as server:
+        server.create_bucket("models")
+        yield server

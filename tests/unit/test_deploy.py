@@ -10,13 +10,15 @@ import yaml
 from ml_backend.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+#: botocore's own variables (endpoint, credentials, region of the S3 model store): not settings of ours
+AWS_ENV = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 
 
 def test_compose_sets_only_known_settings_and_shares_the_model_volume():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     assert {"redis", "backend", "worker", "label-studio"} <= set(services)
-    known = {name.upper() for name in Settings.model_fields}
+    known = {name.upper() for name in Settings.model_fields} | AWS_ENV
     for name in ("backend", "worker"):
         assert set(services[name]["environment"]) <= known, set(services[name]["environment"]) - known
         assert "models:/data" in services[name]["volumes"]  # web and worker read the same registry
@@ -34,12 +36,29 @@ def _compose_command() -> list[str] | None:
 
 
 @pytest.mark.skipif(_compose_command() is None, reason="no docker compose client installed (.ci/run installs one)")
-def test_docker_compose_config_validates():
+@pytest.mark.parametrize("profile", [[], ["--profile", "s3"]], ids=["default", "s3"])
+def test_docker_compose_config_validates(profile):
     cmd = _compose_command()
     result = subprocess.run(
-        [*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+        [*cmd, "-f", str(ROOT / "docker-compose.yml"), *profile, "config", "-q"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_s3_profile_runs_minio_with_a_bucket_and_the_backend_reads_the_store_from_the_environment():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("minio", "minio-bucket"):  # only with `--profile s3`: the default deployment stays a volume
+        assert services[name]["profiles"] == ["s3"]
+    assert "mc mb --ignore-existing store/models" in services["minio-bucket"]["command"][0]
+    for name in ("backend", "worker"):
+        env = services[name]["environment"]
+        assert env["MODEL_STORE_URL"] == "${MODEL_STORE_URL:-}"  # empty: the store is DATA_DIR
+        assert env["AWS_ENDPOINT_URL"] == "${AWS_ENDPOINT_URL-http://minio:9000}"
+        # the backend's credentials are MinIO's own, whichever the admin sets
+        assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+    # the image can use it: s3fs comes with the s3 extra
+    assert 'pip install ".[s3]"' in (ROOT / "Dockerfile").read_text()
 
 
 def test_every_setting_is_documented_in_the_readme():
