@@ -34,9 +34,14 @@ class TextEncoder(Encoder):
         self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length, *quantized)
 
     def _batch_order(self, items: Sequence[str]) -> np.ndarray:
-        """Batch texts of similar length together: padding to the longest text of a batch is wasted compute,
-        and sorting roughly doubles pool-scoring throughput on review-length texts (see the speed benchmark)."""
-        return np.argsort([len(t) for t in items], kind="stable")
+        """Batch texts of similar token length together: padding to the longest text of a batch is wasted compute.
+
+        Sorted by tokens, not characters: on 1,024 Rotten Tomatoes snippets (28,356 tokens) batches of 32 compute
+        29,568 token positions sorted by tokens, 36,448 sorted by characters and 54,272 unsorted; the extra
+        tokenisation costs about 1 % of the encoder's time. fp32 vectors do not depend on their batch (padding is
+        masked), so the order changes speed only.
+        """
+        return np.argsort(self._token_lengths(items), kind="stable")
 
     def _forward(self, batch: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(
@@ -48,10 +53,14 @@ class TextEncoder(Encoder):
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def _token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text after truncation (what the encoder computes for it, padding aside)."""
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the encoder actually processes (after truncation), for throughput figures."""
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return sum(len(x) for x in ids)
+        return sum(self._token_lengths(texts))
 
 
 def quantize_int8(network: nn.Module) -> nn.Module:
