@@ -40,6 +40,12 @@ class EncoderConfig(_Strict):
         description="Text: 'int8' runs the encoder's Linear layers with dynamic int8 quantization (faster on CPU, "
         "embeddings close to but not equal to fp32's, cached under their own fingerprint).",
     )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="Text: 'onnx' exports the encoder at load time and runs it in ONNX Runtime (pip install "
+        "'al-ml-backend[onnx]'), with as many threads as torch; same vectors as torch's within 1e-5, so the "
+        "embedding cache is shared.",
+    )
 
 
 class HeadConfig(_Strict):
@@ -189,6 +195,27 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"encoder.quantize: {self.encoder.quantize!r} cannot be combined with training.mode: full "
                 "(a quantized encoder cannot be fine-tuned); use quantize: none to fine-tune"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_frozen_deterministic_text_only(self) -> ModelConfig:
+        """The ONNX graph is the text encoder exported in eval mode: it has no gradients (no fine-tuning), no
+        dropout (full-network MC dropout would return T equal passes) and no torch int8 layers. Refuse those
+        combinations at load time instead of silently running something other than what the config names."""
+        if self.encoder.runtime == "torch":
+            return self
+        requirements = {
+            "kind: text": self.kind == "text",
+            "training.mode: head": self.training.mode == "head",
+            "acquisition.mc_mode: head": self.acquisition.mc_mode == "head",
+            "quantize: none": self.encoder.quantize == "none",
+        }
+        missing = [need for need, ok in requirements.items() if not ok]
+        if missing:
+            raise ValueError(
+                f"encoder.runtime: {self.encoder.runtime!r} needs {', '.join(missing)}: the exported graph is the "
+                "frozen fp32 text encoder, without gradients or dropout; use runtime: torch for the rest"
             )
         return self
 

@@ -12,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from ml_backend.models.config import EncoderConfig
 from ml_backend.models.encoders import Encoder, fingerprint_of, resolve_package_path
+from ml_backend.models.onnx_runtime import OnnxEncoderNetwork
 
 
 class TextEncoder(Encoder):
@@ -24,12 +25,14 @@ class TextEncoder(Encoder):
         self.network.eval()
         if config.quantize == "int8":
             self.network = quantize_int8(self.network)
+        self.onnx = self._export_onnx() if config.runtime == "onnx" else None
         self.pooling = config.pooling
         self.max_length = config.max_length
         self.batch_size = config.batch_size
         self.dim = int(self.network.config.hidden_size)
         # fp32 keeps its historical fingerprint (existing embedding caches stay valid); int8 vectors differ from
-        # fp32's, so they must never be served from, or written into, the fp32 cache
+        # fp32's, so they must never be served from, or written into, the fp32 cache. The runtime is not part of
+        # it: ONNX Runtime gives torch's vectors within 1e-5, so both share one cache
         quantized = () if config.quantize == "none" else (config.quantize,)
         self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length, *quantized)
 
@@ -47,11 +50,23 @@ class TextEncoder(Encoder):
         tokens = self.tokenizer(
             list(batch), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
-        hidden = self.network(**tokens).last_hidden_state  # (b, seq, dim)
+        if self.onnx is None:
+            hidden = self.network(**tokens).last_hidden_state  # (b, seq, dim)
+        else:
+            hidden = self.onnx(tokens)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def _export_onnx(self) -> OnnxEncoderNetwork:
+        """The network exported for ONNX Runtime, traced on two texts of different lengths.
+
+        Padded on purpose: transformers skips the attention mask of a batch without padding, and the tracer
+        would record that skip for every batch.
+        """
+        example = self.tokenizer(["a short text", "and a somewhat longer one"], padding=True, return_tensors="pt")
+        return OnnxEncoderNetwork(self.network, example)
 
     def _token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text after truncation (what the encoder computes for it, padding aside)."""

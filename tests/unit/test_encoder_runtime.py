@@ -1,10 +1,13 @@
-"""The real MiniLM (from its PyPI package): texts are batched by token length, and a text's vector does not depend
-on the batch it lands in."""
+"""The real MiniLM (from its PyPI package): texts are batched by token length, a text's vector does not depend on the
+batch it lands in, and ``encoder.runtime: onnx`` gives torch's vectors (or a clear error when it cannot)."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from ml_backend.models.config import ModelConfig, load_model_config
 from ml_backend.models.pool import EncoderPool
@@ -39,3 +42,67 @@ def test_a_vector_does_not_depend_on_its_batch(torch_encoder):
     in_other_batch = torch_encoder.embed(texts[:5] + datasets.rotten_tomatoes(n=60, seed=7).texts)[:5]
     np.testing.assert_allclose(batched[:5], alone, atol=1e-5)
     np.testing.assert_allclose(in_other_batch, alone, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder():
+    return EncoderPool().get(_minilm(runtime="onnx"))
+
+
+def test_onnx_runtime_gives_torchs_vectors(torch_encoder, onnx_encoder):
+    texts = datasets.rotten_tomatoes(n=96, seed=1).texts + ["word " * 400]  # a truncated, 256-token text too
+    a, b = torch_encoder.embed(texts), onnx_encoder.embed(texts)
+    assert b.shape == a.shape == (97, 384) and b.dtype == np.float32
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert onnx_encoder.onnx is not None and torch_encoder.onnx is None, "both ran torch"
+    # the vectors are the same, so the embedding cache is shared
+    assert onnx_encoder.fingerprint == torch_encoder.fingerprint
+
+
+def test_onnx_vector_does_not_depend_on_its_batch(onnx_encoder):
+    texts = datasets.rotten_tomatoes(n=40, seed=6).texts
+    alone = np.stack([onnx_encoder.embed([t])[0] for t in texts[:5]])  # no padding at all
+    np.testing.assert_allclose(onnx_encoder.embed(texts)[:5], alone, atol=1e-5)
+
+
+def test_onnx_runtime_uses_torchs_thread_count(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    encoder = EncoderPool().get(_minilm(runtime="onnx"))
+    assert encoder.onnx.session.get_session_options().intra_op_num_threads == 2
+
+
+def _load(tmp_path, **parts) -> ModelConfig:
+    body = {"name": "t", "kind": "text", "encoder": {"pretrained": "none"}} | parts
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(body))
+    return load_model_config(tmp_path, "t")
+
+
+def test_runtime_parses_from_yaml_and_an_unknown_one_is_refused(tmp_path):
+    assert _load(tmp_path).encoder.runtime == "torch"
+    assert _load(tmp_path, encoder={"pretrained": "none", "runtime": "onnx"}).encoder.runtime == "onnx"
+    with pytest.raises(ValidationError, match=r"encoder\.runtime\n.*'torch' or 'onnx'"):
+        _load(tmp_path, encoder={"pretrained": "none", "runtime": "tensorrt"})
+
+
+@pytest.mark.parametrize(
+    ("parts", "needs"),
+    [
+        ({"training": {"mode": "full"}}, "training.mode: head"),
+        ({"acquisition": {"mc_mode": "full"}}, "acquisition.mc_mode: head"),
+        ({"encoder": {"pretrained": "none", "runtime": "onnx", "quantize": "int8"}}, "quantize: none"),
+        ({"kind": "image", "encoder": {"pretrained": "efficientnet-lite0", "runtime": "onnx"}}, "kind: text"),
+    ],
+)
+def test_onnx_is_refused_where_the_exported_graph_cannot_do_what_the_config_asks(tmp_path, parts, needs):
+    parts = {"encoder": {"pretrained": "none", "runtime": "onnx"}} | parts
+    with pytest.raises(ValidationError, match=f"encoder.runtime: 'onnx' needs {needs}: the exported"):
+        _load(tmp_path, **parts)
+
+
+@pytest.mark.parametrize("missing", ["onnxruntime", "onnx"])
+def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees when the package is not installed
+    with pytest.raises(ImportError, match=rf"pip install 'al-ml-backend\[onnx\]' \({missing} is not installed\)"):
+        EncoderPool().get(_minilm(runtime="onnx"))
