@@ -38,7 +38,8 @@ class EncoderConfig(_Strict):
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="Text: 'int8' runs the encoder's Linear layers with dynamic int8 quantization (faster on CPU, "
-        "embeddings close to but not equal to fp32's, cached under their own fingerprint).",
+        "embeddings close to but not equal to fp32's, cached under their own fingerprint). With runtime: torch the "
+        "activations have one scale per batch (a vector depends on its batch), with runtime: onnx one per token.",
     )
     runtime: Literal["torch", "onnx"] = Field(
         "torch",
@@ -200,22 +201,21 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _onnx_frozen_deterministic_text_only(self) -> ModelConfig:
-        """The ONNX graph is the text encoder exported in eval mode: it has no gradients (no fine-tuning), no
-        dropout (full-network MC dropout would return T equal passes) and no torch int8 layers. Refuse those
-        combinations at load time instead of silently running something other than what the config names."""
+        """The ONNX graph is the text encoder exported in eval mode: it has no gradients (no fine-tuning) and no
+        dropout (full-network MC dropout would return T equal passes). Refuse those combinations at load time
+        instead of silently running something other than what the config names."""
         if self.encoder.runtime == "torch":
             return self
         requirements = {
             "kind: text": self.kind == "text",
             "training.mode: head": self.training.mode == "head",
             "acquisition.mc_mode: head": self.acquisition.mc_mode == "head",
-            "quantize: none": self.encoder.quantize == "none",
         }
         missing = [need for need, ok in requirements.items() if not ok]
         if missing:
             raise ValueError(
                 f"encoder.runtime: {self.encoder.runtime!r} needs {', '.join(missing)}: the exported graph is the "
-                "frozen fp32 text encoder, without gradients or dropout; use runtime: torch for the rest"
+                "frozen text encoder, without gradients or dropout; use runtime: torch for the rest"
             )
         return self
 

@@ -23,17 +23,19 @@ class TextEncoder(Encoder):
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.network = AutoModel.from_pretrained(source)
         self.network.eval()
-        if config.quantize == "int8":
+        self.onnx = self._export_onnx(int8=config.quantize == "int8") if config.runtime == "onnx" else None
+        if config.quantize == "int8" and self.onnx is None:
             self.network = quantize_int8(self.network)
-        self.onnx = self._export_onnx() if config.runtime == "onnx" else None
         self.pooling = config.pooling
         self.max_length = config.max_length
         self.batch_size = config.batch_size
         self.dim = int(self.network.config.hidden_size)
         # fp32 keeps its historical fingerprint (existing embedding caches stay valid); int8 vectors differ from
-        # fp32's, so they must never be served from, or written into, the fp32 cache. The runtime is not part of
-        # it: ONNX Runtime gives torch's vectors within 1e-5, so both share one cache
+        # fp32's, so they must never be served from, or written into, the fp32 cache. ONNX Runtime's fp32 gives
+        # torch's vectors within 1e-5, so both share one cache; its int8 (per token) differs from torch's int8
         quantized = () if config.quantize == "none" else (config.quantize,)
+        if quantized and config.runtime == "onnx":
+            quantized += ("onnx-per-token",)
         self.fingerprint = fingerprint_of("text", config.pretrained, config.pooling, config.max_length, *quantized)
 
     def _batch_order(self, items: Sequence[str]) -> np.ndarray:
@@ -59,14 +61,14 @@ class TextEncoder(Encoder):
         mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    def _export_onnx(self) -> OnnxEncoderNetwork:
+    def _export_onnx(self, int8: bool) -> OnnxEncoderNetwork:
         """The network exported for ONNX Runtime, traced on two texts of different lengths.
 
         Padded on purpose: transformers skips the attention mask of a batch without padding, and the tracer
         would record that skip for every batch.
         """
         example = self.tokenizer(["a short text", "and a somewhat longer one"], padding=True, return_tensors="pt")
-        return OnnxEncoderNetwork(self.network, example)
+        return OnnxEncoderNetwork(self.network, example, int8=int8)
 
     def _token_lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text after truncation (what the encoder computes for it, padding aside)."""
