@@ -81,8 +81,8 @@ class OnnxEncoderNetwork:
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         model = onnx.load_from_string(graph.getvalue())
-        if int8:
-            quantize_per_token(model)
+        if int8 and quantize_per_token(model) == 0:  # never serve fp32 vectors under the int8 fingerprint
+            raise ValueError(f"encoder.quantize: int8 found no MatMul by a weight to quantize in {type(network)}")
         self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -98,7 +98,7 @@ def quantize_per_token(model: Any) -> int:
     u8 x s8 product is what the CPU's int8 dot-product instructions compute). A token's scale depends on that token
     alone, so a vector no longer depends on the texts batched with it or on their padding, which is what keeps
     torch's ``quantize_dynamic`` (one scale per batch) from being the default. Attention, layer norms and GELU stay
-    fp32. The Linear layers are then a quarter of their fp32 size in memory, as with torch's int8.
+    fp32.
     """
     from onnx import TensorProto, helper, numpy_helper
 
