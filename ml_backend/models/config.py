@@ -38,7 +38,14 @@ class EncoderConfig(_Strict):
     quantize: Literal["none", "int8"] = Field(
         "none",
         description="Text: 'int8' runs the encoder's Linear layers with dynamic int8 quantization (faster on CPU, "
-        "embeddings close to but not equal to fp32's, cached under their own fingerprint).",
+        "embeddings close to but not equal to fp32's, cached under their own fingerprint). With runtime: torch the "
+        "activations have one scale per batch (a vector depends on its batch), with runtime: onnx one per token.",
+    )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="Text: 'onnx' exports the encoder at load time and runs it in ONNX Runtime (pip install "
+        "'al-ml-backend[onnx]'), with as many threads as torch; same vectors as torch's within 1e-5, so the "
+        "embedding cache is shared.",
     )
 
 
@@ -196,6 +203,26 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"encoder.quantize: {self.encoder.quantize!r} cannot be combined with training.mode: full "
                 "(a quantized encoder cannot be fine-tuned); use quantize: none to fine-tune"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_frozen_deterministic_text_only(self) -> ModelConfig:
+        """The ONNX graph is the text encoder exported in eval mode: it has no gradients (no fine-tuning) and no
+        dropout (full-network MC dropout would return T equal passes). Refuse those combinations at load time
+        instead of silently running something other than what the config names."""
+        if self.encoder.runtime == "torch":
+            return self
+        requirements = {
+            "kind: text": self.kind == "text",
+            "training.mode: head": self.training.mode == "head",
+            "acquisition.mc_mode: head": self.acquisition.mc_mode == "head",
+        }
+        missing = [need for need, ok in requirements.items() if not ok]
+        if missing:
+            raise ValueError(
+                f"encoder.runtime: {self.encoder.runtime!r} needs {', '.join(missing)}: the exported graph is the "
+                "frozen text encoder, without gradients or dropout; use runtime: torch for the rest"
             )
         return self
 
