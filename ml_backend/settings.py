@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         "benchmarks/notes.md); 0: always one bulk import request.",
     )
     cold_start_sample: int = Field(
-        2000,
+        1000,
         ge=0,
         description="A first scoring (no trained head) of a pool with more tasks to embed than this ranks a seeded "
         "random sample of this many tasks first, imports its front and points the project at the version; the "
