@@ -418,7 +418,8 @@ def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioEr
 def _rescore_pool(
     ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock
 ) -> dict[str, Any]:
-    """Score the whole pool with a version the project does not point at yet, then switch LS over to it."""
+    """Score the whole pool (at a cold start of a large pool, a sample of it first: ``_cold_start_sample``) with a
+    version the project does not point at yet, then switch LS over to it."""
     version = state.version.version
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
@@ -450,9 +451,10 @@ def _rescore_pool(
     front, rest = (predictions[:k], predictions[k:]) if k else (predictions, [])
     holds_predictions = any(t.get("predictions") for t in tasks)
     created, gone = _create_front(ctx, project_id, version, front, lock, holds_predictions) if front else (0, 0)
-    if version not in ctx.ls.model_versions(project_id):
+    if not created and version not in ctx.ls.model_versions(project_id):
         # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
-        # version without predictions, and the older predictions are all the queue has
+        # version without predictions, and the older predictions are all the queue has (asked only when the front
+        # created nothing: LS may hold the version's predictions from an earlier attempt)
         _progress("done: no unlabelled task to score", 0, len(tasks), skipped=len(skipped))
         return {"version": version, "mode": "pool", "unlabelled": len(tasks), "imported": 0, "skipped": skipped}
     lock.ensure_owned(f"pointing the project at {version}")
