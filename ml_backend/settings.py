@@ -99,10 +99,24 @@ class Settings(BaseSettings):
 
     # -- scale: front first, fewer LS requests (README "Front first") ------------------------------------------
     front_first_tasks: int = Field(
-        500,
+        100,
         ge=0,
         description="After a new version, import the predictions of this many most informative unlabelled tasks "
         "first and point the project at the version; the rest of the pool follows (0: the whole pool first).",
+    )
+    front_create_concurrency: int = Field(
+        8,
+        ge=0,
+        description="Once the project's tasks hold predictions, a new version's front is created one request each, "
+        "this many at a time: LS recounts every task holding a prediction per bulk import request (measured: "
+        "benchmarks/notes.md); 0: always one bulk import request.",
+    )
+    cold_start_sample: int = Field(
+        1000,
+        ge=0,
+        description="A first scoring (no trained head) of a pool with more tasks to embed than this ranks a seeded "
+        "random sample of this many tasks first, imports its front and points the project at the version; the "
+        "rest of the pool is embedded and scored afterwards (0: rank the whole pool first).",
     )
     embed_chunk_size: int = Field(
         1000,

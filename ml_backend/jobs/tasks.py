@@ -3,13 +3,15 @@
 - ``train_project``: labels from LS -> train -> evaluate -> publish a version (promoted if not worse), only while
   the job still holds the project's training lock and the project's label set is the one it trained on.
 - ``rescore_project``: bring LS up to the version current when the job starts. If the project does not point at
-  it yet: score every unlabelled task, import the predictions of the ``FRONT_FIRST_TASKS`` lowest scores (the
+  it yet: score every unlabelled task, create the predictions of the ``FRONT_FIRST_TASKS`` lowest scores (the
   tasks LS serves next; stage "front"), point the project at the version, import the rest (stage "fill"), then
   delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
-  the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings), so the
-  queue never freezes.
+  the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings, the pool
+  after a cold-start sample), then delete the older versions' predictions, so the queue never freezes.
   A pool with more than ``EMBED_CHUNK_SIZE`` tasks to embed is embedded first, in ``embed_chunk`` jobs that every
-  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached.
+  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached. A cold
+  start (no trained head) with more than ``COLD_START_SAMPLE`` tasks to embed ranks a seeded sample of the pool
+  first, points the project at the version, and leaves the rest of the pool to the fill (which fans out).
 - ``embed_chunk``: fill the shared embedding cache for one part of a pool.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
 - ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 from redis.exceptions import RedisError
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
@@ -316,6 +319,42 @@ def _import(
     return created
 
 
+def _create_front(
+    ctx: context.WorkerContext,
+    project_id: int,
+    version: str,
+    front: list[dict[str, Any]],
+    lock: ProjectLock,
+    recount_costly: bool,
+) -> tuple[int, int]:
+    """Put the front's predictions into LS; returns how many LS created and how many tasks it no longer had.
+
+    On each bulk import request LS recounts the predictions and annotations of every task of the project that has
+    any (one UPDATE zeroes the others): 9-19 s at 10k tasks holding predictions, 0.5-3 s while none does
+    (benchmarks/notes.md "The front: single creates against one bulk import"). So when the project's tasks hold
+    predictions (``recount_costly``: every re-score after the first), the front is created one request each,
+    ``FRONT_CREATE_CONCURRENCY`` at a time (a create touches its own task only); else, or with the setting 0, it
+    is one bulk import. A task deleted in LS since the sync is skipped, logged, counted and dropped from the task
+    list."""
+    if not ctx.settings.front_create_concurrency or not recount_costly:
+        return _import(ctx, project_id, version, front, lock, stage="front", dedupe=False), 0
+    lock.ensure_owned(f"creating {len(front)} predictions")
+    _progress("front", 0, len(front))
+    created, gone = ctx.ls.create_predictions(project_id, front, ctx.settings.front_create_concurrency)
+    tasklist = _tasklist(ctx, project_id)
+    tasklist.record_predictions(version, {p["task"]: p["score"] for p in front if p["task"] not in gone})
+    if gone:
+        tasklist.remove(gone)
+        log.warning(
+            "project %s: %d tasks of the front were deleted in LS: skipped (%s)",
+            project_id,
+            len(gone),
+            next(iter(gone.values())),
+        )
+    _progress("front", created, len(front), front_deleted_tasks=len(gone))
+    return created, len(gone)
+
+
 def _still_in_label_studio(
     ctx: context.WorkerContext, project_id: int, predictions: list[dict[str, Any]], exc: LabelStudioError
 ) -> list[dict[str, Any]]:
@@ -380,23 +419,26 @@ def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioEr
 def _rescore_pool(
     ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock
 ) -> dict[str, Any]:
-    """Score the whole pool with a version the project does not point at yet, then switch LS over to it."""
+    """Score the whole pool (at a cold start of a large pool, a sample of it first: ``_cold_start_sample``) with a
+    version the project does not point at yet, then switch LS over to it."""
     version = state.version.version
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
     _secure_webhooks(ctx, project_id)
     tasks = _unlabelled_tasks(ctx, project_id)
-    embedding = _fan_out_embedding(ctx, project_id, state, tasks)
+    sample = _cold_start_sample(ctx, state, tasks)
+    embedding = None if sample else _fan_out_embedding(ctx, project_id, state, tasks)
     if embedding is not None and "continued_by" in embedding:
         return {"version": version, "mode": "pool", "unlabelled": len(tasks), "embedding": embedding}
-    # the order is batch-aware: rank every unlabelled task, then import what LS lacks (absent, or another score:
-    # a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
+    ranked = sample or tasks
+    # the order is batch-aware: rank every unlabelled task (or the sample), then import what LS lacks (absent, or
+    # another score: a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
     scored, skipped = _score_and_collect(
-        ctx.service, state, tasks, state.version, ctx.settings.score_batch_size, "rescore", whole_pool=True
+        ctx.service, state, ranked, state.version, ctx.settings.score_batch_size, "rescore", whole_pool=True
     )
     stored = {
         t["id"]: [p.get("score") for p in t.get("predictions") or [] if p.get("model_version") == version]
-        for t in tasks
+        for t in ranked
     }
     predictions = [
         p
@@ -408,20 +450,35 @@ def _rescore_pool(
     predictions.sort(key=lambda p: (p["score"], p["task"]))
     k = ctx.settings.front_first_tasks
     front, rest = (predictions[:k], predictions[k:]) if k else (predictions, [])
-    created = _import(ctx, project_id, version, front, lock, stage="front", dedupe=False) if front else 0
-    if version not in ctx.ls.model_versions(project_id):
+    holds_predictions = any(t.get("predictions") for t in tasks)
+    created, gone = _create_front(ctx, project_id, version, front, lock, holds_predictions) if front else (0, 0)
+    if not created and version not in ctx.ls.model_versions(project_id):
         # nothing to serve (every task labelled, or none could be scored): LS refuses to point a project at a
-        # version without predictions, and the older predictions are all the queue has
+        # version without predictions, and the older predictions are all the queue has (asked only when the front
+        # created nothing: LS may hold the version's predictions from an earlier attempt)
         _progress("done: no unlabelled task to score", 0, len(tasks), skipped=len(skipped))
         return {"version": version, "mode": "pool", "unlabelled": len(tasks), "imported": 0, "skipped": skipped}
     lock.ensure_owned(f"pointing the project at {version}")
     _progress("pointing the project at the new version", created, len(predictions))
     ctx.ls.set_model_version(project_id, version)
-    _progress("front", created, len(predictions), front=len(front), switched=True)
+    _progress("front", created, len(predictions), front=len(front), front_deleted_tasks=gone, switched=True)
     # the fill: tasks LS does not serve yet (no prediction of the project's version) come after the front anyway
     created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False) if rest else 0
     if created:
         _dedupe_after_import(ctx, project_id, version, predictions)
+    if sample:  # the rest of the pool is scored by the fill path, which fans its embedding out over the workers
+        rest_of_pool = _fill(ctx, project_id, state, lock)
+        return {
+            "version": version,
+            "mode": "cold start sample",
+            "unlabelled": len(tasks),
+            "sample": len(sample),
+            "imported": created,
+            "front": len(front),
+            "front_deleted_tasks": gone,
+            "skipped": skipped,
+            "rest_of_pool": rest_of_pool,
+        }
     deleted = _delete_older_versions(ctx, project_id, version)
     if skipped:
         log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
@@ -432,10 +489,35 @@ def _rescore_pool(
         "unlabelled": len(tasks),
         "imported": created,
         "front": len(front),
+        "front_deleted_tasks": gone,
         "skipped": skipped,
         "deleted_old_predictions": deleted,
         "embedding": embedding,
     }
+
+
+def _cold_start_sample(
+    ctx: context.WorkerContext, state: ProjectState, tasks: list[dict[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The tasks a cold start ranks before the project points at its version: a seeded random sample of
+    ``COLD_START_SAMPLE`` tasks when the version has no trained head and more tasks than that lack an embedding
+    (the first connection of a large pool, a new encoder), else None (rank the whole pool).
+
+    The sample is ranked by the same code as a whole pool (``ScoringService.score_pool``; its greedy front draws
+    its candidates from a sample of the pool anyway) and the rest of the pool is placed among it by its density
+    against the sample (``ScoringService.score``, as /predict places a new task): the queue is ordered once the
+    sample is embedded, not the whole pool. A gathering re-score (the pool was fanned out) never samples.
+    """
+    size = ctx.settings.cold_start_sample
+    job = get_current_job()
+    if not size or state.version.trained or len(tasks) <= size or (job is not None and "fanout" in job.meta):
+        return None
+    _progress("looking up cached embeddings", 0, len(tasks))
+    if len(ctx.service.uncached(state, state.version, tasks)) <= size:
+        return None
+    picks = np.random.default_rng(state.version.seed).choice(len(tasks), size, replace=False)
+    _progress("cold start: ranking a sample of the pool first", size, len(tasks))
+    return [tasks[i] for i in sorted(picks)]
 
 
 def _fan_out_embedding(
@@ -547,15 +629,36 @@ def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:
 
 
 def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
-    """The project already points at the current version: score only the unlabelled tasks that lack it."""
+    """The project already points at the current version: score only the unlabelled tasks that lack it (their
+    embedding fanned out over the workers when many lack one: the pool after a cold-start sample), then delete
+    the older versions' predictions (left in place by a re-score that failed after pointing the project)."""
     version = state.version.version
     todo = [t for t in _unlabelled_tasks(ctx, project_id) if _lacks(t, version)]
+    embedding = _fan_out_embedding(ctx, project_id, state, todo)
+    if embedding is not None and "continued_by" in embedding:
+        return {"version": version, "mode": "fill", "missing": len(todo), "embedding": embedding}
     predictions, skipped = _score_and_collect(
         ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "fill", whole_pool=False
     )
+    predictions.sort(key=lambda p: (p["score"], p["task"]))  # the tasks LS serves first land first
     created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
-    _progress("done: filled the tasks without a current prediction", created, len(todo), skipped=len(skipped))
-    return {"version": version, "mode": "fill", "missing": len(todo), "imported": created, "skipped": skipped}
+    deleted = _delete_older_versions(ctx, project_id, version)
+    _progress(
+        "done: filled the tasks without a current prediction",
+        created,
+        len(todo),
+        skipped=len(skipped),
+        deleted_old=deleted,
+    )
+    return {
+        "version": version,
+        "mode": "fill",
+        "missing": len(todo),
+        "imported": created,
+        "skipped": skipped,
+        "deleted_old_predictions": deleted,
+        "embedding": embedding,
+    }
 
 
 def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: str) -> int:

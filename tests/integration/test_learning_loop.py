@@ -6,6 +6,7 @@ with the console script, sharing DATA_DIR and Redis, exactly as in production.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -508,16 +509,43 @@ def test_a_first_scoring_that_failed_for_good_is_retried_once_label_studio_is_ba
     assert len(predictions_by_task(ls_server, project_id)) == 20
 
 
+def prediction_requests(ls_server, project_id: int, since: int) -> list[str]:
+    """The worker's requests that put predictions into LS or point the project, in LS's server log after byte
+    ``since``, in order: "create" (one prediction), "import" (bulk) and "point" (PATCH of the project)."""
+    with open(ls_server.log_path, encoding="utf-8", errors="replace") as f:
+        f.seek(since)
+        lines = f.read().splitlines()
+    kinds = {
+        '"POST /api/predictions/ ': "create",
+        f'"POST /api/projects/{project_id}/import/predictions': "import",
+        f'"PATCH /api/projects/{project_id}/ ': "point",
+    }
+    return [kind for line in lines for marker, kind in kinds.items() if marker in line]
+
+
+def once_each(requests: list[str]) -> list[str]:
+    """``prediction_requests`` with LS's log writing each request line twice (two log handlers, 1.23.2) undone:
+    every run of one kind halved."""
+    runs = [(kind, len(list(group))) for kind, group in itertools.groupby(requests)]
+    assert all(n % 2 == 0 for _, n in runs), requests
+    return [kind for kind, n in runs for _ in range(n // 2)]
+
+
 def test_a_new_version_reaches_the_front_of_the_queue_before_the_rest_of_the_pool(start_loop, ls_server):
-    """Front first: the K lowest scores of a new version are imported and the project points at the version while
-    the rest of the pool is still being imported; LS then serves the front in the new version's order (the old
-    version's predictions still in place), and the end state is one prediction of the new version per task."""
+    """Front first: the K lowest scores of a new version are created in LS one by one and the project points at
+    the version while the rest of the pool is still being imported; LS then serves the front in the new version's
+    order (the old version's predictions still in place), and the end state is one prediction of the new version
+    per task. The cold start, whose project holds no prediction yet, puts its front in with one bulk import."""
     k, n_tasks = 15, 300
     client, _ = start_loop(FRONT_FIRST_TASKS=str(k), IMPORT_BATCH_SIZE="5")  # a slow fill: a window to look into
     project_id, key, ids, _ = make_project(ls_server, n_tasks=n_tasks, n_labelled=12)
+    log_start = ls_server.log_path.stat().st_size
     first = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
     wait_for("the cold-start scoring", lambda: settled(client, ls_server, project_id, min_jobs=1), timeout=300)
+    cold_start = once_each(prediction_requests(ls_server, project_id, log_start))
+    assert "import" in cold_start and "create" not in cold_start, cold_start
     sdk = ls_server.sdk()
+    log_start = ls_server.log_path.stat().st_size
     client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": project_id}})
     new = wait_for(
         "a trained version",
@@ -543,6 +571,11 @@ def test_a_new_version_reaches_the_front_of_the_queue_before_the_rest_of_the_poo
     status = wait_for("the fill to finish", lambda: settled(client, ls_server, project_id, min_jobs=3), timeout=300)
     rescore = status["jobs"][0]
     assert rescore["kind"] == "rescore" and rescore["meta"]["stage"] == "done" and rescore["meta"]["front"] == k
+
+    # the front: K creates, then the switch, then the fill's bulk imports of 5 (the old version's deletion after)
+    requests = once_each(prediction_requests(ls_server, project_id, log_start))
+    fill = -(-(unlabelled - k) // 5)
+    assert requests == ["create"] * k + ["point"] + ["import"] * fill, requests
 
     final = predictions_by_task(ls_server, project_id)
     labelled = set(ids[:12])

@@ -1,0 +1,122 @@
+"""The front of a new version against a real Label Studio and a real Redis: a task deleted between the ranking and
+the front's creation is skipped, and a cold start points the project at a ranked sample of the pool before the
+rest of the pool is embedded (a real ``ml-backend worker``, whose fill fans the rest out into chunk jobs)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ml_backend.jobs import context, tasks
+from ml_backend.jobs.lock import ProjectLock
+from ml_backend.labelstudio.tasklist import TaskList
+from ml_backend.learning.registry import Registry
+from ml_backend.settings import Settings
+from tests.integration.test_learning_loop import (  # noqa: F401  (start_loop, loop_configs: fixtures)
+    CONFIG,
+    REDIS_URL,
+    current_predictions_problems,
+    idle,
+    loop_configs,
+    make_project,
+    predictions_by_task,
+    start_loop,
+    wait_for,
+)
+from tests.integration.test_tasklist import delete_task
+
+# ruff: noqa: F811  (pytest fixtures imported above are parameters of the tests below)
+
+RESULT = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": ["fresh"]}}]
+
+
+def test_a_task_deleted_between_the_ranking_and_the_front_is_skipped_without_failing_the_job(
+    ls_server, tmp_path, loop_configs, monkeypatch
+):
+    """The re-score runs in-process so the deletion lands exactly between the ranking and the front's creation.
+    The project's tasks hold another model's predictions, so the front is created one request each."""
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
+    sdk = ls_server.sdk()
+    foreign = [{"task": t, "result": RESULT, "score": 0.5, "model_version": "someone-else"} for t in ids]
+    sdk.projects.import_predictions(project_id, request=foreign)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        redis_url=REDIS_URL,
+        queue_name=f"test-front-{uuid.uuid4().hex[:8]}",
+        label_studio_url=ls_server.url,
+        label_studio_api_key=ls_server.token,
+        model_configs_dir=loop_configs,
+        front_first_tasks=5,
+    )
+    ctx = context.WorkerContext.build(settings, preload=False)
+    ctx.service.register(project_id, key, CONFIG)
+    state = ctx.service.state(project_id)
+    create = ctx.ls.create_predictions
+    deleted: list[int] = []
+
+    def delete_then_create(pid, front, concurrency):
+        deleted.append(front[1]["task"])  # one of the front: ranked, then deleted in LS before its prediction lands
+        delete_task(ls_server, deleted[0])
+        return create(pid, front, concurrency)
+
+    monkeypatch.setattr(ctx.ls, "create_predictions", delete_then_create)
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), "test-front", wait=10) as lock:
+        result = tasks._rescore_pool(ctx, project_id, state, lock)
+
+    version = state.version.version
+    assert result["front"] == 5 and result["front_deleted_tasks"] == 1, result
+    assert sdk.projects.get(project_id).model_version == version
+    assert ctx.ls.model_versions(project_id) == {version: 29, "someone-else": 29}  # foreign rows stay
+    final = predictions_by_task(ls_server, project_id)
+    assert deleted[0] not in final and len(final) == 29
+    assert all([p["model_version"] for p in preds].count(version) == 1 for preds in final.values())
+    store = TaskList.of_project(settings.projects_dir, project_id)
+    assert deleted[0] not in store.ids() and store.version_counts() == {version: 29, "someone-else": 29}
+    assert not store.sync(ctx.ls, project_id).predictions_reloaded  # the store knew what LS holds
+
+
+def test_a_cold_start_points_the_project_at_a_ranked_sample_before_the_rest_of_the_pool_is_embedded(
+    start_loop, ls_server, tmp_path
+):
+    """COLD_START_SAMPLE=60 of 300 texts: the project points at the first version while LS holds predictions of
+    the sample only; the rest of the pool is then embedded in chunk jobs and filled. The front is the sample's
+    batch-aware front, below every other score; the other tasks get the score /predict gives them."""
+    n_tasks, sample, k = 300, 60, 10
+    client, _ = start_loop(COLD_START_SAMPLE=str(sample), FRONT_FIRST_TASKS=str(k), EMBED_CHUNK_SIZE="50")
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=n_tasks, n_labelled=0)
+    sdk = ls_server.sdk()
+    version = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+
+    def pointed():
+        if sdk.projects.get(project_id).model_version != version:
+            return None
+        with ls_server.client() as c:
+            return c.get(f"/api/projects/{project_id}/model-versions/").json()
+
+    counts = wait_for("the project to point at the first version", pointed, timeout=300, every=0.1)
+    assert k <= counts[version] <= sample, counts  # only the sample was scored when the project switched
+
+    def whole_pool():
+        status = idle(client, project_id)
+        return status if status and not current_predictions_problems(client, ls_server, project_id) else None
+
+    status = wait_for("the whole pool", whole_pool, timeout=300)
+    gather = [j for j in status["jobs"] if j["kind"] == "rescore" and "fanout" in j["meta"]]
+    assert len(gather) == 1 and gather[0]["meta"]["gathered"]["finished"] == 5, gather  # 240 tasks in chunks of 50
+
+    ranking = Registry(tmp_path / "data" / "projects").ranking(project_id, version)
+    assert ranking is not None and len(ranking.scores) == sample  # the ranked sample
+    final = {t: preds[0]["score"] for t, preds in predictions_by_task(ls_server, project_id).items()}
+    order = sorted(final, key=lambda t: (final[t], t))
+    assert set(order[:k]) <= set(ranking.scores) and all(final[t] < ranking.rest_floor for t in order[:k])
+    assert all(final[t] >= ranking.rest_floor for t in final if t not in ranking.scores)
+    # the rest of the pool has the score /predict gives it (one score per task per version), up to float32 rounding:
+    # its density is a float32 product over the batch scored together (64 in the fill, 5 here), ~1e-8 apart
+    outside = [t for t in ids if t not in ranking.scores][:5]
+    with ls_server.client() as c:
+        asked = [c.get(f"/api/tasks/{t}/").json() for t in outside]
+    answer = client.post("/predict", json={"tasks": asked, "project": key}).json()["results"]
+    assert [r["score"] for r in answer] == pytest.approx([final[t] for t in outside], abs=1e-6)
+    with ls_server.client() as c:
+        assert c.get(f"/api/projects/{project_id}/next/").json()["id"] == order[0]
