@@ -16,13 +16,14 @@ import pytest
 
 from ml_backend.labelstudio.labelconfig import parse_label_config
 from ml_backend.learning.embcache import EmbeddingCache
-from ml_backend.learning.registry import ProjectRecord, Registry, VersionInfo
+from ml_backend.learning.registry import ProjectRecord, Registry
 from ml_backend.learning.service import ScoringService
 from ml_backend.learning.store import ObjectStore, StoreError, open_store
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 from tests.integration.test_api import TEXT
 from tests.lsserver import free_port
+from tests.unit.test_registry import info
 
 BUCKET = "models"
 
@@ -45,18 +46,6 @@ def settings(s3, tmp_path, monkeypatch, request) -> tuple[Settings, Settings]:
 @pytest.fixture()
 def machines(settings) -> tuple[Registry, Registry]:
     return Registry.from_settings(settings[0]), Registry.from_settings(settings[1])
-
-
-def info(number: int, trained: bool = True) -> VersionInfo:
-    return VersionInfo(
-        version=Registry.version_name("m", number),
-        number=number,
-        created_at=time.time(),
-        model_config={"name": "m"},
-        seed=0,
-        trained=trained,
-        promoted=False,
-    )
 
 
 def test_a_version_published_on_one_machine_is_served_by_another(machines, s3, tmp_path):
