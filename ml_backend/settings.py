@@ -105,11 +105,13 @@ class Settings(BaseSettings):
         "first and point the project at the version; the rest of the pool follows (0: the whole pool first).",
     )
     front_create_concurrency: int = Field(
-        8,
+        0,
         ge=0,
-        description="Once the project's tasks hold predictions, a new version's front is created one request each, "
-        "this many at a time: LS recounts every task holding a prediction per bulk import request (measured: "
-        "benchmarks/notes.md); 0: always one bulk import request.",
+        description="0: a new version's front is one bulk import request, safe on LS's default SQLite, whose writes "
+        "do not overlap (concurrent creates made LS answer an annotator's /next with 500 'database is locked'). "
+        "For LS on PostgreSQL set 8: once the project's tasks hold predictions, the front is created one request "
+        "each, this many at a time, 2-3 times faster than a bulk request, which recounts every task holding a "
+        "prediction (measured: benchmarks/notes.md).",
     )
     cold_start_sample: int = Field(
         1000,

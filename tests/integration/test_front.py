@@ -35,7 +35,8 @@ def test_a_task_deleted_between_the_ranking_and_the_front_is_skipped_without_fai
     ls_server, tmp_path, loop_configs, monkeypatch
 ):
     """The re-score runs in-process so the deletion lands exactly between the ranking and the front's creation.
-    The project's tasks hold another model's predictions, so the front is created one request each."""
+    The project's tasks hold another model's predictions and FRONT_CREATE_CONCURRENCY is set (as for LS on
+    PostgreSQL), so the front is created one request each."""
     project_id, key, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
     sdk = ls_server.sdk()
     foreign = [{"task": t, "result": RESULT, "score": 0.5, "model_version": "someone-else"} for t in ids]
@@ -48,6 +49,7 @@ def test_a_task_deleted_between_the_ranking_and_the_front_is_skipped_without_fai
         label_studio_api_key=ls_server.token,
         model_configs_dir=loop_configs,
         front_first_tasks=5,
+        front_create_concurrency=8,
     )
     ctx = context.WorkerContext.build(settings, preload=False)
     ctx.service.register(project_id, key, CONFIG)
