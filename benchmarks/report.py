@@ -3,8 +3,8 @@
     python benchmarks/report.py [benchmarks/results]
 
 Reads each simulation folder's ``simulation.json`` / ``summary.md`` / ``learning_curves.png``, ``speed.json`` /
-``speed.md`` and ``server.md`` when present, checks the stated targets against the measured numbers, and appends
-``benchmarks/notes.md`` (the hand-written interpretation). Missing parts are listed as not run.
+``speed.md``, ``rank_speed.md`` and ``server.md`` when present, checks the stated targets against the measured
+numbers, and appends ``benchmarks/notes.md`` (the hand-written interpretation). Missing parts are listed as not run.
 """
 
 from __future__ import annotations
@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         parts += ["", "Target checks: " + "; ".join(checks) + "."]
     else:
         parts.append("Not run (`python benchmarks/speed.py`).")
+    parts += ["", "## Ranking a cached pool (MC passes and ordering, 10k and 100k tasks)", ""]
+    if (results / "rank_speed.md").is_file():
+        parts.append((results / "rank_speed.md").read_text().strip())
+    else:
+        parts.append("Not run (`python benchmarks/rank_speed.py`).")
     parts += ["", "## Server latency and retrain-to-Label-Studio time", ""]
     if (results / "server.md").is_file():
         parts.append((results / "server.md").read_text().strip())

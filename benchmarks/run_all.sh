@@ -48,6 +48,8 @@ $PY benchmarks/first_batch.py --seeds 0,3 > "$OUT/digits-features/first_batch.md
 
 # 2. pool-scoring speed of the default text and image models, 1 and 2 torch threads
 $PY benchmarks/speed.py --threads 1,2 --out "$OUT"
+# the model's share of annotation -> next tasks on cached pools of 10k and 100k (MC passes, ordering)
+$PY benchmarks/rank_speed.py --pools 10000,100000 --out "$OUT"
 
 # 3. server latency and annotation -> predictions-in-LS time (real Label Studio + ml-backend serve)
 if [ "$SERVER" = 1 ]; then

@@ -249,6 +249,23 @@ def test_a_committee_predicts_the_mean_of_its_members_and_scores_each_with_its_o
     assert (clf.predict(x) == y).mean() > 0.8
 
 
+@pytest.mark.parametrize("members", [1, 3])
+def test_mc_passes_in_row_chunks_give_exactly_the_whole_pool_results(members):
+    """The pool is scored in row chunks (memory and cache); every row must get the numbers it gets in one chunk
+    (up to float64 rounding, as in a batch of 1), for head-only MC on (n, d) and full-network MC on (n, T, d)."""
+    from ml_backend.models.head import head_proba
+
+    x, y = _blobs(50, 5, noise=1.0)
+    clf = Classifier(None, _config(members=members), 2, False, in_dim=8)
+    clf.fit(x, y, seed=0)
+    whole = head_proba(clf.head, x, 20, False, seed=3, chunk_rows=len(x))
+    assert np.allclose(head_proba(clf.head, x, 20, False, seed=3, chunk_rows=7), whole, rtol=0, atol=1e-12)
+    stochastic = np.random.default_rng(1).normal(size=(50, 20, 8)).astype(np.float32)
+    whole = head_proba(clf.head, stochastic, 20, False, seed=3, chunk_rows=len(x))
+    assert np.allclose(head_proba(clf.head, stochastic, 20, False, seed=3, chunk_rows=7), whole, rtol=0, atol=1e-12)
+    assert head_proba(clf.head, x[:0], 20, False, seed=3).shape == (0, 20, 2)
+
+
 def test_a_saved_committee_loads_as_saved_and_a_single_head_of_an_older_version_still_loads():
     x, y = _blobs(40, 1)
     committee = Classifier(None, _config(members=3), 2, False, in_dim=8)
