@@ -19,7 +19,10 @@ For each pool size N (Rotten Tomatoes review snippets, text classification fresh
    be the version's 100 lowest scores, the ones uncertainty sampling serves first), and (b) until LS holds a
    prediction of that version for every unlabelled task and none of the previous version
    (``/api/projects/{id}/model-versions/``); repeated ``--repeats`` times (connect is timed the same way);
-4. on the first pool only, with the server warm and the model trained: ``/predict`` latency (p50/p95) for 1 and
+4. with ``--stream-labels K``: K more labels, one every ``--stream-interval`` seconds, without waiting for the
+   backend (annotators do not wait): for each label, the time until LS serves the next 100 tasks by a version
+   trained on it (while earlier versions still fill the pool);
+5. on the first pool only, with the server warm and the model trained: ``/predict`` latency (p50/p95) for 1 and
    100 tasks, both for pool tasks whose embeddings are cached and for texts never seen; and ``/webhook``
    latency (p50/p95/p99) of ANNOTATION_CREATED payloads as LS sends them.
 
@@ -341,10 +344,64 @@ def bench_pool(
         )
         out["load_1min"].append(os.getloadavg()[0])
         previous = new
+    if extra.get("stream_labels"):
+        wait_all_predictions(ls, be, pid, n - labelled, timeout, min_labels=labelled)
+        wait_idle(be, pid, timeout)
+        start = 6 + repeats
+        stream = [(t, labels[ids.index(t)]) for t in order[start : start + extra["stream_labels"]]]
+        out["stream"] = label_stream(ls, be, pid, stream, labelled, extra["stream_interval"], timeout)
+        out["load_1min"].append(os.getloadavg()[0])
     if extra.get("latency"):
         out.update(latency_benchmarks(be, ls, pid, ids, texts, labels, extra))
         wait_idle(be, pid, timeout)  # the webhooks queued trainings: let them finish before the next pool
     return out
+
+
+def label_stream(
+    ls: LS, be: Backend, pid: int, tasks: list[tuple[int, str]], labelled: int, interval: float, timeout: float
+) -> dict:
+    """Annotators who do not wait for the backend: one label every ``interval`` seconds, whatever runs. For each
+    label, the time until LS serves the next tasks by a version that learned from it: the project points at a
+    version trained on at least that many labels and LS holds ``NEXT_TASKS`` predictions of it (a later version
+    counts for every label it includes; a label no promoted version includes before the end has no latency)."""
+    sent: list[tuple[float, int]] = []  # (monotonic time of the annotation, labels in the project after it)
+    served: dict[int, float] = {}  # label count -> first time a served version included it
+    first_count = labelled + 1
+
+    def poll() -> None:
+        version = ls.project_version(pid)
+        rows = {v["version"]: v for v in be.status(pid).get("versions") or []}
+        if version not in rows or not rows[version].get("trained"):
+            return
+        if int(ls.model_versions(pid).get(version, 0)) < NEXT_TASKS:
+            return
+        now = time.monotonic()
+        for count in range(first_count, int(rows[version]["n_labels"]) + 1):
+            served.setdefault(count, now)
+
+    next_at = time.monotonic()
+    for task_id, label in tasks:
+        while time.monotonic() < next_at:
+            poll()
+            time.sleep(0.25)
+        ls.annotate(task_id, label)
+        labelled += 1
+        sent.append((time.monotonic(), labelled))
+        next_at = sent[-1][0] + interval
+    deadline = time.monotonic() + timeout
+    while labelled not in served and time.monotonic() < deadline:
+        poll()
+        time.sleep(0.25)
+    latencies = [served[count] - t if count in served else None for t, count in sent]
+    result = {"interval_seconds": interval, "labels": len(sent), "latencies_seconds": latencies}
+    print(f"  stream of {len(sent)} labels every {interval:.0f} s: {stream_summary(result)}", file=sys.stderr)
+    return result
+
+
+def stream_summary(stream: dict) -> str:
+    done = [x for x in stream["latencies_seconds"] if x is not None]
+    figures = f"median {np.median(done):.1f} s, max {max(done):.1f} s, " if done else ""
+    return f"{figures}{len(done)} of {stream['labels']} labels served by a version trained on them"
 
 
 def wait_idle(be: Backend, pid: int, timeout: float) -> None:
@@ -476,6 +533,17 @@ def markdown(result: dict) -> str:
                 + (f"{min(load):.1f}-{max(load):.1f}" if load else "-")
                 + " |"
             )
+    streams = [(db, pool) for db, run in runs.items() for pool in run["pools"] if pool.get("stream")]
+    if streams:
+        lines += [
+            "",
+            f"| LS database | pool | a label every | label -> LS serves the next {NEXT_TASKS} tasks by a version "
+            "trained on it (annotators not waiting) |",
+            "|---|---|---|---|",
+        ]
+        for db, pool in streams:
+            st = pool["stream"]
+            lines.append(f"| {db} | {pool['pool']:,} | {st['interval_seconds']:.0f} s | {stream_summary(st)} |")
     versions = sorted({run["ls_version"] for run in runs.values()})
     lines += [
         "",
@@ -502,6 +570,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--timeout", type=float, default=1200.0, help="seconds to wait for each stage (default: %(default)s)"
     )
+    p.add_argument(
+        "--stream-labels",
+        type=int,
+        default=0,
+        help="after the timed repeats, this many labels at a steady pace without waiting for the backend (default: "
+        "%(default)s, none)",
+    )
+    p.add_argument("--stream-interval", type=float, default=5.0, help="seconds between the stream's labels")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument(
         "--db", choices=("sqlite", "postgres"), default="sqlite", help="LS's database (default: %(default)s)"
@@ -535,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.timeout,
                         {
                             "latency": k == 0,
+                            "stream_labels": args.stream_labels,
+                            "stream_interval": args.stream_interval,
                             "predict_repeats": args.predict_repeats,
                             "webhook_repeats": args.webhook_repeats,
                         },

@@ -267,6 +267,19 @@ class JobQueue:
         which must wait for a new job (this one has already read what it works on)."""
         self.redis.eval(_CLEAR_IF, 1, self.key(slot, project_id), job_id)
 
+    def ready(self, slot: str, project_id: int) -> str | None:
+        """The id of the project's job in ``slot`` if it is ready to run: queued for a worker, or started and not
+        yet past its project lock. None if none is, or if it waits out a delay, a retry's backoff or a dependency
+        (a long job yields to it only when a worker would run it now)."""
+        recorded = self.redis.get(self.key(slot, project_id))
+        if recorded is None:
+            return None
+        try:
+            job = Job.fetch(recorded.decode(), connection=self.redis)
+        except NoSuchJobError:
+            return None
+        return job.id if job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED) else None
+
     def _is_waiting(self, job_id: str) -> bool:
         try:
             job = Job.fetch(job_id, connection=self.redis)

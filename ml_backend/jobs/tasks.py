@@ -8,6 +8,9 @@
   delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
   the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings, the pool
   after a cold-start sample), then delete the older versions' predictions, so the queue never freezes.
+  A fill stops between import requests once a training of the project waits for a worker or has promoted a newer
+  version (annotators kept labelling): its version is about to be replaced, and the re-score that training
+  requests either moves LS to the newer version (deleting this one with the older ones) or finishes the fill.
   A pool with more than ``EMBED_CHUNK_SIZE`` tasks to embed is embedded first, in ``embed_chunk`` jobs that every
   worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached. A cold
   start (no trained head) with more than ``COLD_START_SAMPLE`` tasks to embed ranks a seeded sample of the pool
@@ -295,12 +298,18 @@ def _import(
     dedupe: bool = True,
 ) -> int:
     """Import while we still hold the scoring lock, then (``dedupe``) keep one prediction of the version per task
-    (ours). A front-first import dedupes once, after its fill: the listing it takes is of the whole project."""
+    (ours). A front-first import dedupes once, after its fill: the listing it takes is of the whole project.
+
+    A fill (``stage`` "fill") stops before a request once a training waits or a newer version is current
+    (:func:`_superseded`)."""
     lock.ensure_owned(f"importing {len(predictions)} predictions")
     s = ctx.settings
     step = s.import_batch_size * s.import_concurrency
     created = 0
     for start in range(0, len(predictions), step):
+        if stage == "fill" and (why := _superseded(ctx, project_id, version)):
+            _progress(stage, start, len(predictions), created=created, **why)
+            return created
         _progress(stage, start, len(predictions))
         chunk = predictions[start : start + step]
         try:
@@ -317,6 +326,34 @@ def _import(
     if created and dedupe:
         _dedupe_after_import(ctx, project_id, version, predictions)
     return created
+
+
+def _superseded(ctx: context.WorkerContext, project_id: int, version: str) -> dict[str, str] | None:
+    """Why a fill of ``version`` should stop now, or None. Annotators keep labelling while a large pool fills:
+
+    - ``superseded_by``: a training promoted a newer version meanwhile (it ran on another worker);
+    - ``yielded_to``: a training of the project waits for a worker (with one worker it could not start before
+      this job ends).
+
+    Finishing the fill would cost LS one import request per ``IMPORT_BATCH_SIZE`` tasks, then the deletion of the
+    older versions, for a version the next re-score likely replaces; on a large pool that is minutes during which
+    the newer version's front waits. The re-score the training requests when it ends (also when it keeps the
+    version: it then finishes this fill) points the project at the newer version and deletes this one's
+    predictions with the other older versions'."""
+    current = ctx.registry.current(project_id)
+    if current is not None and current.version != version:
+        return {"superseded_by": current.version}
+    training = ctx.queue.ready(TRAIN_SLOT, project_id)
+    return {"yielded_to": training} if training else None
+
+
+def _stopped_fill(ctx: context.WorkerContext, project_id: int, version: str, why: dict[str, str]) -> dict[str, str]:
+    """End a fill that :func:`_superseded` stopped; a newer version gets a re-score for sure (coalesced: normally
+    the one its training requested already)."""
+    if "superseded_by" in why:
+        why = {**why, "continued_by": ctx.queue.request_rescore(project_id)}
+    log.info("project %s: the fill of %s stopped: %s", project_id, version, why)
+    return why
 
 
 def _create_front(
@@ -464,36 +501,27 @@ def _rescore_pool(
     _progress("front", created, len(predictions), front=len(front), front_deleted_tasks=gone, switched=True)
     # the fill: tasks LS does not serve yet (no prediction of the project's version) come after the front anyway
     created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False) if rest else 0
-    if created:
-        _dedupe_after_import(ctx, project_id, version, predictions)
-    if sample:  # the rest of the pool is scored by the fill path, which fans its embedding out over the workers
-        rest_of_pool = _fill(ctx, project_id, state, lock)
-        return {
-            "version": version,
-            "mode": "cold start sample",
-            "unlabelled": len(tasks),
-            "sample": len(sample),
-            "imported": created,
-            "front": len(front),
-            "front_deleted_tasks": gone,
-            "skipped": skipped,
-            "rest_of_pool": rest_of_pool,
-        }
-    deleted = _delete_older_versions(ctx, project_id, version)
-    if skipped:
-        log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
-    _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted, front=len(front))
-    return {
+    result = {
         "version": version,
-        "mode": "pool",
+        "mode": "cold start sample" if sample else "pool",
         "unlabelled": len(tasks),
+        **({"sample": len(sample)} if sample else {}),
         "imported": created,
         "front": len(front),
         "front_deleted_tasks": gone,
         "skipped": skipped,
-        "deleted_old_predictions": deleted,
-        "embedding": embedding,
     }
+    if why := _superseded(ctx, project_id, version):
+        return {**result, **_stopped_fill(ctx, project_id, version, why)}
+    if created:
+        _dedupe_after_import(ctx, project_id, version, predictions)
+    if sample:  # the rest of the pool is scored by the fill path, which fans its embedding out over the workers
+        return {**result, "rest_of_pool": _fill(ctx, project_id, state, lock)}
+    deleted = _delete_older_versions(ctx, project_id, version)
+    if skipped:
+        log.warning("project %s: %d tasks not scored: %s", project_id, len(skipped), dict(list(skipped.items())[:20]))
+    _progress("done", created, len(predictions), skipped=len(skipped), deleted_old=deleted, front=len(front))
+    return {**result, "deleted_old_predictions": deleted, "embedding": embedding}
 
 
 def _cold_start_sample(
@@ -641,7 +669,17 @@ def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock
         ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "fill", whole_pool=False
     )
     predictions.sort(key=lambda p: (p["score"], p["task"]))  # the tasks LS serves first land first
-    created = _import(ctx, project_id, version, predictions, lock) if predictions else 0
+    created = _import(ctx, project_id, version, predictions, lock, stage="fill") if predictions else 0
+    result = {
+        "version": version,
+        "mode": "fill",
+        "missing": len(todo),
+        "imported": created,
+        "skipped": skipped,
+        "embedding": embedding,
+    }
+    if why := _superseded(ctx, project_id, version):
+        return {**result, **_stopped_fill(ctx, project_id, version, why)}
     deleted = _delete_older_versions(ctx, project_id, version)
     _progress(
         "done: filled the tasks without a current prediction",
@@ -650,15 +688,7 @@ def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock
         skipped=len(skipped),
         deleted_old=deleted,
     )
-    return {
-        "version": version,
-        "mode": "fill",
-        "missing": len(todo),
-        "imported": created,
-        "skipped": skipped,
-        "deleted_old_predictions": deleted,
-        "embedding": embedding,
-    }
+    return {**result, "deleted_old_predictions": deleted}
 
 
 def _delete_older_versions(ctx: context.WorkerContext, project_id: int, keep: str) -> int:

@@ -4,15 +4,13 @@ rest of the pool is embedded (a real ``ml-backend worker``, whose fill fans the 
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from ml_backend.jobs import context, tasks
 from ml_backend.jobs.lock import ProjectLock
+from ml_backend.jobs.queue import RESCORE_SLOT, TRAIN_SLOT
 from ml_backend.labelstudio.tasklist import TaskList
 from ml_backend.learning.registry import Registry
-from ml_backend.settings import Settings
 from tests.integration.test_learning_loop import (  # noqa: F401  (start_loop, loop_configs: fixtures)
     CONFIG,
     REDIS_URL,
@@ -24,7 +22,7 @@ from tests.integration.test_learning_loop import (  # noqa: F401  (start_loop, l
     start_loop,
     wait_for,
 )
-from tests.integration.test_tasklist import delete_task
+from tests.integration.test_tasklist import delete_task, worker_settings
 
 # ruff: noqa: F811  (pytest fixtures imported above are parameters of the tests below)
 
@@ -41,16 +39,7 @@ def test_a_task_deleted_between_the_ranking_and_the_front_is_skipped_without_fai
     sdk = ls_server.sdk()
     foreign = [{"task": t, "result": RESULT, "score": 0.5, "model_version": "someone-else"} for t in ids]
     sdk.projects.import_predictions(project_id, request=foreign)
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        redis_url=REDIS_URL,
-        queue_name=f"test-front-{uuid.uuid4().hex[:8]}",
-        label_studio_url=ls_server.url,
-        label_studio_api_key=ls_server.token,
-        model_configs_dir=loop_configs,
-        front_first_tasks=5,
-        front_create_concurrency=8,
-    )
+    settings = worker_settings(ls_server, tmp_path, loop_configs, front_first_tasks=5, front_create_concurrency=8)
     ctx = context.WorkerContext.build(settings, preload=False)
     ctx.service.register(project_id, key, CONFIG)
     state = ctx.service.state(project_id)
@@ -122,3 +111,50 @@ def test_a_cold_start_points_the_project_at_a_ranked_sample_before_the_rest_of_t
     assert [r["score"] for r in answer] == pytest.approx([final[t] for t in outside], abs=1e-6)
     with ls_server.client() as c:
         assert c.get(f"/api/projects/{project_id}/next/").json()["id"] == order[0]
+
+
+@pytest.mark.parametrize("event", ["training waits", "newer version promoted"])
+def test_a_fill_stops_for_a_waiting_training_or_a_newer_version_and_a_rescore_follows(
+    ls_server, tmp_path, loop_configs, monkeypatch, event
+):
+    """Annotators keep labelling while a large pool fills. The fill (in-process, batches of 5) stops before its
+    next import request once a training of the project waits for a worker, or once a newer version is current
+    (promoted by a training on another worker); it deletes nothing, and a newer version gets its re-score."""
+    project_id, key, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
+    settings = worker_settings(ls_server, tmp_path, loop_configs, front_first_tasks=5, import_batch_size=5)
+    ctx = context.WorkerContext.build(settings, preload=False)
+    ctx.service.register(project_id, key, CONFIG)
+    state = ctx.service.state(project_id)
+    version = state.version.version
+    send = ctx.ls.import_predictions
+    requests: list[int] = []
+    happened: dict[str, str] = {}
+
+    def import_then_label(pid, predictions, batch_size, concurrency):
+        created = send(pid, predictions, batch_size, concurrency)
+        requests.append(len(predictions))
+        if len(requests) == 3:  # the front, two batches of the fill: then an annotator's label lands
+            if event == "training waits":
+                happened["yielded_to"] = ctx.queue.request_training(project_id)
+            else:
+                newer = ctx.registry.publish_next(
+                    project_id, state.config, trained=False, promote=True, note="", files={}
+                )
+                happened["superseded_by"] = newer.version
+        return created
+
+    monkeypatch.setattr(ctx.ls, "import_predictions", import_then_label)
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), "test-fill", wait=10) as lock:
+        result = tasks._rescore_pool(ctx, project_id, state, lock)
+
+    assert requests == [5, 5, 5], requests  # no request after the event
+    assert {k: result[k] for k in happened} == happened, result
+    assert result["imported"] == 15 and "deleted_old_predictions" not in result
+    assert ctx.ls.model_versions(project_id) == {version: 15}
+    assert ls_server.sdk().projects.get(project_id).model_version == version  # LS serves the front meanwhile
+    waiting_rescore = ctx.queue.ready(RESCORE_SLOT, project_id)
+    if event == "training waits":
+        assert waiting_rescore is None  # the training requests the re-score when it ends
+        assert ctx.queue.ready(TRAIN_SLOT, project_id) == happened["yielded_to"]
+    else:
+        assert result["continued_by"] == waiting_rescore is not None

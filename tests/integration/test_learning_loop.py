@@ -532,10 +532,11 @@ def once_each(requests: list[str]) -> list[str]:
 
 
 def test_a_new_version_reaches_the_front_of_the_queue_before_the_rest_of_the_pool(start_loop, ls_server):
-    """Front first: the K lowest scores of a new version are created in LS one by one and the project points at
-    the version while the rest of the pool is still being imported; LS then serves the front in the new version's
-    order (the old version's predictions still in place), and the end state is one prediction of the new version
-    per task. The cold start, whose project holds no prediction yet, puts its front in with one bulk import."""
+    """Front first: the K lowest scores of a new version are imported into LS first (bulk requests, the default
+    FRONT_CREATE_CONCURRENCY=0) and the project points at the version while the rest of the pool is still being
+    imported; LS then serves the front in the new version's order (the old version's predictions still in place),
+    and the end state is one prediction of the new version per task. The cold start puts its front in the same
+    way. (Single creates for the front: tests/integration/test_front.py.)"""
     k, n_tasks = 15, 300
     client, _ = start_loop(FRONT_FIRST_TASKS=str(k), IMPORT_BATCH_SIZE="5")  # a slow fill: a window to look into
     project_id, key, ids, _ = make_project(ls_server, n_tasks=n_tasks, n_labelled=12)
@@ -572,10 +573,10 @@ def test_a_new_version_reaches_the_front_of_the_queue_before_the_rest_of_the_poo
     rescore = status["jobs"][0]
     assert rescore["kind"] == "rescore" and rescore["meta"]["stage"] == "done" and rescore["meta"]["front"] == k
 
-    # the front: K creates, then the switch, then the fill's bulk imports of 5 (the old version's deletion after)
+    # the front's bulk imports of 5, then the switch, then the fill's (the old version's deletion after)
     requests = once_each(prediction_requests(ls_server, project_id, log_start))
     fill = -(-(unlabelled - k) // 5)
-    assert requests == ["create"] * k + ["point"] + ["import"] * fill, requests
+    assert requests == ["import"] * (k // 5) + ["point"] + ["import"] * fill, requests
 
     final = predictions_by_task(ls_server, project_id)
     labelled = set(ids[:12])

@@ -169,16 +169,22 @@ def test_a_rescore_lists_no_task_yet_every_unlabelled_task_gets_one_current_pred
     assert current_predictions_problems(client, ls_server, project_id) == []
 
 
-def test_a_task_deleted_during_an_import_does_not_break_it(ls_server, tmp_path, loop_configs):
-    project_id, _, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
-    settings = Settings(
+def worker_settings(ls_server, tmp_path: Path, loop_configs: Path, **overrides) -> Settings:
+    """Settings of a worker context built in the test process, on its own queue, against the test LS."""
+    return Settings(
         data_dir=tmp_path / "data",
         redis_url=REDIS_URL,
-        queue_name=f"test-tasklist-{uuid.uuid4().hex[:8]}",
+        queue_name=f"test-{uuid.uuid4().hex[:8]}",
         label_studio_url=ls_server.url,
         label_studio_api_key=ls_server.token,
         model_configs_dir=loop_configs,
+        **overrides,
     )
+
+
+def test_a_task_deleted_during_an_import_does_not_break_it(ls_server, tmp_path, loop_configs):
+    project_id, _, ids, _ = make_project(ls_server, n_tasks=30, n_labelled=0)
+    settings = worker_settings(ls_server, tmp_path, loop_configs)
     ctx = context.WorkerContext.build(settings, preload=False)
     store = TaskList.of_project(settings.projects_dir, project_id)
     store.sync(ctx.ls, project_id)
