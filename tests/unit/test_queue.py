@@ -3,11 +3,20 @@ late re-scores after rq's retries; debounced duplicate clean-ups after /predict;
 
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rq.job import Job
 
-from ml_backend.jobs.queue import DEDUPE_AFTER, DEDUPE_PER_TASK, RESCORE_SLOT, JobQueue, connect, last_error
+from ml_backend.jobs.queue import (
+    DEDUPE_AFTER,
+    DEDUPE_PER_TASK,
+    RESCORE_SLOT,
+    TRAIN_SLOT,
+    JobQueue,
+    connect,
+    last_error,
+)
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -81,6 +90,19 @@ def test_a_burst_of_rescore_requests_leaves_one_waiting_and_one_more_once_it_sta
     second = queue.request_rescore(5)
     assert second != first and {queue.request_rescore(5) for _ in range(30)} == {second}
     assert queue.queue.count == 2 and queue.request_training(5) not in (first, second)  # trainings apart
+
+
+def test_ready_names_the_waiting_job_only_while_a_worker_would_run_it_now(queue):
+    """A fill yields to a waiting training (tasks._superseded): not to one that waits out a retry's backoff."""
+    assert queue.ready(TRAIN_SLOT, 9) is None
+    job_id = queue.request_training(9)
+    assert queue.ready(TRAIN_SLOT, 9) == job_id and queue.ready(RESCORE_SLOT, 9) is None
+    job = Job.fetch(job_id, connection=queue.redis)
+    queue.queue.remove(job)
+    queue.queue.schedule_job(job, datetime.now(UTC) + timedelta(minutes=5))  # as rq's retry does
+    assert queue.redis.get(queue.key("pending", 9)).decode() == job_id and queue.ready(TRAIN_SLOT, 9) is None
+    job.delete()
+    assert queue.ready(TRAIN_SLOT, 9) is None
 
 
 def test_a_late_rescore_is_scheduled_with_its_error_and_the_rounds_are_bounded(queue):
