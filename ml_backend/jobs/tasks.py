@@ -296,18 +296,20 @@ def _import(
     lock: ProjectLock,
     stage: str = "importing predictions",
     dedupe: bool = True,
+    stopped: dict[str, str] | None = None,
 ) -> int:
     """Import while we still hold the scoring lock, then (``dedupe``) keep one prediction of the version per task
     (ours). A front-first import dedupes once, after its fill: the listing it takes is of the whole project.
 
-    A fill (``stage`` "fill") stops before a request once a training waits or a newer version is current
-    (:func:`_superseded`)."""
+    Given ``stopped`` (a fill), it stops before a request once a training waits or a newer version is current
+    (:func:`_superseded`), puts the reason into ``stopped`` and does not dedupe."""
     lock.ensure_owned(f"importing {len(predictions)} predictions")
     s = ctx.settings
     step = s.import_batch_size * s.import_concurrency
     created = 0
     for start in range(0, len(predictions), step):
-        if stage == "fill" and (why := _superseded(ctx, project_id, version)):
+        if stopped is not None and (why := _superseded(ctx, project_id, version)):
+            stopped.update(why)
             _progress(stage, start, len(predictions), created=created, **why)
             return created
         _progress(stage, start, len(predictions))
@@ -331,7 +333,7 @@ def _import(
 def _superseded(ctx: context.WorkerContext, project_id: int, version: str) -> dict[str, str] | None:
     """Why a fill of ``version`` should stop now, or None. Annotators keep labelling while a large pool fills:
 
-    - ``superseded_by``: a training promoted a newer version meanwhile (it ran on another worker);
+    - ``newer_version``: a training promoted a newer version meanwhile (it ran on another worker);
     - ``yielded_to``: a training of the project waits for a worker (with one worker it could not start before
       this job ends).
 
@@ -342,7 +344,7 @@ def _superseded(ctx: context.WorkerContext, project_id: int, version: str) -> di
     predictions with the other older versions'."""
     current = ctx.registry.current(project_id)
     if current is not None and current.version != version:
-        return {"superseded_by": current.version}
+        return {"newer_version": current.version}
     training = ctx.queue.ready(TRAIN_SLOT, project_id)
     return {"yielded_to": training} if training else None
 
@@ -350,7 +352,7 @@ def _superseded(ctx: context.WorkerContext, project_id: int, version: str) -> di
 def _stopped_fill(ctx: context.WorkerContext, project_id: int, version: str, why: dict[str, str]) -> dict[str, str]:
     """End a fill that :func:`_superseded` stopped; a newer version gets a re-score for sure (coalesced: normally
     the one its training requested already)."""
-    if "superseded_by" in why:
+    if "newer_version" in why:
         why = {**why, "continued_by": ctx.queue.request_rescore(project_id)}
     log.info("project %s: the fill of %s stopped: %s", project_id, version, why)
     return why
@@ -500,7 +502,8 @@ def _rescore_pool(
     ctx.ls.set_model_version(project_id, version)
     _progress("front", created, len(predictions), front=len(front), front_deleted_tasks=gone, switched=True)
     # the fill: tasks LS does not serve yet (no prediction of the project's version) come after the front anyway
-    created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False) if rest else 0
+    stopped: dict[str, str] = {}
+    created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False, stopped=stopped) if rest else 0
     result = {
         "version": version,
         "mode": "cold start sample" if sample else "pool",
@@ -511,7 +514,7 @@ def _rescore_pool(
         "front_deleted_tasks": gone,
         "skipped": skipped,
     }
-    if why := _superseded(ctx, project_id, version):
+    if why := stopped or _superseded(ctx, project_id, version):
         return {**result, **_stopped_fill(ctx, project_id, version, why)}
     if created:
         _dedupe_after_import(ctx, project_id, version, predictions)
@@ -669,7 +672,8 @@ def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock
         ctx.service, state, todo, state.version, ctx.settings.score_batch_size, "fill", whole_pool=False
     )
     predictions.sort(key=lambda p: (p["score"], p["task"]))  # the tasks LS serves first land first
-    created = _import(ctx, project_id, version, predictions, lock, stage="fill") if predictions else 0
+    stopped: dict[str, str] = {}
+    created = _import(ctx, project_id, version, predictions, lock, stage="fill", stopped=stopped) if predictions else 0
     result = {
         "version": version,
         "mode": "fill",
@@ -678,7 +682,7 @@ def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock
         "skipped": skipped,
         "embedding": embedding,
     }
-    if why := _superseded(ctx, project_id, version):
+    if why := stopped or _superseded(ctx, project_id, version):
         return {**result, **_stopped_fill(ctx, project_id, version, why)}
     deleted = _delete_older_versions(ctx, project_id, version)
     _progress(

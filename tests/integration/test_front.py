@@ -140,7 +140,7 @@ def test_a_fill_stops_for_a_waiting_training_or_a_newer_version_and_a_rescore_fo
                 newer = ctx.registry.publish_next(
                     project_id, state.config, trained=False, promote=True, note="", files={}
                 )
-                happened["superseded_by"] = newer.version
+                happened["newer_version"] = newer.version
         return created
 
     monkeypatch.setattr(ctx.ls, "import_predictions", import_then_label)
