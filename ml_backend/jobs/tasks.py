@@ -179,27 +179,45 @@ def _discard(ctx: context.WorkerContext, project_id: int, reason: str, labels: i
     }
 
 
-#: seconds to wait between reads of the labelled tasks while an annotation a webhook reported is not listed yet
+#: seconds to wait between reads of an annotation a webhook reported while LS does not have it yet
 LABEL_VISIBILITY_WAITS = (0.5, 1.0, 2.0, 4.0)
 
 
 def _labelled_tasks(ctx: context.WorkerContext, project_id: int, reported: set[int]) -> list[dict[str, Any]]:
-    """The project's labelled tasks, read again (for up to ``sum(LABEL_VISIBILITY_WAITS)`` s) while an annotation
-    that a webhook reported is not among them: LS can send the webhook before the annotation is readable (seen on
-    PostgreSQL), and a training that missed the burst's last label would not see it until the next annotation."""
+    """The project's labelled tasks: LS's labelled listing, plus the tasks of the annotations webhooks reported that
+    the listing lacks, read one by one (for up to ``sum(LABEL_VISIBILITY_WAITS)`` s while LS does not have one yet).
 
-    def unlisted(tasks: list[dict[str, Any]]) -> set[int]:
-        return reported - {a.get("id") for t in tasks for a in t.get("annotations") or []}
-
+    Two ways a reported annotation is missing from the listing, both measured with LS 1.23 on PostgreSQL: LS sent
+    the webhook before the annotation could be read; or a bulk import of predictions (our fill) recounted the
+    project's tasks while the annotation was saved and wrote the count taken before it, so the task's
+    ``total_annotations``, which the listing filters on, stays 0 until the next recount. Either way the training the
+    label triggered must not go without it. The annotations read one by one are reported again, so the next training
+    checks them too (the listing may still lack them then)."""
     tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
-    for wait in LABEL_VISIBILITY_WAITS:
-        if not (missing := unlisted(tasks)):
-            return tasks
-        _progress(f"waiting {wait} s for {len(missing)} reported annotations to be listed by Label Studio")
-        time.sleep(wait)
-        tasks = list(ctx.ls.iter_tasks(project_id, labelled_only=True))
-    if missing := unlisted(tasks):  # deleted again, or LS is far behind: train on what it lists
-        log.warning("project %s: annotations %s were reported but are not listed", project_id, sorted(missing))
+    listed = {a.get("id") for t in tasks for a in t.get("annotations") or []}
+    missing = reported - listed
+    extra: dict[int, dict[str, Any]] = {}
+    for wait in (0.0, *LABEL_VISIBILITY_WAITS):
+        if not (missing := missing - set(extra)):
+            break
+        if wait:
+            _progress(f"waiting {wait} s for {len(missing)} reported annotations to be readable in Label Studio")
+            time.sleep(wait)
+        extra.update(ctx.ls.tasks_of_annotations(project_id, sorted(missing)))
+    if missing:  # deleted again, or LS is far behind: train on what it has
+        log.warning(
+            "project %s: annotations %s were reported but Label Studio has none of them", project_id, sorted(missing)
+        )
+    if extra:
+        log.info(
+            "project %s: %d reported annotations read one by one (not in the labelled listing)", project_id, len(extra)
+        )
+        ctx.queue.add_labels(project_id, 0, annotation_ids=sorted(extra))
+        known = {t.get("id") for t in tasks}
+        for task in extra.values():
+            if task.get("id") not in known:
+                known.add(task.get("id"))
+                tasks.append(task)
     return tasks
 
 

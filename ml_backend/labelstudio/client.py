@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,9 @@ _MISSING = object()
 _ONE_BY_ONE = 50
 #: seconds a request whose work in LS grows with the project may take: exporting every task (LS answers once all
 #: are serialized: 1-1.5 min per 10k measured) or deleting a version (over 60 s for 10k predictions, measured on
-#: SQLite and PostgreSQL on a loaded machine; a client timeout there failed the job while LS went on deleting)
+#: SQLite and PostgreSQL on a loaded machine; a client timeout there failed the job while LS went on deleting) or
+#: importing a batch of predictions (LS recounts every task holding a prediction per request: a timeout while LS
+#: goes on importing would send the batch again)
 BULK_TIMEOUT = 1800.0
 # Data Manager filter: tasks with at least one annotation that is not a skip (LS counts skips apart)
 _HAS_ANNOTATIONS = {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
@@ -232,6 +234,21 @@ class LabelStudioClient:
                     found[task_id] = task
         return [found[i] for i in wanted if i in found]
 
+    def tasks_of_annotations(self, project_id: int, annotation_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """{annotation id: the task holding it, with its annotations} for the annotations LS has (in this project),
+        read one by one (two requests each), whatever LS's task counters say: the labelled listing filters on
+        ``total_annotations``, which LS's own bulk import recount can overwrite with a count taken before an
+        annotation saved at the same moment (measured, see ``jobs.tasks._labelled_tasks``)."""
+        found: dict[int, dict[str, Any]] = {}
+        for annotation_id in annotation_ids:
+            annotation = self._raw("GET", f"api/annotations/{int(annotation_id)}/", missing_ok=True)
+            if annotation is _MISSING or not isinstance(annotation, dict):
+                continue
+            task = self._raw("GET", f"api/tasks/{int(annotation.get('task') or 0)}/", missing_ok=True)
+            if task is not _MISSING and isinstance(task, dict) and task.get("project") == project_id:
+                found[int(annotation_id)] = task
+        return found
+
     # -- predictions ----------------------------------------------------------------------------------------
     def import_predictions(
         self, project_id: int, predictions: list[dict[str, Any]], batch_size: int = 500, concurrency: int = 1
@@ -250,6 +267,7 @@ class LabelStudioClient:
                 self.sdk.projects.import_predictions,
                 project_id,
                 request=batch,
+                request_options={"timeout": max(self.timeout, BULK_TIMEOUT)},
             )
             return int(getattr(resp, "created", 0) or 0)
 

@@ -10,6 +10,7 @@ import itertools
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -177,6 +178,47 @@ def test_a_label_reported_before_label_studio_lists_it_is_waited_for_and_trained
     assert sdk.annotations.create(id=late, **_annotation(labels[late])).id == probe.id + 1
     status = wait_for("the training", lambda: (s := idle(client, project_id)) and s["trained"] and s)
     assert status["n_labels"] == 21, status["n_labels"]  # the 20 imported labels and the late one
+
+
+def _stale_counter(ls_server, task_id: int) -> None:
+    """Leave LS's task row as a bulk import's recount that raced an annotation leaves it (measured on PostgreSQL:
+    the recount read the count before the annotation was saved and wrote it after): ``total_annotations`` 0 while
+    the annotation exists. Written into LS's own database, since the race itself cannot be timed in a test."""
+    db = ls_server.data_dir / "label_studio.sqlite3"
+    with sqlite3.connect(db, timeout=30) as conn:
+        changed = conn.execute(
+            "UPDATE task SET total_annotations = 0, is_labeled = 0 WHERE id = ?", (task_id,)
+        ).rowcount
+    assert changed == 1
+
+
+def test_a_label_whose_task_counter_label_studio_lost_is_read_directly_and_kept_for_later_trainings(loop, ls_server):
+    """LS's labelled listing filters on the task's ``total_annotations``, which LS's own bulk import recount can
+    leave at 0 for a task annotated meanwhile: the reported annotation is read one by one, and the next training
+    (whose webhook reports only its own label) still has it while the counter stays wrong."""
+    client, _ = loop
+    project_id, key, ids, labels = make_project(ls_server, n_tasks=30, n_labelled=20)
+    client.post("/setup", json={"project": key, "schema": CONFIG})
+    wait_for("the first scoring", lambda: (s := idle(client, project_id)) and s["jobs"])
+    sdk = ls_server.sdk()
+
+    def label(task_id: int) -> None:
+        annotation = sdk.annotations.create(id=task_id, **_annotation(labels[task_id]))
+        hook = {"action": "ANNOTATION_CREATED", "project": {"id": project_id}, "task": {"id": task_id}}
+        hook["annotation"] = {"id": annotation.id, "task": task_id, **_annotation(labels[task_id])}
+        if task_id == ids[20]:
+            _stale_counter(ls_server, task_id)
+        assert client.post("/webhook", json=hook).status_code == 201
+
+    label(ids[20])
+    status = wait_for("the training", lambda: (s := idle(client, project_id)) and s["n_labels"] == 21 and s)
+    assert status["trained"]
+    _stale_counter(ls_server, ids[20])  # the re-score's imports recounted it: lose it again
+    label(ids[21])
+    status = wait_for("the next training", lambda: (s := idle(client, project_id)) and s["n_labels"] >= 22 and s)
+    assert status["n_labels"] == 22, status["n_labels"]
+    reg = Registry(Path(client.app.state.backend.settings.projects_dir))
+    assert {ids[20], ids[21]} <= set(reg.current(project_id).labelled_task_ids)
 
 
 def test_a_burst_of_200_webhooks_costs_at_most_two_trainings_and_loses_no_label(loop, ls_server):
