@@ -26,6 +26,19 @@ For each pool size N (Rotten Tomatoes review snippets, text classification fresh
    100 tasks, both for pool tasks whose embeddings are cached and for texts never seen; and ``/webhook``
    latency (p50/p95/p99) of ANNOTATION_CREATED payloads as LS sends them.
 
+Pools larger than the corpus (10,752 snippets besides the 2,000 kept for never-seen texts) continue with two
+snippets of the same class joined into one text (a seeded draw; every text distinct), so a pool of 100k tasks is
+100k different texts the encoder has to embed once.
+
+Big pools (``--lean``): each whole-pool wait also waits for LS to delete the previous version's predictions, one
+signal per prediction (about 2.5 minutes per 10k on PostgreSQL), so ``--lean`` waits for the whole pool only after
+the last timed label: the connect and the first trained version are timed to their front only, and the first
+timed label arrives while the previous version still fills the pool (the fill yields to its training, as when
+annotators do not wait); later timed labels wait for the backend to be idle first. ``--workers N`` runs N-1
+``ml-backend worker`` processes beside serve's own (on the machine's Redis, database ``--redis-db``), so the
+connect's pool embedding fans out over N processes. ``--lean`` skips the check that the front held the version's
+lowest scores (it lists every prediction of the project).
+
 Writes ``server.json`` and ``server.md`` into ``--out``: one entry per database, a run replacing only its own
 database's entry. The machine (cores, torch threads) and the 1-minute load average around each timed step (the
 machine may be shared) are in both.
@@ -100,7 +113,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 class Backend:
     """``ml-backend serve`` as a child process in its own process group (stopped by that group only)."""
 
-    def __init__(self, data_dir: Path, ls_url: str, ls_token: str, log_path: Path):
+    def __init__(
+        self, data_dir: Path, ls_url: str, ls_token: str, log_path: Path, workers: int = 1, redis_url: str = ""
+    ):
         from tests.lsserver import free_port
 
         self.port = free_port()
@@ -113,6 +128,11 @@ class Backend:
             TORCH_THREADS="1",
             LOG_LEVEL="INFO",
         )
+        if workers > 1:  # serve and the other workers must share a Redis: serve's own local one is private
+            import redis
+
+            redis.Redis.from_url(redis_url).flushdb()
+            env["REDIS_URL"] = redis_url
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -121,6 +141,16 @@ class Backend:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "ml_backend.cli", "worker"],
+                env=env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for _ in range(workers - 1)
+        ]
         self.http = httpx.Client(base_url=self.url, timeout=120.0, trust_env=False)
         wait_for(lambda: self.http.get("/health").status_code == 200, 120, "the backend's /health", 0.5)
 
@@ -132,7 +162,8 @@ class Backend:
         from tests.lsserver import stop_process_group
 
         self.http.close()
-        stop_process_group(self.proc, timeout=30)
+        for proc in [self.proc, *self.workers]:
+            stop_process_group(proc, timeout=30)
         self.log.close()
 
 
@@ -211,9 +242,11 @@ def wait_all_predictions(
     timeout: float,
     not_version: str | None = None,
     min_labels: int = 0,
+    interval: float = 0.25,
 ) -> tuple[str, float]:
     """Wait until the backend's current version, trained on at least ``min_labels`` labels (0: the untrained
-    cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS."""
+    cold-start version) and other than ``not_version``, has ``n_unlabelled`` predictions in LS. ``interval``: seconds
+    between polls (each asks LS to count the project's predictions by version: a longer one on big pools)."""
     t0 = time.perf_counter()
     seen_errors: set = set()
     short_since: list[float] = []
@@ -225,9 +258,13 @@ def wait_all_predictions(
         if short and not short_since:
             short_since.append(time.monotonic())
         if short and time.monotonic() - short_since[0] > 10:
-            # measured with LS on PostgreSQL: LS's webhook can arrive before its annotation is listed, so the
-            # last training of a burst read one label less and no webhook follows; "Start Training" catches up
-            print(f"  {st.get('n_labels')} of {min_labels} labels trained: sending START_TRAINING", file=sys.stderr)
+            # a label the last training of a burst did not read, and no webhook follows: should not happen (the
+            # training reads a reported annotation the labelled listing lacks one by one); printed, then "Start
+            # Training" catches up so that the run goes on
+            print(
+                f"  LOST LABEL: {st.get('n_labels')} of {min_labels} labels trained: sending START_TRAINING",
+                file=sys.stderr,
+            )
             be.http.post("/webhook", json={"action": "START_TRAINING", "project": {"id": pid}})
             short_since.clear()
         for job in st.get("jobs") or []:
@@ -247,24 +284,39 @@ def wait_all_predictions(
             return None
         return version if ls.project_version(pid) == version else None
 
-    version = wait_for(check, timeout, f"all {n_unlabelled} predictions of a new version in LS", 0.25)
+    version = wait_for(check, timeout, f"all {n_unlabelled} predictions of a new version in LS", interval)
     return version, time.perf_counter() - t0
 
 
-def wait_front(ls: LS, pid: int, old: str | None, n_front: int, timeout: float) -> tuple[str, float, dict[int, float]]:
+def wait_front(
+    ls: LS,
+    pid: int,
+    old: str | None,
+    n_front: int,
+    timeout: float,
+    be: Backend | None = None,
+    min_labels: int = 0,
+    scores: bool = True,
+) -> tuple[str, float, dict[int, float]]:
     """Wait until LS serves the next ``n_front`` tasks by a new version: the project points at a version other than
-    ``old`` and holds at least ``n_front`` predictions of it. Returns the version, the seconds waited and the
-    version's scores in LS at that moment (to check afterwards that they were the version's ``n_front`` lowest)."""
+    ``old`` (and, with ``be``, trained on at least ``min_labels`` labels) and holds at least ``n_front`` predictions
+    of it. Returns the version, the seconds waited and, with ``scores``, the version's scores in LS at that moment
+    (to check afterwards that they were the version's ``n_front`` lowest)."""
     t0 = time.perf_counter()
 
     def check():
         version = ls.project_version(pid)
         if not version or version == old or int(ls.model_versions(pid).get(version, 0)) < n_front:
             return None
+        if be is not None:
+            rows = {v["version"]: v for v in be.status(pid).get("versions") or []}
+            row = rows.get(version) or {}
+            if not row.get("trained") or int(row.get("n_labels") or 0) < min_labels:
+                return None
         return version, time.perf_counter() - t0
 
     version, seconds = wait_for(check, timeout, f"LS to serve {n_front} tasks by a new version", 0.25)
-    return version, seconds, ls.scores_of(pid, version)
+    return version, seconds, ls.scores_of(pid, version) if scores else {}
 
 
 def front_was_ordered(ls: LS, pid: int, version: str, seen: dict[int, float], n_front: int) -> bool:
@@ -277,7 +329,13 @@ def front_was_ordered(ls: LS, pid: int, version: str, seen: dict[int, float], n_
 def bench_pool(
     ls: LS, be: Backend, texts: list[str], labels: list[str], n: int, repeats: int, timeout: float, extra: dict
 ) -> dict:
-    out: dict[str, Any] = {"pool": n}
+    """One pool's measurements into ``extra["out"]`` (saved with ``extra["save"]()`` after each stage: a big pool
+    runs for an hour or more, and a failure late in it keeps what was measured)."""
+    out: dict[str, Any] = extra["out"]
+    out["pool"] = n
+    save: Callable[[], None] = extra["save"]
+    lean = bool(extra.get("lean"))
+    poll = 0.25 if n <= 20_000 else 2.0  # whole-pool polls count the project's predictions in LS
     project = ls.create_project(f"bench pool {n}")
     pid = project["id"]
     t0 = time.perf_counter()
@@ -286,74 +344,97 @@ def bench_pool(
     assert len(ids) == n, f"imported {len(ids)} of {n} tasks"
     n_front = min(NEXT_TASKS, n)
     out["load_1min"] = [os.getloadavg()[0]]
+    save()
     t0 = time.perf_counter()
     ls.connect(pid, be.url)
     # LS points the project at the backend's title on connect (see the protocol notes): that is the "old" version
-    front_version, front_s, seen = wait_front(ls, pid, "al-backend", n_front, timeout)
-    version, _ = wait_all_predictions(ls, be, pid, n, timeout)
-    out["connect_to_cold_start_predictions_seconds"] = time.perf_counter() - t0
+    front_version, front_s, seen = wait_front(ls, pid, "al-backend", n_front, timeout, scores=not lean)
     out["connect_to_next_tasks_seconds"] = front_s
-    out["connect_front_ordered"] = front_version == version and front_was_ordered(ls, pid, version, seen, n_front)
-    out["load_1min"].append(os.getloadavg()[0])
     print(
         f"  pool {n}: connect -> LS serves the next {n_front} tasks by {front_version}: {front_s:.1f} s",
         file=sys.stderr,
     )
-    print(
-        f"  pool {n}: cold-start predictions of {version} for all tasks "
-        f"{out['connect_to_cold_start_predictions_seconds']:.1f} s after connecting",
-        file=sys.stderr,
-    )
+    if not lean:
+        version, _ = wait_all_predictions(ls, be, pid, n, timeout, interval=poll)
+        out["connect_to_cold_start_predictions_seconds"] = time.perf_counter() - t0
+        out["connect_front_ordered"] = front_version == version and front_was_ordered(ls, pid, version, seen, n_front)
+        print(
+            f"  pool {n}: cold-start predictions of {version} for all tasks "
+            f"{out['connect_to_cold_start_predictions_seconds']:.1f} s after connecting",
+            file=sys.stderr,
+        )
+    out["load_1min"].append(os.getloadavg()[0])
+    save()
 
-    # a few labels of both classes, then wait for the trained version to be fully in LS
+    # a few labels of both classes, then wait for the trained version to be fully in LS (lean: to serve its front)
     by_class = {c: [i for i, label in zip(ids, labels[:n]) if label == c] for c in ("fresh", "rotten")}
     order = [x for pair in zip(by_class["fresh"], by_class["rotten"]) for x in pair]
     labelled = 0
+    t0 = time.perf_counter()
     for task_id in order[:6]:
         ls.annotate(task_id, labels[ids.index(task_id)])
         labelled += 1
-    previous, _ = wait_all_predictions(ls, be, pid, n - labelled, timeout, not_version=version, min_labels=labelled)
+    if lean:
+        previous, first_s, _ = wait_front(ls, pid, None, n_front, timeout, be, labelled, scores=False)
+        out["first_labels_to_next_tasks_seconds"] = first_s
+        print(f"  pool {n}: {labelled} labels -> the first trained version's front: {first_s:.1f} s", file=sys.stderr)
+    else:
+        previous, _ = wait_all_predictions(
+            ls, be, pid, n - labelled, timeout, not_version=version, min_labels=labelled, interval=poll
+        )
     out["first_trained_version"] = previous
     out["retrain_to_ls_seconds"] = []
     out["retrain_to_next_tasks_seconds"] = []
     out["retrain_front_ordered"] = []
+    out["retrain_backend_idle"] = []
+    save()
     for k in range(repeats):
         task_id = order[6 + k]
-        wait_idle(be, pid, timeout)  # no training or re-score left over from the previous labels
+        idle = not lean or k > 0
+        if idle:
+            wait_idle(be, pid, timeout)  # no training or re-score left over from the previous labels
+        out["retrain_backend_idle"].append(idle)
         old = ls.project_version(pid)
         t0 = time.perf_counter()
         ls.annotate(task_id, labels[ids.index(task_id)])
         labelled += 1
-        front_version, front_s, seen = wait_front(ls, pid, old, min(NEXT_TASKS, n - labelled), timeout)
-        # rows of the new version land for unlabelled tasks only: the labelled ones are skipped by the rescore
-        new, _ = wait_all_predictions(ls, be, pid, n - labelled, timeout, not_version=previous, min_labels=labelled)
-        out["retrain_to_ls_seconds"].append(time.perf_counter() - t0)
+        n_next = min(NEXT_TASKS, n - labelled)
+        front_version, front_s, seen = wait_front(ls, pid, old, n_next, timeout, scores=not lean)
         out["retrain_to_next_tasks_seconds"].append(front_s)
-        out["retrain_front_ordered"].append(
-            front_version == new and front_was_ordered(ls, pid, new, seen, min(NEXT_TASKS, n - labelled))
-        )
         print(
-            f"  pool {n}: annotation -> LS serves the next {NEXT_TASKS} tasks by {front_version}: {front_s:.1f} s "
-            f"(ordered: {out['retrain_front_ordered'][-1]})",
+            f"  pool {n}: annotation -> LS serves the next {NEXT_TASKS} tasks by {front_version}: {front_s:.1f} s"
+            f"{'' if idle else ' (while the previous version filled the pool)'}",
             file=sys.stderr,
+        )
+        save()
+        # rows of the new version land for unlabelled tasks only: the labelled ones are skipped by the rescore
+        new, _ = wait_all_predictions(
+            ls, be, pid, n - labelled, timeout, not_version=previous, min_labels=labelled, interval=poll
+        )
+        out["retrain_to_ls_seconds"].append(time.perf_counter() - t0)
+        out["retrain_front_ordered"].append(
+            None if lean else front_version == new and front_was_ordered(ls, pid, new, seen, n_next)
         )
         print(
             f"  pool {n}: annotation -> all {n - labelled} predictions of {new} in LS: "
-            f"{out['retrain_to_ls_seconds'][-1]:.1f} s",
+            f"{out['retrain_to_ls_seconds'][-1]:.1f} s (ordered: {out['retrain_front_ordered'][-1]})",
             file=sys.stderr,
         )
         out["load_1min"].append(os.getloadavg()[0])
+        save()
         previous = new
     if extra.get("stream_labels"):
-        wait_all_predictions(ls, be, pid, n - labelled, timeout, min_labels=labelled)
+        wait_all_predictions(ls, be, pid, n - labelled, timeout, min_labels=labelled, interval=poll)
         wait_idle(be, pid, timeout)
         start = 6 + repeats
         stream = [(t, labels[ids.index(t)]) for t in order[start : start + extra["stream_labels"]]]
         out["stream"] = label_stream(ls, be, pid, stream, labelled, extra["stream_interval"], timeout)
         out["load_1min"].append(os.getloadavg()[0])
+        save()
     if extra.get("latency"):
         out.update(latency_benchmarks(be, ls, pid, ids, texts, labels, extra))
         wait_idle(be, pid, timeout)  # the webhooks queued trainings: let them finish before the next pool
+        save()
     return out
 
 
@@ -514,9 +595,16 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def each(values: list[float], ordered: list[bool]) -> str:
+    def each(values: list[float], ordered: list[bool | None], idle: list[bool] | None = None) -> str:
         flags = ordered or [True] * len(values)
-        return ", ".join(f"{x:.1f} s" + ("" if ok else " (not in order)") for x, ok in zip(values, flags))
+        busy = [not x for x in idle or [True] * len(values)]
+        return ", ".join(
+            f"{x:.1f} s" + (" (not in order)" if ok is False else "") + (" (during a fill)" if b else "")
+            for x, ok, b in zip(values, flags, busy)
+        )
+
+    def seconds(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f} s"
 
     for db, run in runs.items():
         for pool in run["pools"]:
@@ -527,9 +615,9 @@ def markdown(result: dict) -> str:
                 f"| {db} | {pool['pool']:,} | "
                 + (f"{connect_front:.1f} s" if connect_front is not None else "-")
                 + ("" if pool.get("connect_front_ordered", True) else " (not in order)")
-                + f" | {pool['connect_to_cold_start_predictions_seconds']:.1f} s | "
-                f"{each(front, pool.get('retrain_front_ordered') or []) or '-'} | "
-                f"{each(pool['retrain_to_ls_seconds'], [])} | "
+                + f" | {seconds(pool.get('connect_to_cold_start_predictions_seconds'))} | "
+                f"{each(front, pool.get('retrain_front_ordered') or [], pool.get('retrain_backend_idle')) or '-'} | "
+                f"{each(pool.get('retrain_to_ls_seconds') or [], [], pool.get('retrain_backend_idle')) or '-'} | "
                 + (f"{min(load):.1f}-{max(load):.1f}" if load else "-")
                 + " |"
             )
@@ -551,7 +639,8 @@ def markdown(result: dict) -> str:
         f"shared with other work (see the load average); Label Studio {', '.join(versions)} on the same machine, "
         "on the database named in each row (PostgreSQL 127.0.0.1:5432). Default text model (MiniLM), Rotten "
         f'Tomatoes review snippets. "In order": once the pool is in, the tasks LS held at the switch were the new '
-        f"version's {NEXT_TASKS} lowest scores (the ones uncertainty sampling serves first).",
+        f"version's {NEXT_TASKS} lowest scores (the ones uncertainty sampling serves first); not checked with "
+        '--lean. "During a fill": the label arrived while the previous version still filled the pool.',
     ]
     return "\n".join(lines)
 
@@ -578,6 +667,19 @@ def main(argv: list[str] | None = None) -> int:
         "%(default)s, none)",
     )
     p.add_argument("--stream-interval", type=float, default=5.0, help="seconds between the stream's labels")
+    p.add_argument(
+        "--lean",
+        action="store_true",
+        help="wait for the whole pool only after the last timed label (big pools; see above)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes, serve's included (default: %(default)s)")
+    p.add_argument(
+        "--redis-db",
+        type=int,
+        default=9,
+        help="with --workers > 1: the database of the Redis at 127.0.0.1:6379 they share, emptied first "
+        "(default: %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument(
         "--db", choices=("sqlite", "postgres"), default="sqlite", help="LS's database (default: %(default)s)"
@@ -588,35 +690,57 @@ def main(argv: list[str] | None = None) -> int:
 
     pools = [int(x) for x in args.pools.split(",")]
     data = datasets.rotten_tomatoes(full=max(pools) + 2000 > 4800, seed=0)
-    texts, labels = data.texts, data.labels
-    if max(pools) + 2000 > len(texts):
-        raise SystemExit(f"at most {len(texts) - 2000} tasks per pool with this corpus")
-    result: dict[str, Any] = {"pools": []}
+    unseen = 2000  # the corpus's last texts: never in a pool (``latency_benchmarks``'s new texts)
+    pool_texts, pool_labels = extend_pool(data.texts[:-unseen], data.labels[:-unseen], max(pools), seed=0)
+    texts, labels = pool_texts + data.texts[-unseen:], pool_labels + data.labels[-unseen:]
+    result: dict[str, Any] = {"pools": [], "options": {"lean": args.lean, "workers": args.workers}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "server.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+
+    def save() -> None:
+        """Write what was measured so far (this database's entry replaces the file's earlier one)."""
+        merged = {
+            "machine": {"cores": os.cpu_count(), "torch_threads": 1},
+            "runs": {**saved.get("runs", {}), args.db: result},
+        }
+        path.write_text(json.dumps(merged, indent=1) + "\n")
+        (args.out / "server.md").write_text(markdown(merged) + "\n")
+
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     print(f"work dir {work}", file=sys.stderr)
     with LabelStudioServer(db=args.db) as ls_server:
         result["ls_version"] = ls_server.version
         ls = LS(ls_server.url, ls_server.token)
-        be = Backend(work / "data", ls_server.url, ls_server.token, work / "backend.log")
+        be = Backend(
+            work / "data",
+            ls_server.url,
+            ls_server.token,
+            work / "backend.log",
+            workers=args.workers,
+            redis_url=f"redis://127.0.0.1:6379/{args.redis_db}",
+        )
         try:
             for k, n in enumerate(pools):
-                result["pools"].append(
-                    bench_pool(
-                        ls,
-                        be,
-                        texts,
-                        labels,
-                        n,
-                        args.repeats,
-                        args.timeout,
-                        {
-                            "latency": k == 0,
-                            "stream_labels": args.stream_labels,
-                            "stream_interval": args.stream_interval,
-                            "predict_repeats": args.predict_repeats,
-                            "webhook_repeats": args.webhook_repeats,
-                        },
-                    )
+                result["pools"].append({})
+                bench_pool(
+                    ls,
+                    be,
+                    texts,
+                    labels,
+                    n,
+                    args.repeats,
+                    args.timeout,
+                    {
+                        "out": result["pools"][-1],
+                        "save": save,
+                        "lean": args.lean,
+                        "latency": k == 0,
+                        "stream_labels": args.stream_labels,
+                        "stream_interval": args.stream_interval,
+                        "predict_repeats": args.predict_repeats,
+                        "webhook_repeats": args.webhook_repeats,
+                    },
                 )
         except BaseException:
             print(f"backend log tail:\n{Path(work / 'backend.log').read_text()[-3000:]}", file=sys.stderr)
@@ -624,18 +748,32 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             be.stop()
             ls.close()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "server.json"
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    merged = {
-        "machine": {"cores": os.cpu_count(), "torch_threads": 1},
-        "runs": {**saved.get("runs", {}), args.db: result},
-    }
-    path.write_text(json.dumps(merged, indent=1) + "\n")
-    md = markdown(merged)
-    (args.out / "server.md").write_text(md + "\n")
-    print(md)
+    save()
+    print((args.out / "server.md").read_text())
     return 0
+
+
+def extend_pool(texts: list[str], labels: list[str], n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` pool texts: the corpus's own, then two texts of the same class joined (a seeded draw, each
+    joined text distinct from every other), for pools larger than the corpus."""
+    out, out_labels = list(texts[:n]), list(labels[:n])
+    if n <= len(texts):
+        return out, out_labels
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    seen = set(out)
+    while len(out) < n:
+        i = int(rng.integers(len(texts)))
+        same = by_class[labels[i]]
+        j = same[int(rng.integers(len(same)))]
+        text = f"{texts[i]} {texts[j]}"
+        if i != j and text not in seen:
+            seen.add(text)
+            out.append(text)
+            out_labels.append(labels[i])
+    return out, out_labels
 
 
 if __name__ == "__main__":
