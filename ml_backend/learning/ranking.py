@@ -32,6 +32,7 @@ def selection_params(acq: AcquisitionConfig, seed: int) -> SelectionParams:
         weights=dict(acq.weights),
         neighbours=acq.cold_start_neighbours,
         explore_every=acq.explore_every,
+        power=acq.power,
         seed=seed,
     )
 

@@ -124,6 +124,13 @@ class AcquisitionConfig(_Strict):
         default_factory=lambda: {"uncertainty": 1.0},
         description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).",
     )
+    power: float = Field(
+        0.0,
+        ge=0.0,
+        description="Stochastic power acquisition (Kirsch et al. 2023): the learn picks of the front draw tasks "
+        "with probability proportional to value**power (Gumbel-top-k, seeded by the version) instead of taking "
+        "the largest values; 0 = off (deterministic).",
+    )
 
     @field_validator("strategy")
     @classmethod

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT = "default"
 HYBRID = "hybrid"  # the default config with equal weights on uncertainty, novelty and density
 TOPK = "+topk"
+#: ``<name>+power``: the learn picks of the front drawn with probability ~ value (stochastic power acquisition with
+#: Kirsch et al.'s exponent 1, ``acquisition.power``)
+POWER = "+power"
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
     "digits-features",
@@ -68,9 +71,16 @@ class SimulationSettings:
     image_size: int = 64  # digits-images: size of the PNGs written
 
     def validate(self) -> None:
-        unknown = [s for s in self.strategies if s.removesuffix(TOPK) not in ALL_STRATEGIES or s == RANDOM + TOPK]
+        unknown = [
+            s
+            for s in self.strategies
+            if s.removesuffix(POWER).removesuffix(TOPK) not in ALL_STRATEGIES or s.startswith(RANDOM + "+")
+        ]
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k)")
+            raise ValueError(
+                f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k, +power for "
+                "stochastic power acquisition)"
+            )
         if self.cold_start not in ("product", "random"):
             raise ValueError("cold_start must be 'product' or 'random'")
         if any(v is not None and v < 1 for v in (self.initial, self.lag)) or self.batch < 1 or self.rounds < 1:
@@ -210,9 +220,11 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
 
 def strategy_config(config: Any, strategy: str) -> Any:
     """The model config a strategy runs with: the default as is, or its acquisition function swapped (and the
-    batch-aware front switched off for ``<name>+topk``)."""
+    batch-aware front switched off for ``<name>+topk``, its learn picks drawn for ``<name>+power``)."""
+    power = strategy.endswith(POWER)
+    strategy = strategy.removesuffix(POWER)
     name = strategy.removesuffix(TOPK)
-    update: dict[str, Any] = {}
+    update: dict[str, Any] = {"power": 1.0} if power else {}
     if name == HYBRID:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):

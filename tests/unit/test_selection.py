@@ -11,6 +11,7 @@ from ml_backend.core.selection import (
     SelectionParams,
     hybrid_value,
     novelty,
+    power_perturbed,
     rank_pool,
     rest_score,
 )
@@ -93,6 +94,31 @@ def test_exploration_alternates_with_learning_while_a_class_is_unseen():
     reasons = [ranking.reasons[i] for i in ranking.order[:4]]
     assert reasons == [LEARN, EXPLORE, LEARN, EXPLORE]
     assert 2 in cluster[ranking.order[:4]].tolist()  # the unseen region surfaces at once
+
+
+def test_power_acquisition_draws_tasks_in_proportion_to_value_and_is_reproducible_per_seed():
+    value = np.array([0.1, 0.2, 0.3, 0.4])
+    firsts = np.bincount([int(np.argmax(power_perturbed(value, 1.0, seed))) for seed in range(4000)], minlength=4)
+    # Gumbel-top-1 of log(value) draws i with probability value_i / sum(value): 0.1, 0.2, 0.3, 0.4 (4000 draws: SE
+    # under 0.008)
+    assert np.allclose(firsts / 4000, value / value.sum(), atol=0.03), firsts
+    squared = np.bincount([int(np.argmax(power_perturbed(value, 2.0, s))) for s in range(4000)], minlength=4)
+    assert np.allclose(squared / 4000, value**2 / (value**2).sum(), atol=0.03), squared
+    assert np.array_equal(power_perturbed(value, 1.0, 7), power_perturbed(value, 1.0, 7))
+    assert np.all(np.isfinite(power_perturbed(np.array([0.0, 1.0, 0.5]), 1.0, 0)))
+
+    x, _ = _clusters([100, 100, 100], seed=3)
+    u = np.random.default_rng(3).uniform(size=len(x))
+    keys = list(range(len(x)))
+    drawn = rank_pool(x, keys, SelectionParams(front_size=21, power=1.0, seed=5), uncertainty=u)
+    greedy = rank_pool(x, keys, SelectionParams(front_size=21, seed=5), uncertainty=u)
+    assert np.array_equal(
+        drawn.order, rank_pool(x, keys, SelectionParams(front_size=21, power=1.0, seed=5), uncertainty=u).order
+    )
+    learn = [i for i in drawn.order[:21] if drawn.reasons[i] == LEARN]
+    assert set(learn) != {i for i in greedy.order[:21] if greedy.reasons[i] == LEARN}
+    assert np.median(u[learn]) > np.median(u)  # still leaning to uncertain tasks
+    _check_scores_follow_order(drawn)
 
 
 def test_rest_scores_are_certainties_above_the_floor_and_pure_per_task():
