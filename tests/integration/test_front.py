@@ -152,6 +152,15 @@ def test_a_fill_stops_for_a_waiting_training_or_a_newer_version_and_a_rescore_fo
     assert result["imported"] == 15 and "deleted_old_predictions" not in result
     assert ctx.ls.model_versions(project_id) == {version: 15}
     assert ls_server.sdk().projects.get(project_id).model_version == version  # LS serves the front meanwhile
+    # a fill that starts while this holds (e.g. the re-score a burst's earlier training requested) stops before it
+    # scores anything
+    scored: list[int] = []
+    score = tasks._score_and_collect
+    monkeypatch.setattr(tasks, "_score_and_collect", lambda *a, **kw: scored.append(1) or score(*a, **kw))
+    with ProjectLock(ctx.redis, ctx.queue.key("lock:score", project_id), "test-fill", wait=10) as lock:
+        again = tasks._fill(ctx, project_id, state, lock)
+    assert scored == [] and requests == [5, 5, 5], (scored, requests)
+    assert {k: again[k] for k in happened} == happened and "imported" not in again, again
     waiting_rescore = ctx.queue.ready(RESCORE_SLOT, project_id)
     if event == "training waits":
         assert waiting_rescore is None  # the training requests the re-score when it ends
