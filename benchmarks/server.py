@@ -601,8 +601,8 @@ def markdown(result: dict) -> str:
     ]
 
     def each(values: list[float], ordered: list[bool | None], idle: list[bool] | None = None) -> str:
-        flags = ordered or [True] * len(values)
-        busy = [not x for x in idle or [True] * len(values)]
+        flags = [*ordered, *[True] * (len(values) - len(ordered))]  # a run stopped early: its last not checked
+        busy = [not x for x in [*(idle or []), *[True] * (len(values) - len(idle or []))]]
         return ", ".join(
             f"{x:.1f} s" + (" (not in order)" if ok is False else "") + (" (during a fill)" if b else "")
             for x, ok, b in zip(values, flags, busy)
