@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         parts.append((results / "server.md").read_text().strip())
     else:
         parts.append("Not run (`python benchmarks/server.py`: needs Label Studio, installed on first use).")
+    if (results / "server_100k" / "server.md").is_file():
+        parts += ["", "### 100,001 tasks (`benchmarks/server.py --pools 100001 --lean --workers 2`)", ""]
+        parts.append((results / "server_100k" / "server.md").read_text().strip())
     notes = HERE / "notes.md"
     if notes.is_file():
         parts += ["", notes.read_text().strip()]

@@ -38,6 +38,11 @@ $SIM --dataset digits-features --duplicates 3 --strategies random,default,margin
 $SIM --dataset fashion-mnist --strategies random,default --seeds 0-2 --rounds 60 --out "$OUT/fashion-mnist"
 $SIM --dataset digits-features --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/digits-features"
 $SIM --dataset rotten-tomatoes-3 --strategies random,hybrid --seeds 0-2 --rounds 40 --out "$OUT/hybrid/rotten-tomatoes-3"
+# stochastic power acquisition (acquisition.power: 1) against random and the default in the same run
+for d in rotten-tomatoes:50 digits-features:40 rotten-tomatoes-3:40; do
+  $SIM --dataset "${d%%:*}" --strategies random,default,default+power --seeds 0-2 --rounds "${d##*:}" \
+    --out "$OUT/power/${d%%:*}"
+done
 # where the stopping rule (stable predictions) fires and the accuracy then (README "When to stop labelling")
 $SIM --dataset digits-features --strategies default --seeds 0-2 --rounds 60 --out "$OUT/stopping/digits-features"
 $SIM --dataset rotten-tomatoes --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
