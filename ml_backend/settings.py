@@ -46,7 +46,11 @@ class Settings(BaseSettings):
 
     label_studio_url: str | None = Field(None, description="Base URL of Label Studio, with scheme.")
     label_studio_api_key: str | None = Field(None, description="Legacy token or personal access token.")
-    label_studio_timeout: float = Field(60.0, description="Seconds per LS API request.")
+    label_studio_timeout: float = Field(
+        60.0,
+        description="Seconds per LS API request (exports, prediction imports and version deletions: 30 min, "
+        "their work grows with the project).",
+    )
 
     redis_url: str | None = Field(None, description="Redis for the job queue; `serve` starts a local one if unset.")
     queue_name: str = "ml-backend"
