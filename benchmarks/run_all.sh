@@ -45,6 +45,7 @@ for d in rotten-tomatoes:50 digits-features:40 rotten-tomatoes-3:40; do
 done
 $SIM --dataset digits-features --duplicates 3 --strategies random,default,default+power --seeds 0-2 --rounds 40 \
   --out "$OUT/power/digits-duplicates"
+$SIM --dataset fashion-mnist --strategies random,default,default+power --seeds 0-2 --rounds 60 --out "$OUT/power/fashion-mnist"
 # where the stopping rule (stable predictions) fires and the accuracy then (README "When to stop labelling")
 $SIM --dataset digits-features --strategies default --seeds 0-2 --rounds 60 --out "$OUT/stopping/digits-features"
 $SIM --dataset rotten-tomatoes --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
