@@ -236,18 +236,16 @@ class LabelStudioClient:
 
     def tasks_of_annotations(self, project_id: int, annotation_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         """{annotation id: the task holding it, with its annotations} for the annotations LS has (in this project),
-        read one by one (two requests each), whatever LS's task counters say: the labelled listing filters on
-        ``total_annotations``, which LS's own bulk import recount can overwrite with a count taken before an
-        annotation saved at the same moment (measured, see ``jobs.tasks._labelled_tasks``)."""
-        found: dict[int, dict[str, Any]] = {}
+        each annotation read by id and its task by :meth:`tasks_by_id`, whatever LS's task counters say: the
+        labelled listing filters on ``total_annotations``, which LS's own bulk import recount can overwrite with a
+        count taken before an annotation saved at the same moment (measured, see ``jobs.tasks._labelled_tasks``)."""
+        task_of: dict[int, int] = {}
         for annotation_id in annotation_ids:
             annotation = self._raw("GET", f"api/annotations/{int(annotation_id)}/", missing_ok=True)
-            if annotation is _MISSING or not isinstance(annotation, dict):
-                continue
-            task = self._raw("GET", f"api/tasks/{int(annotation.get('task') or 0)}/", missing_ok=True)
-            if task is not _MISSING and isinstance(task, dict) and task.get("project") == project_id:
-                found[int(annotation_id)] = task
-        return found
+            if isinstance(annotation, dict) and annotation.get("task"):
+                task_of[int(annotation_id)] = int(annotation["task"])
+        tasks = {t["id"]: t for t in self.tasks_by_id(project_id, list(task_of.values()))}
+        return {a: tasks[t] for a, t in task_of.items() if t in tasks}
 
     # -- predictions ----------------------------------------------------------------------------------------
     def import_predictions(
