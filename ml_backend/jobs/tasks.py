@@ -59,18 +59,19 @@ log = logging.getLogger(__name__)
 #: seconds between two records of the same stage of a job, except its first and last step: scoring 100k tasks
 #: reports every batch of 64 (1,560 log lines and Redis writes, measured), the dashboard needs one a second
 PROGRESS_EVERY = 1.0
-_last_progress: dict[tuple[str, str], float] = {}
 
 
 def _progress(stage: str, done: int | None = None, total: int | None = None, **extra: Any) -> None:
-    """Record the job's stage and done/total in its rq meta (readable over GET /projects/{id}/status)."""
+    """Record the job's stage and done/total in its rq meta (readable over GET /projects/{id}/status); a step of
+    the stage the meta already holds, recorded less than ``PROGRESS_EVERY`` s ago, is left out."""
     job = get_current_job()
-    key, now = (job.id if job else "-", stage), time.monotonic()
-    if done not in (None, 0, total) and now - _last_progress.get(key, -PROGRESS_EVERY) < PROGRESS_EVERY:
+    if (
+        job is not None
+        and done not in (None, 0, total)
+        and job.meta.get("stage") == stage
+        and time.time() - float(job.meta.get("updated") or 0.0) < PROGRESS_EVERY
+    ):
         return
-    if len(_last_progress) > 1000:  # one work horse runs one job: forget the earlier ones' stages
-        _last_progress.clear()
-    _last_progress[key] = now
     log.info(
         "%s: %s%s %s",
         job.id if job else "-",
