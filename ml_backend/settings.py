@@ -120,9 +120,10 @@ class Settings(BaseSettings):
     cold_start_sample: int = Field(
         1000,
         ge=0,
-        description="A first scoring (no trained head) of a pool with more tasks to embed than this ranks a seeded "
-        "random sample of this many tasks first, imports its front and points the project at the version; the "
-        "rest of the pool is embedded and scored afterwards (0: rank the whole pool first).",
+        description="A re-score of a pool with more tasks to embed than this (a first connection, a version trained "
+        "while the pool is still being embedded) ranks the tasks embedded already, topped up to this many with a "
+        "seeded random sample, imports its front and points the project at the version; the rest of the pool is "
+        "embedded and scored afterwards (0: rank the whole pool first).",
     )
     embed_chunk_size: int = Field(
         1000,

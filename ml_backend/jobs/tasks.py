@@ -7,14 +7,16 @@
   tasks LS serves next; stage "front"), point the project at the version, import the rest (stage "fill"), then
   delete the older versions' predictions (in that order, so LS never serves from nothing). If it does: score only
   the unlabelled tasks that lack a prediction of it (deleted annotations, new tasks, failed scorings, the pool
-  after a cold-start sample), then delete the older versions' predictions, so the queue never freezes.
+  after its embedded part), then delete the older versions' predictions, so the queue never freezes.
   A fill stops between import requests once a training of the project waits for a worker or has promoted a newer
   version (annotators kept labelling): its version is about to be replaced, and the re-score that training
   requests either moves LS to the newer version (deleting this one with the older ones) or finishes the fill.
   A pool with more than ``EMBED_CHUNK_SIZE`` tasks to embed is embedded first, in ``embed_chunk`` jobs that every
-  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached. A cold
-  start (no trained head) with more than ``COLD_START_SAMPLE`` tasks to embed ranks a seeded sample of the pool
-  first, points the project at the version, and leaves the rest of the pool to the fill (which fans out).
+  worker takes a share of; rq then runs the re-score again, which gathers them and finds the pool cached. A
+  re-score with more than ``COLD_START_SAMPLE`` tasks to embed (the first connection of a large pool, or a version
+  trained while the pool is still being embedded) ranks what is embedded already (at least a seeded sample of
+  that size) first, points the project at the version, and leaves the rest of the pool to the fill, which fans it
+  out or, while a fan-out of the project is in flight, leaves it to that fan-out's gathering re-score.
 - ``embed_chunk``: fill the shared embedding cache for one part of a pool.
 - ``score_new_tasks``: score tasks just imported into LS with the current version.
 - ``dedupe_predictions``: after /predict answers, remove the duplicates LS's own save may have raced in.
@@ -489,19 +491,19 @@ def _retry_later(ctx: context.WorkerContext, project_id: int, exc: LabelStudioEr
 def _rescore_pool(
     ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock
 ) -> dict[str, Any]:
-    """Score the whole pool (at a cold start of a large pool, a sample of it first: ``_cold_start_sample``) with a
-    version the project does not point at yet, then switch LS over to it."""
+    """Score the whole pool (when much of it lacks an embedding, its embedded part first: ``_embedded_part``) with
+    a version the project does not point at yet, then switch LS over to it."""
     version = state.version.version
     if ctx.settings.set_uncertainty_sampling and not state.version.trained:
         ctx.ls.set_uncertainty_sampling(project_id)  # first connection: LS's community UI cannot set it
     _secure_webhooks(ctx, project_id)
     tasks = _unlabelled_tasks(ctx, project_id)
-    sample = _cold_start_sample(ctx, state, tasks)
-    embedding = None if sample else _fan_out_embedding(ctx, project_id, state, tasks)
+    part = _embedded_part(ctx, state, tasks)
+    embedding = None if part else _fan_out_embedding(ctx, project_id, state, tasks)
     if embedding is not None and "continued_by" in embedding:
         return {"version": version, "mode": "pool", "unlabelled": len(tasks), "embedding": embedding}
-    ranked = sample or tasks
-    # the order is batch-aware: rank every unlabelled task (or the sample), then import what LS lacks (absent, or
+    ranked = part or tasks
+    # the order is batch-aware: rank every unlabelled task (or the embedded part), then import what LS lacks (absent, or
     # another score: a /predict result LS saved before this ranking existed; the import's dedupe then keeps ours)
     scored, skipped = _score_and_collect(
         ctx.service, state, ranked, state.version, ctx.settings.score_batch_size, "rescore", whole_pool=True
@@ -537,9 +539,9 @@ def _rescore_pool(
     created += _import(ctx, project_id, version, rest, lock, stage="fill", dedupe=False, stopped=stopped) if rest else 0
     result = {
         "version": version,
-        "mode": "cold start sample" if sample else "pool",
+        "mode": "embedded part first" if part else "pool",
         "unlabelled": len(tasks),
-        **({"sample": len(sample)} if sample else {}),
+        **({"part": len(part)} if part else {}),
         "imported": created,
         "front": len(front),
         "front_deleted_tasks": gone,
@@ -549,7 +551,7 @@ def _rescore_pool(
         return {**result, **_stopped_fill(ctx, project_id, version, why)}
     if created:
         _dedupe_after_import(ctx, project_id, version, predictions)
-    if sample:  # the rest of the pool is scored by the fill path, which fans its embedding out over the workers
+    if part:  # the rest of the pool is scored by the fill path, which fans its embedding out over the workers
         return {**result, "rest_of_pool": _fill(ctx, project_id, state, lock)}
     deleted = _delete_older_versions(ctx, project_id, version)
     if skipped:
@@ -558,28 +560,37 @@ def _rescore_pool(
     return {**result, "deleted_old_predictions": deleted, "embedding": embedding}
 
 
-def _cold_start_sample(
+def _embedded_part(
     ctx: context.WorkerContext, state: ProjectState, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]] | None:
-    """The tasks a cold start ranks before the project points at its version: a seeded random sample of
-    ``COLD_START_SAMPLE`` tasks when the version has no trained head and more tasks than that lack an embedding
-    (the first connection of a large pool, a new encoder), else None (rank the whole pool).
+    """The tasks a re-score ranks before the project points at its version when more than ``COLD_START_SAMPLE``
+    of them lack an embedding: those embedded already, topped up to ``COLD_START_SAMPLE`` with a seeded random
+    sample of the others; else None (rank the whole pool). A gathering re-score (the pool was fanned out) never
+    takes a part.
 
-    The sample is ranked by the same code as a whole pool (``ScoringService.score_pool``; its greedy front draws
-    its candidates from a sample of the pool anyway) and the rest of the pool is placed among it by its density
-    against the sample (``ScoringService.score``, as /predict places a new task): the queue is ordered once the
-    sample is embedded, not the whole pool. A gathering re-score (the pool was fanned out) never samples.
+    At the first connection of a large pool nothing is embedded: the part is a random sample, and the queue is
+    ordered once it is embedded, not the whole pool (3 minutes at 100k tasks on 2 workers). A version trained
+    while the pool is still being embedded ranks the cached part at once (its front comes from the part the
+    chunks have embedded so far) instead of waiting for every chunk. The part is ranked by the same code as a whole
+    pool (``ScoringService.score_pool``; its greedy front draws its candidates from a sample of the pool anyway)
+    and the rest of the pool is placed among it by its own value (``ScoringService.score``, as /predict places a
+    new task) once it is embedded.
     """
     size = ctx.settings.cold_start_sample
     job = get_current_job()
-    if not size or state.version.trained or len(tasks) <= size or (job is not None and "fanout" in job.meta):
+    if not size or len(tasks) <= size or (job is not None and "fanout" in job.meta):
         return None
     _progress("looking up cached embeddings", 0, len(tasks))
-    if len(ctx.service.uncached(state, state.version, tasks)) <= size:
+    uncached = ctx.service.uncached(state, state.version, tasks)
+    if len(uncached) <= size:
         return None
-    picks = np.random.default_rng(state.version.seed).choice(len(tasks), size, replace=False)
-    _progress("cold start: ranking a sample of the pool first", size, len(tasks))
-    return [tasks[i] for i in sorted(picks)]
+    missing = set(uncached)
+    embedded = [i for i in range(len(tasks)) if i not in missing]
+    top_up = size - len(embedded)
+    if top_up > 0:
+        embedded += np.random.default_rng(state.version.seed).choice(uncached, top_up, replace=False).tolist()
+    _progress("ranking the embedded part of the pool first", len(embedded), len(tasks), to_embed=len(uncached))
+    return [tasks[i] for i in sorted(embedded)]
 
 
 def _fan_out_embedding(
@@ -588,8 +599,10 @@ def _fan_out_embedding(
     """Split the pool's embedding over the workers when more than ``EMBED_CHUNK_SIZE`` tasks lack one.
 
     Returns ``continued_by`` (the re-score rq runs once every chunk has ended; this job ends now, so a worker
-    never waits on another job) when it fanned out; the gathered chunks' counts when this job is that re-score
-    (it never fans out again: what failed chunks left it embeds itself); None when the pool is embedded here.
+    never waits on another job) when it fanned out, or when a fan-out of the project is in flight (``joined``:
+    its chunks embed these tasks unless they are new, and its re-score, which scores with the version current
+    then, embeds what they left); the gathered chunks' counts when this job is that re-score (it never fans out
+    again: what failed chunks left it embeds itself); None when the pool is embedded here.
     """
     job = get_current_job()
     if job is not None and "fanout" in job.meta:
@@ -607,6 +620,9 @@ def _fan_out_embedding(
     ]
     if len(todo) <= size:
         return None
+    if inflight := ctx.queue.fanout_in_flight(project_id):  # it embeds these tasks; its re-score then scores them
+        _progress("embedding in flight", 0, len(todo), to_embed=len(todo), continued_by=inflight)
+        return {"to_embed": len(todo), "continued_by": inflight, "joined": True}
     chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
     gather_id = ctx.queue.fan_out_embedding(project_id, state.version.version, chunks)
     _progress("embedding fanned out", 0, len(chunks), to_embed=len(todo), continued_by=gather_id)
@@ -692,7 +708,7 @@ def _secure_webhooks(ctx: context.WorkerContext, project_id: int) -> None:
 
 def _fill(ctx: context.WorkerContext, project_id: int, state: ProjectState, lock: ProjectLock) -> dict[str, Any]:
     """The project already points at the current version: score only the unlabelled tasks that lack it (their
-    embedding fanned out over the workers when many lack one: the pool after a cold-start sample), then delete
+    embedding fanned out over the workers when many lack one: the pool after its embedded part), then delete
     the older versions' predictions (left in place by a re-score that failed after pointing the project)."""
     version = state.version.version
     if why := _superseded(ctx, project_id, version):  # before scoring: 100k cached tasks cost 15-20 s (measured)

@@ -18,11 +18,11 @@ from types import TracebackType
 from typing import Any
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Worker
 from rq.job import Job
 
 from ml_backend.jobs import context
-from ml_backend.jobs.queue import connect
+from ml_backend.jobs.queue import JobQueue, connect
 from ml_backend.labelstudio.client import LabelStudioError, LabelStudioNotConfigured
 from ml_backend.learning.service import InvalidModelConfig
 from ml_backend.learning.store import StoreError
@@ -70,7 +70,7 @@ def run_worker(settings: Settings, burst: bool = False, preload: bool = True) ->
     context.install(context.WorkerContext.build(settings, preload=preload))
     redis = connect(settings.redis_url or "")
     options: dict[str, Any] = {"maintenance_interval": MAINTENANCE_INTERVAL, "worker_ttl": WORKER_TTL}
-    worker = BackendWorker([Queue(settings.queue_name, connection=redis)], connection=redis, **options)
+    worker = BackendWorker(JobQueue.from_settings(redis, settings).queues, connection=redis, **options)
     worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
 
 

@@ -72,7 +72,7 @@ class Project:
     def run_jobs(self) -> None:
         """What `ml-backend worker` does, in this process: run every queued job (train, re-score) to the end."""
         queue = self.backend.queue()
-        SimpleWorker([queue.queue], connection=queue.redis).work(burst=True)
+        SimpleWorker(queue.queues, connection=queue.redis).work(burst=True)
 
     def label_next(self, n: int) -> None:
         """Annotate the first ``n`` tasks of the served queue with their true label, then let a training run."""

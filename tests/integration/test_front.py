@@ -167,3 +167,67 @@ def test_a_fill_stops_for_a_waiting_training_or_a_newer_version_and_a_rescore_fo
         assert ctx.queue.ready(TRAIN_SLOT, project_id) == happened["yielded_to"]
     else:
         assert result["continued_by"] == waiting_rescore is not None
+
+
+def test_a_version_trained_during_the_pools_embedding_serves_its_front_before_the_embedding_ends(
+    ls_server, tmp_path, loop_configs, encoders
+):
+    """A 100k project's first labels arrive long before its embedding chunks end. Here the chunks wait on their own
+    queue while an rq worker (in this process) serves only the main queue: the connect's re-score ranks a sample
+    and fans the rest out, the training on the first labels runs while every chunk still waits, and its re-score
+    points the project at the trained version with a front ranked from the embedded part, without fanning the same
+    pool out again. Serving both queues then finishes the fan-out, whose re-score fills the pool with the trained
+    version and deletes the first one."""
+    from fastapi.testclient import TestClient
+    from rq import SimpleWorker
+
+    from ml_backend.api.app import create_app
+
+    n_tasks, sample, chunk, k = 300, 60, 50, 10
+    settings = worker_settings(
+        ls_server, tmp_path, loop_configs, cold_start_sample=sample, embed_chunk_size=chunk, front_first_tasks=k
+    )
+    client = TestClient(create_app(settings, encoders=encoders))
+    context.install(context.WorkerContext(settings, encoders))
+    queue = client.app.state.backend.queue()
+    project_id, key, ids, truth = make_project(ls_server, n_tasks=n_tasks, n_labelled=0)
+    sdk = ls_server.sdk()
+    first = client.post("/setup", json={"project": key, "schema": CONFIG}).json()["model_version"]
+
+    def run(queues) -> None:
+        SimpleWorker(queues, connection=queue.redis).work(burst=True)
+
+    run([queue.queue])  # the main queue only: the chunks stay queued
+    gather = queue.fanout_in_flight(project_id)
+    chunks = queue.chunks.count
+    assert gather is not None and chunks == (n_tasks - sample + chunk - 1) // chunk, chunks
+    assert sdk.projects.get(project_id).model_version == first
+
+    # the first labels, both classes, from the sample LS serves
+    served = [t for t in ids if t in Registry(settings.projects_dir).ranking(project_id, first).scores]
+    labelled = [t for t in served if truth[t] == "fresh"][:4] + [t for t in served if truth[t] == "rotten"][:4]
+    for t in labelled:
+        sdk.annotations.create(t, result=[{**RESULT[0], "value": {"choices": [truth[t]]}}])
+    queue.request_training(project_id)
+    run([queue.queue])  # the training and its re-score, every chunk still waiting
+
+    status = client.get(f"/projects/{project_id}/status").json()
+    trained = status["current_version"]
+    assert trained != first and sdk.projects.get(project_id).model_version == trained
+    rescore = next(j for j in status["jobs"] if j["kind"] == "rescore" and j["status"] == "finished")
+    assert queue.chunks.count == chunks and queue.fanout_in_flight(project_id) == gather  # not fanned out again
+    # the embedded part: the sample's unlabelled tasks, topped up to COLD_START_SAMPLE
+    ranking = Registry(settings.projects_dir).ranking(project_id, trained)
+    assert ranking is not None and len(ranking.scores) == sample, rescore
+    assert set(served) - set(labelled) <= set(ranking.scores)
+    with ls_server.client() as c:
+        counts = c.get(f"/api/projects/{project_id}/model-versions/").json()
+        nxt = c.get(f"/api/projects/{project_id}/next/").json()["id"]
+    assert counts == {first: sample, trained: sample}, (counts, rescore)
+    assert nxt in ranking.scores and ranking.scores[nxt] == min(ranking.scores.values())
+
+    run(queue.queues)  # the chunks, then the fan-out's re-score
+    assert queue.fanout_in_flight(project_id) is None
+    assert not current_predictions_problems(client, ls_server, project_id)
+    with ls_server.client() as c:
+        assert c.get(f"/api/projects/{project_id}/model-versions/").json() == {trained: n_tasks - len(labelled)}

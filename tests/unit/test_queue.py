@@ -121,6 +121,22 @@ def test_a_late_rescore_is_scheduled_with_its_error_and_the_rounds_are_bounded(q
     assert last_error(jobs) == "rescore: still down"
 
 
+def test_a_fan_out_puts_its_chunks_behind_the_main_queue_and_is_in_flight_until_its_rescore_ends(queue):
+    """Chunks wait on their own queue, which workers serve after the main one, so a training requested during a
+    long fan-out runs first; the gathering re-score is the project's fan-out in flight, not its waiting re-score
+    (a re-score requested meanwhile is a job of its own and runs at once)."""
+    gather = queue.fan_out_embedding(4, "v0", [[{"id": 1}], [{"id": 2}], [{"id": 3}]])
+    assert [q.name for q in queue.queues] == [queue.queue.name, f"{queue.queue.name}-embed"]
+    assert queue.chunks.count == 3 and queue.queue.count == 0  # the re-score waits for its chunks (deferred)
+    assert queue.depth()["queued_chunks"] == 3 and queue.depth()["queued"] == 0
+    assert queue.fanout_in_flight(4) == gather and queue.fanout_in_flight(5) is None
+    rescore = queue.request_rescore(4)
+    assert rescore != gather and queue.queue.count == 1
+    assert queue.request_training(4) not in (gather, rescore) and queue.queue.count == 2
+    Job.fetch(gather, connection=queue.redis).cancel()
+    assert queue.fanout_in_flight(4) is None
+
+
 def test_last_error_is_cleared_by_a_later_finished_job_of_the_same_kind():
     def job(kind, status, error=None):
         return {"kind": kind, "status": status, "error": error, "meta": {}}
