@@ -46,6 +46,9 @@ done
 $SIM --dataset digits-features --duplicates 3 --strategies random,default,default+power --seeds 0-2 --rounds 40 \
   --out "$OUT/power/digits-duplicates"
 $SIM --dataset fashion-mnist --strategies random,default,default+power --seeds 0-2 --rounds 60 --out "$OUT/power/fashion-mnist"
+# coverage picks only (representative sampling with the product's kernel) on the two-class text set
+$SIM --dataset rotten-tomatoes --model-config benchmarks/results/coverage/text-minilm-coverage.yaml \
+  --strategies random,default --seeds 0-2 --rounds 50 --out "$OUT/coverage/rotten-tomatoes"
 # where the stopping rule (stable predictions) fires and the accuracy then (README "When to stop labelling")
 $SIM --dataset digits-features --strategies default --seeds 0-2 --rounds 60 --out "$OUT/stopping/digits-features"
 $SIM --dataset rotten-tomatoes --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
