@@ -65,6 +65,8 @@ $PY benchmarks/rank_speed.py --pools 10000,100000 --out "$OUT"
 # 3. server latency and annotation -> predictions-in-LS time (real Label Studio + ml-backend serve)
 if [ "$SERVER" = 1 ]; then
   $PY benchmarks/server.py --pools 1001,10001 --out "$OUT"
+  # what LS itself costs per request and per prediction at 100k tasks (PostgreSQL; about 35 minutes)
+  $PY benchmarks/ls_costs.py --db postgres --pool 100001 --out "$OUT/ls_costs.json"
 fi
 
 # 4. collect everything into README-benchmarks.md

@@ -66,10 +66,11 @@ class Settings(BaseSettings):
         True, description="On connect, switch the LS project to Uncertainty sampling."
     )
     import_batch_size: int = Field(
-        5000,
+        50_000,
         ge=1,
-        description="Predictions per LS import request. LS recounts every task of the project per request, so "
-        'few large requests are much faster than many small ones (measured: README "Front first").',
+        description="Predictions per LS import request. Each request costs LS a recount of every task of the "
+        "project that holds a prediction, whatever its size (measured at 100k tasks: 257 s for 5,000 predictions, "
+        '273 s for 100), so a fill sends as few requests as it can (README "100,001 tasks").',
     )
     score_batch_size: int = Field(64, ge=1, description="Tasks per encoder batch when scoring the pool.")
 
