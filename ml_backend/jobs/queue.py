@@ -282,14 +282,18 @@ class JobQueue:
         """The id of the project's job in ``slot`` if it is ready to run: queued for a worker, or started and not
         yet past its project lock. None if none is, or if it waits out a delay, a retry's backoff or a dependency
         (a long job yields to it only when a worker would run it now)."""
-        recorded = self.redis.get(self.key(slot, project_id))
+        job = self._recorded_job(self.key(slot, project_id))
+        return job.id if job is not None and job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED) else None
+
+    def _recorded_job(self, key: str) -> Job | None:
+        """The job whose id the Redis ``key`` holds, or None (no id, or rq no longer has the job)."""
+        recorded = self.redis.get(key)
         if recorded is None:
             return None
         try:
-            job = Job.fetch(recorded.decode(), connection=self.redis)
+            return Job.fetch(recorded.decode(), connection=self.redis)
         except NoSuchJobError:
             return None
-        return job.id if job.get_status() in (JobStatus.QUEUED, JobStatus.STARTED) else None
 
     def _is_waiting(self, job_id: str) -> bool:
         try:
@@ -368,14 +372,8 @@ class JobQueue:
     def fanout_in_flight(self, project_id: int) -> str | None:
         """The id of the project's fanned-out re-score if it has not ended (its chunks still run, or it waits for
         a worker, or it runs), else None."""
-        recorded = self.redis.get(self.key("fanout-of", project_id))
-        if recorded is None:
-            return None
-        try:
-            job = Job.fetch(recorded.decode(), connection=self.redis)
-        except NoSuchJobError:
-            return None
-        return job.id if job.get_status() in (*_WAITING, JobStatus.STARTED) else None
+        job = self._recorded_job(self.key("fanout-of", project_id))
+        return job.id if job is not None and job.get_status() in (*_WAITING, JobStatus.STARTED) else None
 
     def chunk_done(self, gather_id: str) -> int:
         """Count one finished embedding chunk of the re-score ``gather_id``; returns how many have finished."""
