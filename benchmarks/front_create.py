@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +37,11 @@ from ml_backend.labelstudio.client import LabelStudioClient  # noqa: E402
 from ml_backend.simulation import datasets  # noqa: E402
 
 RESULT = [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": ["fresh"]}}]
+
+
+def predictions(task_ids: list[int], version: str) -> list[dict[str, Any]]:
+    """One prediction of ``version`` (score 0.5) per task."""
+    return [{"task": t, "result": RESULT, "score": 0.5, "model_version": version} for t in task_ids]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         ids = ls.import_tasks(pid, texts)
         print(f"imported {len(ids)} tasks in {time.monotonic() - started:.1f} s", flush=True)
         if args.old:
-            old = [{"task": i, "result": RESULT, "score": 0.5, "model_version": "old"} for i in ids]
             t0 = time.monotonic()
-            client.import_predictions(pid, old, batch_size=5000)
+            client.import_predictions(pid, predictions(ids, "old"), batch_size=5000)
             print(f"old version on every task in {time.monotonic() - t0:.1f} s", flush=True)
         free = iter(ids)
         for rnd in range(args.rounds):

@@ -35,14 +35,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.front_create import RESULT  # noqa: E402
+from benchmarks.front_create import predictions  # noqa: E402
 from benchmarks.server import LS, extend_pool  # noqa: E402
 from ml_backend.labelstudio.client import LabelStudioClient  # noqa: E402
 from ml_backend.simulation import datasets  # noqa: E402
-
-
-def predictions(task_ids: list[int], version: str) -> list[dict[str, Any]]:
-    return [{"task": t, "result": RESULT, "score": 0.5, "model_version": version} for t in task_ids]
 
 
 def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
