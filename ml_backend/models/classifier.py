@@ -24,7 +24,15 @@ import torch
 
 from ml_backend.models.config import ModelConfig
 from ml_backend.models.encoders import Encoder, enable_dropout
-from ml_backend.models.head import HeadParams, MCDropoutHead, build_head, fit_head, head_proba, loss_function
+from ml_backend.models.head import (
+    HeadParams,
+    MCDropoutHead,
+    build_head,
+    fit_head,
+    head_proba,
+    loss_function,
+    saved_shape,
+)
 
 
 class Classifier:
@@ -178,8 +186,8 @@ class Classifier:
     def load_state(self, data: bytes) -> None:
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         state = saved["state"]
-        members = int(state["w1"].shape[0]) if "w1" in state else 1  # as saved, whatever the config says now
-        params = dataclasses.replace(self.params, members=members)
+        members, hidden = saved_shape(state)  # as saved, whatever the config says now
+        params = dataclasses.replace(self.params, members=members, hidden=hidden)
         self.head = build_head(int(saved["in_dim"]), self.n_outputs, params, seed=0)
         self.head.load_state(state)
         self.head.eval()

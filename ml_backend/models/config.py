@@ -50,7 +50,12 @@ class EncoderConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    hidden: int = Field(256, ge=1)
+    hidden: int = Field(
+        256,
+        ge=0,
+        description="Width of the MLP head's hidden layer; 0: a linear head (dropout -> linear), the linear probe "
+        "sentence embeddings are made for.",
+    )
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     members: int = Field(
         1,

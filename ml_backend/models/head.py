@@ -1,4 +1,5 @@
-"""The classification head: small MLPs with dropout on top of a frozen encoder's embeddings, one or a committee.
+"""The classification head: a small MLP or a linear layer, with dropout, on top of a frozen encoder's embeddings; one
+or a committee.
 
 Dropout stays active for MC sampling, so T stochastic passes over the head alone approximate the posterior
 predictive (Gal & Ghahramani 2016) at a fraction of the cost of T passes through the encoder.
@@ -37,7 +38,13 @@ class HeadParams:
 
 
 class MCDropoutHead(nn.Module):
-    """M independent heads, each dropout -> linear -> ReLU -> dropout -> linear, as stacked weights.
+    """M independent heads, each dropout -> linear -> ReLU -> dropout -> linear, as stacked weights; with
+    ``hidden=0`` each is dropout -> linear (a linear probe).
+
+    A linear probe is how sentence embeddings are meant to be read (they are trained so that cosine similarity, a
+    linear function, carries meaning; SentEval and MTEB score them with logistic regression): on few labels it has
+    far fewer weights to fit than an MLP, so it overfits less. The MLP is for inputs that are not linearly
+    separable, such as raw pixels.
 
     ``forward`` takes (B, d) (every member sees the same rows) or (M, B, d) (each member its own rows) and returns
     logits (M, B, n_outputs); softmax or sigmoid is applied by the caller."""
@@ -46,11 +53,15 @@ class MCDropoutHead(nn.Module):
         super().__init__()
         self.in_dim, self.n_outputs, self.hidden, self.dropout = in_dim, n_outputs, hidden, dropout
         self.members = members
-        self.w1 = nn.Parameter(torch.empty(members, hidden, in_dim))
-        self.b1 = nn.Parameter(torch.empty(members, hidden))
-        self.w2 = nn.Parameter(torch.empty(members, n_outputs, hidden))
-        self.b2 = nn.Parameter(torch.empty(members, n_outputs))
-        for weight, bias in ((self.w1, self.b1), (self.w2, self.b2)):  # nn.Linear's initialisation, per member
+        first = hidden if hidden else n_outputs  # a linear head's only layer maps straight to the outputs
+        self.w1 = nn.Parameter(torch.empty(members, first, in_dim))
+        self.b1 = nn.Parameter(torch.empty(members, first))
+        layers = [(self.w1, self.b1)]
+        if hidden:
+            self.w2 = nn.Parameter(torch.empty(members, n_outputs, hidden))
+            self.b2 = nn.Parameter(torch.empty(members, n_outputs))
+            layers.append((self.w2, self.b2))
+        for weight, bias in layers:  # nn.Linear's initialisation, per member
             for m in range(members):
                 nn.init.kaiming_uniform_(weight[m], a=math.sqrt(5))
             bound = 1.0 / math.sqrt(weight.shape[2])
@@ -60,21 +71,34 @@ class MCDropoutHead(nn.Module):
         if x.ndim == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
         x = F.dropout(x, self.dropout, self.training)
-        hidden = torch.relu(torch.einsum("mbd,mhd->mbh", x, self.w1) + self.b1.unsqueeze(1))
-        hidden = F.dropout(hidden, self.dropout, self.training)
+        first = torch.einsum("mbd,mhd->mbh", x, self.w1) + self.b1.unsqueeze(1)
+        if not self.hidden:
+            return first
+        hidden = F.dropout(torch.relu(first), self.dropout, self.training)
         return torch.einsum("mbh,mch->mbc", hidden, self.w2) + self.b2.unsqueeze(1)
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load weights saved by this class, or by the single ``nn.Sequential`` head of versions saved before
         committees existed (``net.1`` and ``net.4`` linear layers), so those versions keep serving."""
-        if "net.1.weight" in state:
-            state = {
-                "w1": state["net.1.weight"][None],
-                "b1": state["net.1.bias"][None],
-                "w2": state["net.4.weight"][None],
-                "b2": state["net.4.bias"][None],
-            }
-        self.load_state_dict(state)
+        self.load_state_dict(_stacked(state))
+
+
+def _stacked(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A saved head state in this class's layout (see :meth:`MCDropoutHead.load_state`)."""
+    if "net.1.weight" not in state:
+        return state
+    return {
+        "w1": state["net.1.weight"][None],
+        "b1": state["net.1.bias"][None],
+        "w2": state["net.4.weight"][None],
+        "b2": state["net.4.bias"][None],
+    }
+
+
+def saved_shape(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(members, hidden) of a saved head state, as saved: a version keeps loading when its config changes."""
+    stacked = _stacked(state)
+    return int(stacked["w1"].shape[0]), int(stacked["w1"].shape[1]) if "w2" in stacked else 0
 
 
 def build_head(in_dim: int, n_outputs: int, params: HeadParams, seed: int) -> MCDropoutHead:
@@ -194,11 +218,12 @@ def head_proba(
     xt = xt.double()
     members, first = [], 0
     for m, passes in enumerate(passes_per_member(mc, head.members)):
-        w1, b1, w2, b2 = (p[m].detach().double() for p in (head.w1, head.b1, head.w2, head.b2))
+        w1, b1 = (p[m].detach().double() for p in (head.w1, head.b1))
+        second = (head.w2[m].detach().double().T, head.b2[m].detach().double()) if head.hidden else None
         m_in, m_hidden = (mask.double() for mask in mc_masks(head, passes, seed, m))
         if xt.ndim == 2:  # (x * m_t) W1^T = x (W1 * m_t)^T: one (n, d) x (d, T*h) matmul for all passes
-            w1 = (w1.unsqueeze(0) * m_in.unsqueeze(1)).reshape(passes * head.hidden, head.in_dim).T
-        members.append(_MemberPasses(passes, first, w1, b1, m_in, m_hidden, w2.T, b2))
+            w1 = (w1.unsqueeze(0) * m_in.unsqueeze(1)).reshape(passes * len(b1), head.in_dim).T
+        members.append(_MemberPasses(passes, first, w1, b1, m_in, m_hidden, second))
         first += passes
     # Rows in chunks: the hidden activations of T passes are (rows, T, hidden), 400 MB for a pool of 10k at T=20;
     # chunks of ``chunk_rows`` keep them in cache (3x faster on 10k rows, benchmarks/rank_speed.py), same results.
@@ -219,17 +244,19 @@ class _MemberPasses:
     b1: torch.Tensor
     m_in: torch.Tensor
     m_hidden: torch.Tensor
-    w2_t: torch.Tensor
-    b2: torch.Tensor
+    second: tuple[torch.Tensor, torch.Tensor] | None  # W2^T and b2 of an MLP head; None: a linear head
 
     def logits(self, xt: torch.Tensor) -> torch.Tensor:
         """(rows, passes, C) logits of rows (rows, d) or, full-network MC, (rows, mc, d)."""
         if xt.ndim == 2:
-            hidden = (xt @ self.w1).reshape(len(xt), self.passes, -1) + self.b1
+            first = (xt @ self.w1).reshape(len(xt), self.passes, -1) + self.b1
         else:
             rows = xt[:, [(self.first + t) % xt.shape[1] for t in range(self.passes)]]
-            hidden = torch.einsum("ntd,hd->nth", rows * self.m_in.unsqueeze(0), self.w1) + self.b1
-        return (torch.relu(hidden) * self.m_hidden.unsqueeze(0)) @ self.w2_t + self.b2
+            first = torch.einsum("ntd,hd->nth", rows * self.m_in.unsqueeze(0), self.w1) + self.b1
+        if self.second is None:
+            return first
+        w2_t, b2 = self.second
+        return (torch.relu(first) * self.m_hidden.unsqueeze(0)) @ w2_t + b2
 
 
 def _activate(logits: torch.Tensor, multilabel: bool) -> np.ndarray:

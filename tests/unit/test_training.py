@@ -74,13 +74,13 @@ def _data(x, y):
     return LabelledData(x, list(x), y, list(range(len(y))))
 
 
-def _config(members=1, **training):
+def _config(members=1, hidden=256, **training):
     return ModelConfig.model_validate(
         {
             "name": "t",
             "kind": "text",
             "encoder": {"pretrained": "none"},
-            "head": {"members": members},
+            "head": {"members": members, "hidden": hidden},
             "training": {"epochs": 40, "min_labels_for_holdout": 10, **training},
         }
     )
@@ -249,14 +249,15 @@ def test_a_committee_predicts_the_mean_of_its_members_and_scores_each_with_its_o
     assert (clf.predict(x) == y).mean() > 0.8
 
 
-@pytest.mark.parametrize("members", [1, 3])
-def test_mc_passes_in_row_chunks_give_exactly_the_whole_pool_results(members):
+@pytest.mark.parametrize(("members", "hidden"), [(1, 256), (3, 256), (1, 0), (3, 0)])
+def test_mc_passes_in_row_chunks_give_exactly_the_whole_pool_results(members, hidden):
     """The pool is scored in row chunks (memory and cache); every row must get the numbers it gets in one chunk
-    (up to float64 rounding, as in a batch of 1), for head-only MC on (n, d) and full-network MC on (n, T, d)."""
+    (up to float64 rounding, as in a batch of 1), for head-only MC on (n, d) and full-network MC on (n, T, d),
+    MLP and linear heads."""
     from ml_backend.models.head import head_proba
 
     x, y = _blobs(50, 5, noise=1.0)
-    clf = Classifier(None, _config(members=members), 2, False, in_dim=8)
+    clf = Classifier(None, _config(members=members, hidden=hidden), 2, False, in_dim=8)
     clf.fit(x, y, seed=0)
     whole = head_proba(clf.head, x, 20, False, seed=3, chunk_rows=len(x))
     assert np.allclose(head_proba(clf.head, x, 20, False, seed=3, chunk_rows=7), whole, rtol=0, atol=1e-12)
@@ -290,6 +291,38 @@ def test_a_saved_committee_loads_as_saved_and_a_single_head_of_an_older_version_
     old.load_state(buf.getvalue())
     assert old.head.members == 1
     assert np.array_equal(old.predict_proba(x, mc=20, seed=1), single.predict_proba(x, mc=20, seed=1))
+
+
+def test_a_linear_head_is_one_dropout_and_linear_layer_whose_mc_passes_match_its_forward_pass():
+    """``head.hidden: 0``: dropout -> linear. Its deterministic and MC probabilities come from the same weights as
+    its forward pass, its passes differ (dropout on the inputs), and a saved linear version loads as saved."""
+    from ml_backend.models.head import mc_masks
+
+    x, y = _blobs(60, 3, noise=1.0)
+    clf = Classifier(None, _config(hidden=0), 2, False, in_dim=8)
+    clf.fit(x, y, seed=0)
+    head = clf.head
+    assert head.w1.shape == (1, 2, 8) and not hasattr(head, "w2")
+    assert sum(p.numel() for p in head.parameters()) == 2 * 8 + 2
+    with torch.no_grad():
+        logits = torch.as_tensor(x) @ head.w1[0].T + head.b1[0]
+    assert np.allclose(clf.predict_proba(x, mc=1)[:, 0], torch.softmax(logits, -1).numpy(), atol=1e-6)
+    p = clf.predict_proba(x, mc=20, seed=4)
+    m_in, _ = mc_masks(head, 20, 4)
+    with torch.no_grad():  # pass t: the inputs thinned by mask t, then the one linear layer
+        by_hand = torch.softmax(
+            (torch.as_tensor(x, dtype=torch.float64)[:, None] * m_in.double()) @ head.w1[0].double().T
+            + head.b1[0].double(),
+            -1,
+        ).numpy()
+    assert np.allclose(p, by_hand, rtol=0, atol=1e-9)
+    assert p.std(axis=1).max() > 1e-3  # the passes differ
+    assert (clf.predict(x) == y).mean() > 0.8
+
+    loaded = Classifier(None, _config(hidden=256), 2, False)  # the config changed since: the version did not
+    loaded.load_state(clf.state_bytes())
+    assert loaded.head.hidden == 0
+    assert np.array_equal(loaded.predict_proba(x, mc=20, seed=1), clf.predict_proba(x, mc=20, seed=1))
 
 
 def test_committee_size_is_checked():
