@@ -79,7 +79,10 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--target-accuracy", type=float, default=None, help="also report labels needed for this accuracy")
     p.add_argument("--jobs", type=int, default=1, help="worker processes, 1 torch thread each (default: %(default)s)")
     p.add_argument(
-        "--image-size", type=int, default=d.image_size, help="digits-images: PNG size (default: %(default)s)"
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="digits-images, fashion-mnist-images: PNG size (default: %(default)s)",
     )
     p.set_defaults(func=_run_from_args)
     return p

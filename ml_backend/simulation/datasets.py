@@ -36,6 +36,7 @@ __all__ = [
     "digits_png",
     "digits_features",
     "fashion_mnist_features",
+    "fashion_mnist_png",
     "text_csv",
     "image_folder",
     "stratified_indices",
@@ -209,23 +210,39 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-def fashion_mnist_features(n: int | None = 3000, seed: int = 0, folder: Path = FASHION_MNIST_DIR) -> FeatureDataset:
-    """Fashion-MNIST's 10,000 test images (28x28, 10 clothing classes) as 784 raw pixel features in [0, 1].
-
-    Shipped by Debian (``apt-get install dataset-fashion-mnist``); read from its gzipped IDX files. With ``n``
-    (default 3,000), a class-balanced seeded sample. Used as a data set nothing in the backend was designed on.
-    """
+def _fashion_mnist(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """Fashion-MNIST's 10,000 test images as (count, 28, 28) uint8 (light garment on black) and their labels."""
     images_path, labels_path = folder / "t10k-images-idx3-ubyte.gz", folder / "t10k-labels-idx1-ubyte.gz"
     if not images_path.is_file() or not labels_path.is_file():
         raise RuntimeError(f"Fashion-MNIST not found in {folder}: apt-get install dataset-fashion-mnist")
     with gzip.open(images_path, "rb") as fh:
         raw = fh.read()
     count, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
-    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows * cols)
+    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, rows, cols)
     with gzip.open(labels_path, "rb") as fh:
         labels = np.frombuffer(fh.read(), dtype=np.uint8, offset=8)
-    data = FeatureDataset((images / 255.0).astype(np.float32), [FASHION_MNIST_CLASSES[i] for i in labels])
+    return images, [FASHION_MNIST_CLASSES[i] for i in labels]
+
+
+def fashion_mnist_features(n: int | None = 3000, seed: int = 0, folder: Path = FASHION_MNIST_DIR) -> FeatureDataset:
+    """Fashion-MNIST's 10,000 test images (28x28, 10 clothing classes) as 784 raw pixel features in [0, 1].
+
+    Shipped by Debian (``apt-get install dataset-fashion-mnist``); read from its gzipped IDX files. With ``n``
+    (default 3,000), a class-balanced seeded sample. Used as a data set nothing in the backend was designed on.
+    """
+    images, labels = _fashion_mnist(folder)
+    data = FeatureDataset((images.reshape(len(images), -1) / 255.0).astype(np.float32), labels)
     return data.subset(stratified_indices(data.labels, n, seed))
+
+
+def fashion_mnist_png(
+    out_dir: Path, n: int | None = 3000, size: int = 64, seed: int = 0, folder: Path = FASHION_MNIST_DIR
+) -> ImageDataset:
+    """The same sample as :func:`fashion_mnist_features`, written as ``size`` x ``size`` RGB PNG files: the images
+    the product would get, so the simulator runs the product's image path (CNN embeddings, then the head)."""
+    images, labels = _fashion_mnist(folder)
+    idx = stratified_indices(labels, n, seed)
+    return ImageDataset(_pngs(Path(out_dir), "fashion", images, idx, size), [labels[i] for i in idx])
 
 
 def digits_png(out_dir: Path, n: int | None = None, size: int = 64, seed: int = 0) -> ImageDataset:
@@ -236,17 +253,22 @@ def digits_png(out_dir: Path, n: int | None = None, size: int = 64, seed: int = 
     """
     images, target = _load_digits()
     labels = [str(t) for t in target]
-    out_dir = Path(out_dir)
+    idx = stratified_indices(labels, n, seed)
+    grey = (255 - images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    return ImageDataset(_pngs(Path(out_dir), "digit", grey, idx, size), [labels[i] for i in idx])
+
+
+def _pngs(out_dir: Path, prefix: str, grey: np.ndarray, idx: Sequence[int], size: int) -> list[Path]:
+    """Grey images ``grey[i]`` for ``i`` in ``idx`` as ``<prefix>-<i>-<size>.png`` RGB files, upscaled bicubically;
+    files already written are reused."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    idx = stratified_indices(labels, n, seed)
     for i in idx:
-        path = out_dir / f"digit-{int(i):04d}-{size}.png"
+        path = out_dir / f"{prefix}-{int(i):04d}-{size}.png"
         if not path.is_file():
-            grey = (255 - images[i] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-            Image.fromarray(grey, mode="L").resize((size, size), Image.BICUBIC).convert("RGB").save(path)
+            Image.fromarray(grey[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB").save(path)
         paths.append(path)
-    return ImageDataset(paths, [labels[i] for i in idx])
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------ your own data

@@ -38,6 +38,7 @@ ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
     "digits-features",
     "fashion-mnist",
+    "fashion-mnist-images",
     "digits-images",
     "rotten-tomatoes",
     "rotten-tomatoes-3",
@@ -68,7 +69,7 @@ class SimulationSettings:
     epochs: int | None = None  # override the model config's training.epochs
     target_accuracy: float | None = None  # an absolute accuracy to report labels-needed for (e.g. 0.95)
     jobs: int = 1  # worker processes (each with 1 torch thread)
-    image_size: int = 64  # digits-images: size of the PNGs written
+    image_size: int = 64  # digits-images, fashion-mnist-images: size of the PNGs written
 
     def validate(self) -> None:
         unknown = [
@@ -115,6 +116,10 @@ def load_dataset(spec: str, work_dir: Path, n: int | None = None, seed: int = 0,
         return (data.subset(datasets.stratified_indices(data.labels, n, seed)) if n else data), "features"
     if spec == "fashion-mnist":
         return datasets.fashion_mnist_features(n=n or 3000, seed=seed), "features"
+    if spec == "fashion-mnist-images":  # the same 3,000 images as PNGs: the product's CNN path
+        return datasets.fashion_mnist_png(
+            Path(work_dir) / "fashion-png", n=n or 3000, size=image_size, seed=seed
+        ), "image"
     if spec == "digits-images":
         return datasets.digits_png(Path(work_dir) / "digits-png", n=n, size=image_size, seed=seed), "image"
     if spec == "rotten-tomatoes":

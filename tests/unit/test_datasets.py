@@ -84,6 +84,23 @@ def test_fashion_mnist_from_the_debian_package():
     assert np.array_equal(fashion_mnist_features(n=500, seed=1).X, data.X)
 
 
+def test_fashion_mnist_as_images_is_the_same_sample_as_the_features(tmp_path):
+    from PIL import Image
+
+    from ml_backend.simulation.datasets import FASHION_MNIST_DIR, fashion_mnist_features, fashion_mnist_png
+
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("apt-get install dataset-fashion-mnist (.ci/run installs it)")
+    features = fashion_mnist_features(n=30, seed=1)
+    images = fashion_mnist_png(tmp_path, n=30, size=56, seed=1)
+    assert images.labels == features.labels
+    for path, x in zip(images.paths, features.X):
+        img = Image.open(path)
+        assert img.mode == "RGB" and img.size == (56, 56)
+        back = np.asarray(img.convert("L").resize((28, 28), Image.BILINEAR), dtype=np.float32) / 255.0
+        assert np.abs(back.ravel() - x).mean() < 0.08  # the same garment, upscaled and back
+
+
 def test_fashion_mnist_missing_says_how_to_install(tmp_path):
     from ml_backend.simulation.datasets import fashion_mnist_features
 
