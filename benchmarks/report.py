@@ -18,10 +18,15 @@ HERE = Path(__file__).resolve().parent
 TARGET = "95% of full"
 SIMULATIONS = [
     ("digits-features", "Digits (8x8 pixels, MLP head with MC dropout on the raw 64 pixels, 10 classes)", TARGET),
-    ("rotten-tomatoes", "Rotten Tomatoes reviews, fresh / rotten (MiniLM embeddings + MC-dropout head)", TARGET),
+    ("rotten-tomatoes", "Rotten Tomatoes reviews, fresh / rotten (MiniLM embeddings + linear MC-dropout head)", TARGET),
     ("rotten-tomatoes-3", "Rotten Tomatoes, 3 classes: plot summaries, fresh and rotten reviews (MiniLM)", TARGET),
     ("digits-duplicates", "Digits with every pool item 3 times (duplicated items)", TARGET),
     ("fashion-mnist", "Fashion-MNIST, 3,000 test images as raw pixels (a data set nothing was designed on)", TARGET),
+    (
+        "fashion-mnist-images",
+        "Fashion-MNIST, the same 3,000 images through EfficientNet-Lite0 (the product's image path)",
+        TARGET,
+    ),
 ]
 
 
@@ -103,6 +108,10 @@ def overview_table(results: Path, target: str = TARGET) -> str:
     return "\n".join(lines)
 
 
+def _head_text(head: dict) -> str:
+    return "linear head" if head["hidden"] == 0 else f"head {head['hidden']} hidden"
+
+
 def simulation_section(results: Path, folder: str, title: str, target: str | None) -> str:
     d = results / folder
     if not (d / "simulation.json").is_file():
@@ -119,7 +128,7 @@ def simulation_section(results: Path, folder: str, title: str, target: str | Non
         + (f" --n {s['n']}" if s.get("n") else "")
         + "`: "
         f"{result['dataset_description']}; test split {s['test_fraction']:.0%}; head and training from model config "
-        f"`{result['model_config']['name']}` (head {result['model_config']['head']['hidden']} hidden, dropout "
+        f"`{result['model_config']['name']}` ({_head_text(result['model_config']['head'])}, dropout "
         f"{result['model_config']['head']['dropout']}, {result['model_config']['training']['epochs']} epochs); "
         f"{m['cores']} cores, {m['torch_threads']} torch thread per process, {s['jobs']} process(es); "
         f"wall time {result['wall_seconds'] / 60:.1f} min."
