@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ml_backend.core.badge import GradientEmbedding, KMeansPlusPlus
 from ml_backend.core.density import representativeness, unit_rows
 from ml_backend.core.strategies import to_ls_score
 
@@ -174,11 +175,14 @@ def greedy_front(
     explore_every: int = 0,
     seed: int = 0,
     neighbours: int = 10,
+    gradients: GradientEmbedding | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """The first ``size`` positions of the order, chosen greedily (see module doc).
 
     ``value=None`` is pure coverage (cold start, exploration). ``explore_every=3`` makes every 3rd pick a pure
-    coverage pick (0: none). Returns positions and each pick's reason.
+    coverage pick (0: none). ``gradients`` (one row per task): the learn picks are BADGE's k-means++ draws in
+    gradient space (:mod:`ml_backend.core.badge`) instead of the discounted values. Returns positions and each
+    pick's reason.
     """
     n = len(embeddings)
     size = min(size, n)
@@ -209,12 +213,18 @@ def greedy_front(
     def learn_gain(i: int) -> tuple[float, float]:
         return float(val[i] * np.maximum(sim[i] - cover_batch, 0.0).sum() / alone[i]), 0.0
 
+    badge = None if gradients is None or value is None else KMeansPlusPlus(gradients.take(cand), seed)
     available = np.ones(len(cand), dtype=bool)
     picked: list[int] = []
     reasons: list[str] = []
     for step in range(min(size, len(cand))):
         explore = value is None or (explore_every > 0 and step % explore_every == explore_every - 1)
-        best = _lazy_pop(*((explore_heap, explore_gain) if explore else (learn_heap, learn_gain)), available)
+        if badge is not None and not explore:
+            best = badge.pick(available)
+        else:
+            best = _lazy_pop(*((explore_heap, explore_gain) if explore else (learn_heap, learn_gain)), available)
+            if badge is not None:
+                badge.add(best)
         available[best] = False
         np.maximum(cover_all, sim[best], out=cover_all)  # in place: the gain functions read the current covers
         np.maximum(cover_batch, sim[best], out=cover_batch)
@@ -254,6 +264,7 @@ def rank_pool(
     labelled: np.ndarray | None = None,
     reference: np.ndarray | None = None,
     explore: bool = False,
+    gradients: GradientEmbedding | None = None,
 ) -> Ranking:
     """Order the whole unlabelled pool (see module doc) and give every task its LS score.
 
@@ -284,6 +295,7 @@ def rank_pool(
         params.explore_period(explore),
         params.seed,
         params.neighbours,
+        gradients if uncertainty is not None else None,
     )
     if uncertainty is None and (labelled is None or len(labelled) == 0):
         reasons = [COLD_START] * len(front)

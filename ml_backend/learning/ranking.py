@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml_backend.core.badge import gradient_embedding
 from ml_backend.core.selection import Ranking, SelectionParams, rank_pool
 from ml_backend.core.strategies import get_strategy
 from ml_backend.models.classifier import Classifier
@@ -64,6 +65,9 @@ def rank_version(
     if clf.trained and probs is None:
         probs = mc_probabilities(clf, embeddings, seed)
     uncertainty = uncertainty_of(task, clf, probs) if clf.trained else None
+    gradients = None
+    if clf.trained and clf.config.acquisition.front == "badge":
+        gradients = gradient_embedding(probs, clf.last_layer_inputs(embeddings), clf.multilabel)
     ranking = rank_pool(
         embeddings,
         keys,
@@ -72,5 +76,6 @@ def rank_version(
         labelled=labelled,
         reference=reference,
         explore=explore and clf.trained,
+        gradients=gradients,
     )
     return PoolView(ranking, probs if clf.trained else None)

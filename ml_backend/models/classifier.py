@@ -30,6 +30,7 @@ from ml_backend.models.head import (
     build_head,
     fit_head,
     head_proba,
+    last_layer_inputs,
     loss_function,
     saved_shape,
 )
@@ -99,6 +100,12 @@ class Classifier:
             stochastic = self.encoder.embed_stochastic(items, mc, seed=seed)
             return head_proba(self.head, stochastic, mc, self.multilabel, seed=seed)
         return head_proba(self.head, embeddings, mc, self.multilabel, seed=seed)
+
+    def last_layer_inputs(self, embeddings: np.ndarray) -> np.ndarray:
+        """What the head's last layer reads for each row (the factor ``h`` of BADGE's gradient embeddings)."""
+        if self.head is None:
+            raise RuntimeError("the head is not trained yet")
+        return last_layer_inputs(self.head, embeddings)
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """Deterministic decisions: class indices (n,), or a 0/1 matrix (n, L) for multi-label."""

@@ -125,6 +125,11 @@ class AcquisitionConfig(_Strict):
         description="Every n-th pick of the batch-aware front is a coverage (exploration) pick, away from what is "
         "labelled and picked; 0 = none. While a class has no label, every 2nd pick is one.",
     )
+    front: Literal["coverage", "badge"] = Field(
+        "coverage",
+        description="How the learn picks of the front are made: coverage (the most uncertain, discounted by what "
+        "the front's earlier picks cover) or badge (k-means++ draws over last-layer gradient embeddings).",
+    )
     weights: dict[str, float] = Field(
         default_factory=lambda: {"uncertainty": 1.0},
         description="Hybrid value: weights of uncertainty, novelty and density (rank-normalised).",

@@ -34,6 +34,8 @@ TOPK = "+topk"
 #: ``<name>+power``: the learn picks of the front drawn with probability ~ value (stochastic power acquisition with
 #: Kirsch et al.'s exponent 1, ``acquisition.power``)
 POWER = "+power"
+#: ``<name>+badge``: the learn picks of the front are BADGE's k-means++ draws over gradient embeddings
+BADGE = "+badge"
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
     "digits-features",
@@ -75,7 +77,8 @@ class SimulationSettings:
         unknown = [
             s
             for s in self.strategies
-            if s.removesuffix(POWER).removesuffix(TOPK) not in ALL_STRATEGIES or s.startswith(RANDOM + "+")
+            if s.removesuffix(POWER).removesuffix(BADGE).removesuffix(TOPK) not in ALL_STRATEGIES
+            or s.startswith(RANDOM + "+")
         ]
         if unknown:
             raise ValueError(
@@ -226,10 +229,12 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
 def strategy_config(config: Any, strategy: str) -> Any:
     """The model config a strategy runs with: the default as is, or its acquisition function swapped (and the
     batch-aware front switched off for ``<name>+topk``, its learn picks drawn for ``<name>+power``)."""
-    power = strategy.endswith(POWER)
-    strategy = strategy.removesuffix(POWER)
+    power, badge = strategy.endswith(POWER), strategy.endswith(BADGE)
+    strategy = strategy.removesuffix(POWER).removesuffix(BADGE)
     name = strategy.removesuffix(TOPK)
     update: dict[str, Any] = {"power": 1.0} if power else {}
+    if badge:
+        update["front"] = "badge"
     if name == HYBRID:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):

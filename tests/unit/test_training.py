@@ -328,3 +328,26 @@ def test_a_linear_head_is_one_dropout_and_linear_layer_whose_mc_passes_match_its
 def test_committee_size_is_checked():
     with pytest.raises(ValueError, match="members"):
         _config(members=0)
+
+
+@pytest.mark.parametrize("hidden,members", [(0, 1), (16, 1), (16, 3)])
+def test_last_layer_inputs_are_what_the_last_layer_reads(hidden, members):
+    """BADGE's feature factor: the embedding for a linear head; the ReLU hidden layer of an MLP (members side by
+    side), so the last layer applied to it gives the head's logits."""
+    x, y = _blobs(40, 3, noise=1.0)
+    clf = Classifier(None, _config(hidden=hidden, members=members), 2, False, in_dim=8)
+    with pytest.raises(RuntimeError):
+        clf.last_layer_inputs(x)
+    clf.fit(x, y, seed=0)
+    h = clf.last_layer_inputs(x)
+    head = clf.head
+    if not hidden:
+        assert np.array_equal(h, x.astype(np.float64))
+        return
+    assert h.shape == (40, hidden * members) and (h >= 0).all()
+    with torch.no_grad():
+        logits = head(torch.as_tensor(x)).double().numpy()  # eval mode: no dropout
+    for m in range(members):
+        own = h[:, m * hidden : (m + 1) * hidden]
+        by_layer = own @ head.w2[m].detach().double().numpy().T + head.b2[m].detach().double().numpy()
+        assert np.allclose(by_layer, logits[m], atol=1e-4)
