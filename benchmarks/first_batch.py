@@ -1,12 +1,13 @@
 """What the front of the queue looks like on digits: plain top-k of the uncertainty vs the batch-aware order.
 
-    python benchmarks/first_batch.py [--seeds 0,3] > benchmarks/results/digits-features/first_batch.md
+    python benchmarks/first_batch.py [--model-config X.yaml] [--seeds 0,3] \
+        > benchmarks/results/digits-features/first_batch.md
 
-A head (MLP on raw pixels, T=20) is trained on 20 random labels; then, for each acquisition function, the 20 tasks
-the annotator would be served first, once as the plain top-20 of the per-task uncertainty (``+topk``, the behaviour
-before the batch-aware front) and once in the product's order (``ranking.rank_version``): their classes and how
-similar they are to each other (mean pairwise cosine similarity of their pixel vectors; a random batch is the
-reference).
+A head on raw pixels (``run_all.sh`` passes the MLP config the raw-pixel simulations use; T=20) is trained on 20
+random labels; then, for each acquisition function, the 20 tasks the annotator would be served first, once as the
+plain top-20 of the per-task uncertainty (``+topk``, the behaviour before the batch-aware front) and once in the
+product's order (``ranking.rank_version``): their classes and how similar they are to each other (mean pairwise
+cosine similarity of their pixel vectors; a random batch is the reference).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,3")
     p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--model-config", default=None, help="a model config YAML (default: the image default)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    prep = sim.prepare(sim.SimulationSettings(dataset="digits-features"))
+    prep = sim.prepare(sim.SimulationSettings(dataset="digits-features", model_config=args.model_config))
     print("| seed | strategy | classes of the first batch (counts of 0..9) | distinct classes | mean pairwise cosine |")
     print("|---|---|---|---|---|")
     for seed in [int(s) for s in args.seeds.split(",")]:
