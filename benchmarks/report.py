@@ -16,6 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 TARGET = "95% of full"
+#: the other strategies of the overview table, as ratios to random's labels
+ALTERNATIVES = ("bald", "entropy", "margin+topk", "default+badge")
 SIMULATIONS = [
     ("digits-features", "Digits (8x8 pixels, MLP head with MC dropout on the raw 64 pixels, 10 classes)", TARGET),
     ("rotten-tomatoes", "Rotten Tomatoes reviews, fresh / rotten (MiniLM embeddings + linear MC-dropout head)", TARGET),
@@ -24,7 +26,14 @@ SIMULATIONS = [
     ("fashion-mnist", "Fashion-MNIST, 3,000 test images as raw pixels (a data set nothing was designed on)", TARGET),
     (
         "fashion-mnist-images",
-        "Fashion-MNIST, the same 3,000 images through EfficientNet-Lite0 (the product's image path)",
+        "Fashion-MNIST, the same 3,000 images through EfficientNet-Lite0 and a linear head (the product's image path)",
+        TARGET,
+    ),
+    ("digits-images", "Digits as 64-pixel PNGs through EfficientNet-Lite0 and a linear head (the image path)", TARGET),
+    ("badge/rotten-tomatoes-3", "BADGE learn picks (`acquisition.front: badge`) on the 3-class text set", TARGET),
+    (
+        "mlp-head/fashion-mnist-images",
+        "Fashion-MNIST through EfficientNet-Lite0 with the earlier image head (MLP, 256 hidden units)",
         TARGET,
     ),
 ]
@@ -75,7 +84,7 @@ def overview_table(results: Path, target: str = TARGET) -> str:
     head = (
         "| data set | full-data acc. | random: labels to 95 % of full | default (margin + batch-aware front) | "
         "x random | worst round vs random | every class labelled after | AULC default / random | "
-        "x random: bald, entropy, margin+topk |"
+        f"x random: {', '.join(ALTERNATIVES)} |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for folder, _title, _target in SIMULATIONS:
@@ -99,7 +108,7 @@ def overview_table(results: Path, target: str = TARGET) -> str:
             value = summary.get(name, {}).get("ratio_to_random", {}).get(target)
             return "-" if value is None else f"{value:.2f}"
 
-        alternatives = ", ".join(ratio(n) for n in ("bald", "entropy", "margin+topk"))
+        alternatives = ", ".join(ratio(n) for n in ALTERNATIVES)
         lines.append(
             f"| {folder} | {full:.3f} | {labels(rnd)} | {labels(dft)} | **{ratio('default')}** | "
             f"{100 * dft['worst_vs_random']:+.1f} pts at {dft['worst_vs_random_at']} | "
@@ -126,6 +135,7 @@ def simulation_section(results: Path, folder: str, title: str, target: str | Non
         + (f" --duplicates {s['duplicates']}" if s.get("duplicates", 1) > 1 else "")
         + (f" --target-accuracy {s['target_accuracy']}" if s.get("target_accuracy") else "")
         + (f" --n {s['n']}" if s.get("n") else "")
+        + (f" --model-config {s['model_config']}" if s.get("model_config") else "")
         + "`: "
         f"{result['dataset_description']}; test split {s['test_fraction']:.0%}; head and training from model config "
         f"`{result['model_config']['name']}` ({_head_text(result['model_config']['head'])}, dropout "
