@@ -16,6 +16,7 @@ Distances never build the (C x h) outer products: ``|g_i - g_j|^2 = |a_i|^2 |h_i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -32,15 +33,17 @@ class GradientEmbedding:
             raise ValueError("residual (n, C) and features (n, h) with one row per task are needed")
 
     def take(self, idx: np.ndarray) -> GradientEmbedding:
-        return GradientEmbedding(self.residual[idx], self.features[idx])
+        """The rows ``idx``, in float64 (the candidates of a front: exact copies must stay at distance 0)."""
+        return GradientEmbedding(self.residual[idx], np.asarray(self.features[idx], dtype=np.float64))
 
+    @cached_property
     def sq_norms(self) -> np.ndarray:
         """|g|^2 per task: how far a label could move the last layer."""
-        return np.sum(self.residual**2, axis=1) * np.sum(self.features**2, axis=1)
+        return np.sum(self.residual**2, axis=1) * np.sum(np.square(self.features, dtype=np.float64), axis=1)
 
     def sq_distances_to(self, i: int) -> np.ndarray:
         """|g_j - g_i|^2 for every task j (clipped at 0 against rounding)."""
-        norms = self.sq_norms()
+        norms = self.sq_norms
         cross = (self.residual @ self.residual[i]) * (self.features @ self.features[i])
         return np.clip(norms + norms[i] - 2.0 * cross, 0.0, None)
 
@@ -63,7 +66,9 @@ def gradient_embedding(probs: np.ndarray, features: np.ndarray, multilabel: bool
         mean[bad] = 1.0 / max(mean.shape[1], 1)
         residual = mean.copy()
         residual[np.arange(len(mean)), mean.argmax(axis=1)] -= 1.0
-    feats = np.nan_to_num(np.asarray(features, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    feats = np.asarray(features)  # no float64 copy: for a linear head these are the pool's embeddings themselves
+    if not np.isfinite(feats).all():
+        feats = np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
     return GradientEmbedding(residual, feats)
 
 
@@ -85,7 +90,7 @@ class KMeansPlusPlus:
         if len(idx) == 0:
             raise ValueError("no task is available to pick")
         if np.isinf(self.nearest[idx]).all():
-            choice = int(idx[np.argmax(self.grads.sq_norms()[idx])])
+            choice = int(idx[np.argmax(self.grads.sq_norms[idx])])
         else:
             weight = np.nan_to_num(self.nearest[idx], posinf=0.0)
             total = weight.sum()

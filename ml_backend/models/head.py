@@ -199,10 +199,10 @@ def last_layer_inputs(head: MCDropoutHead, x: np.ndarray) -> np.ndarray:
     """What the head's last layer reads, deterministic (n, d) -> (n, k): the embedding itself for a linear head, the
     ReLU hidden layer of an MLP; a committee's members side by side (each member's last layer is its own)."""
     if not head.hidden:
-        return np.asarray(x, dtype=np.float64)
+        return np.asarray(x)
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     hidden = torch.relu(torch.einsum("bd,mhd->mbh", xt, head.w1) + head.b1.unsqueeze(1))  # (M, n, h)
-    return hidden.permute(1, 0, 2).reshape(len(xt), -1).double().numpy()
+    return hidden.permute(1, 0, 2).reshape(len(xt), -1).numpy()
 
 
 MC_CHUNK_ROWS = 256  # rows per chunk of the MC passes: (256, 20, 256) float64 activations, 10 MB instead of 400

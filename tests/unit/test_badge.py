@@ -20,13 +20,13 @@ def test_distances_equal_those_of_the_explicit_outer_products():
     feats = rng.normal(size=(30, 7))
     grads = gradient_embedding(probs, feats)
     g = _explicit(probs, feats)
-    assert np.allclose(grads.sq_norms(), (g**2).sum(axis=1))
+    assert np.allclose(grads.sq_norms, (g**2).sum(axis=1))
     assert np.allclose(grads.sq_distances_to(3), ((g - g[3]) ** 2).sum(axis=1))
 
 
 def test_a_sure_task_has_no_gradient_and_broken_probabilities_count_as_uncertain():
     probs = np.array([[[0.999, 0.001, 0.0]], [[0.4, 0.35, 0.25]], [[np.nan, 0.5, 0.5]]])
-    norms = gradient_embedding(probs, np.ones((3, 2))).sq_norms()
+    norms = gradient_embedding(probs, np.ones((3, 2))).sq_norms
     assert norms[0] < 1e-5 < norms[1]
     assert np.isfinite(norms).all() and norms[2] >= norms[1]
     multi = gradient_embedding(np.array([[[0.9, 0.5]]]), np.ones((1, 2)), multilabel=True)
@@ -51,7 +51,7 @@ def test_kmeans_plus_plus_starts_at_the_longest_gradient_and_never_draws_a_copy(
     grads = distinct.take(np.repeat(np.arange(12), 4))  # every task four times
     for seed in range(5):
         picks = _picks(grads, seed, 12)
-        assert grads.sq_norms()[picks[0]] == grads.sq_norms().max()
+        assert grads.sq_norms[picks[0]] == grads.sq_norms.max()
         assert len({p // 4 for p in picks}) == 12, "a copy of a pick has distance 0: it is never drawn"
     assert _picks(grads, 3, 12) == _picks(grads, 3, 12), "seeded: the same version draws the same batch"
     with pytest.raises(ValueError):
