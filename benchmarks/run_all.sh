@@ -68,6 +68,18 @@ $SIM --dataset digits-features $PIX --strategies random,default,default+power --
 $SIM --dataset digits-features $PIX --duplicates 3 --strategies random,default,default+power --seeds 0-2 --rounds 40 \
   --out "$OUT/power/digits-duplicates"
 $SIM --dataset fashion-mnist $PIX --strategies random,default,default+power --seeds 0-2 --rounds 60 --out "$OUT/power/fashion-mnist"
+# a committee of 5 heads (head.members: 5) against random trained the same way
+C=benchmarks/results/committee
+$SIM --dataset digits-features --model-config $C/image-efficientnet-lite0-committee.yaml --strategies random,default \
+  --seeds 0-2 --rounds 40 --out "$C/digits-features"
+$SIM --dataset digits-features --duplicates 3 --model-config $C/image-efficientnet-lite0-committee.yaml \
+  --strategies random,default --seeds 0-2 --rounds 40 --out "$C/digits-duplicates"
+for d in rotten-tomatoes:50 rotten-tomatoes-3:40; do
+  $SIM --dataset "${d%%:*}" --model-config $C/text-minilm-committee.yaml --strategies random,default --seeds 0-2 \
+    --rounds "${d##*:}" --out "$C/${d%%:*}"
+done
+$SIM --dataset fashion-mnist-images --model-config $C/image-efficientnet-lite0-linear-committee.yaml \
+  --strategies random,default --seeds 0-2 --rounds 60 --out "$C/fashion-mnist-images"
 # coverage picks only (representative sampling with the product's kernel) on the two-class text set
 $SIM --dataset rotten-tomatoes --model-config benchmarks/results/coverage/text-minilm-coverage.yaml \
   --strategies random,default --seeds 0-2 --rounds 50 --out "$OUT/coverage/rotten-tomatoes"
