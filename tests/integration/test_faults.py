@@ -97,7 +97,7 @@ def test_a_hung_redis_never_stalls_health_or_predict(live, own_redis):
     )
     assert all(r.status_code == 202 and r.json()["status"] == "deferred" for r, _ in webhooks)
     assert slowest_hook < 2.5  # within LS's reach (1 s timeout, response ignored), and never queued 5 s each
-    assert max(health) < 0.3
+    assert max(health) < 1.0  # LS's /health budget; a stall on the frozen Redis lasts its socket timeout (seconds)
     assert predict_resp.status_code == 200 and predict_time < 1.0
     assert status_resp.status_code == 200 and status_resp.json()["jobs"] is None and status_time < 2.0
     assert deferred == 10  # all kept, none lost to concurrent appends
