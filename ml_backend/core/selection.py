@@ -295,7 +295,7 @@ def rank_pool(
         params.explore_period(explore),
         params.seed,
         params.neighbours,
-        gradients if uncertainty is not None else None,
+        gradients,
     )
     if uncertainty is None and (labelled is None or len(labelled) == 0):
         reasons = [COLD_START] * len(front)

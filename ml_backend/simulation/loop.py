@@ -75,15 +75,12 @@ class SimulationSettings:
 
     def validate(self) -> None:
         unknown = [
-            s
-            for s in self.strategies
-            if s.removesuffix(POWER).removesuffix(BADGE).removesuffix(TOPK) not in ALL_STRATEGIES
-            or s.startswith(RANDOM + "+")
+            s for s in self.strategies if parse_strategy(s)[0] not in ALL_STRATEGIES or s.startswith(RANDOM + "+")
         ]
         if unknown:
             raise ValueError(
-                f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k, +power for "
-                "stochastic power acquisition)"
+                f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k, +badge for "
+                "BADGE learn picks, +power for stochastic power acquisition)"
             )
         if self.cold_start not in ("product", "random"):
             raise ValueError("cold_start must be 'product' or 'random'")
@@ -226,12 +223,20 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return rng.permutation(np.array(train)), np.sort(np.array(test))
 
 
+def parse_strategy(strategy: str) -> tuple[str, bool, bool, bool]:
+    """``<name>[+topk][+badge][+power]`` -> (name, topk, badge, power)."""
+    power = strategy.endswith(POWER)
+    strategy = strategy.removesuffix(POWER)
+    badge = strategy.endswith(BADGE)
+    strategy = strategy.removesuffix(BADGE)
+    return strategy.removesuffix(TOPK), strategy.endswith(TOPK), badge, power
+
+
 def strategy_config(config: Any, strategy: str) -> Any:
     """The model config a strategy runs with: the default as is, or its acquisition function swapped (and the
-    batch-aware front switched off for ``<name>+topk``, its learn picks drawn for ``<name>+power``)."""
-    power, badge = strategy.endswith(POWER), strategy.endswith(BADGE)
-    strategy = strategy.removesuffix(POWER).removesuffix(BADGE)
-    name = strategy.removesuffix(TOPK)
+    batch-aware front switched off for ``<name>+topk``, its learn picks drawn for ``<name>+power``, made by BADGE
+    for ``<name>+badge``)."""
+    name, topk, badge, power = parse_strategy(strategy)
     update: dict[str, Any] = {"power": 1.0} if power else {}
     if badge:
         update["front"] = "badge"
@@ -239,7 +244,7 @@ def strategy_config(config: Any, strategy: str) -> Any:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):
         update["strategy"] = name
-    if strategy.endswith(TOPK):
+    if topk:
         update["front_size"] = 0
     if not update:
         return config
