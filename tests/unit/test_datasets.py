@@ -32,6 +32,17 @@ def test_rotten_tomatoes_sample_is_balanced_and_seeded():
     assert a.texts != c.texts
 
 
+def test_presidential_debates_are_real_statements_with_three_sides():
+    data = datasets.presidential_debates()
+    assert data.classes == ["Democratic", "Moderator", "Republican"]
+    assert collections.Counter(data.labels) == {"Republican": 431, "Democratic": 343, "Moderator": 281}
+    assert len(set(data.texts)) == len(data.texts) and all(t.strip() for t in data.texts)
+    assert np.median([len(t.split()) for t in data.texts]) > 5  # statements, not names or ids
+    sample = datasets.presidential_debates(n=90, seed=2)
+    assert sorted(collections.Counter(sample.labels).values()) == [30, 30, 30]
+    assert sample.texts == datasets.presidential_debates(n=90, seed=2).texts
+
+
 def test_digits_features():
     data = datasets.digits_features()
     assert data.X.shape == (1797, 64)
@@ -106,3 +117,13 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path):
 
     with pytest.raises(RuntimeError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist_features(folder=tmp_path)
+
+
+def test_simulator_dataset_specs(tmp_path):
+    from ml_backend.simulation.loop import DATASETS, load_dataset
+
+    assert "presidential-debates" in DATASETS
+    data, kind = load_dataset("presidential-debates", tmp_path, n=30, seed=1)
+    assert kind == "text" and len(data) == 30 and set(data.labels) == {"Democratic", "Moderator", "Republican"}
+    with pytest.raises(ValueError, match="unknown dataset 'debates'"):
+        load_dataset("debates", tmp_path)
