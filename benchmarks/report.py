@@ -29,6 +29,11 @@ SIMULATIONS = [
         "Fashion-MNIST, the same 3,000 images through EfficientNet-Lite0 and a linear head (the product's image path)",
         TARGET,
     ),
+    (
+        "presidential-debates",
+        "2016 US debate statements by the speaker's side: Democratic, Republican, moderator (MiniLM; not tuned on)",
+        TARGET,
+    ),
     ("digits-images", "Digits as 64-pixel PNGs through EfficientNet-Lite0 and a linear head (the image path)", TARGET),
     ("badge/rotten-tomatoes-3", "BADGE learn picks (`acquisition.front: badge`) on the 3-class text set", TARGET),
     (
