@@ -36,6 +36,9 @@ SIMULATIONS = [
     ),
     ("digits-images", "Digits as 64-pixel PNGs through EfficientNet-Lite0 and a linear head (the image path)", TARGET),
     ("badge/rotten-tomatoes-3", "BADGE learn picks (`acquisition.front: badge`) on the 3-class text set", TARGET),
+    ("hybrid/rotten-tomatoes-3", "The hybrid value (uncertainty + novelty + density) on the 3-class text set", TARGET),
+    ("hybrid/presidential-debates", "The hybrid value on the 2016 debate statements", TARGET),
+    ("hybrid/fashion-mnist-images", "The hybrid value on Fashion-MNIST through EfficientNet-Lite0", TARGET),
     (
         "mlp-head/fashion-mnist-images",
         "Fashion-MNIST through EfficientNet-Lite0 with the earlier image head (MLP, 256 hidden units)",
