@@ -2,9 +2,10 @@
 
     python benchmarks/report.py [benchmarks/results]
 
-Reads each simulation folder's ``simulation.json`` / ``summary.md`` / ``learning_curves.png``, ``speed.json`` /
-``speed.md``, ``rank_speed.md`` and ``server.md`` when present, checks the stated targets against the measured
-numbers, and appends ``benchmarks/notes.md`` (the hand-written interpretation). Missing parts are listed as not run.
+Reads each simulation folder's ``simulation.json`` / ``summary.md`` / ``learning_curves.png`` /
+``learner_check.md``, and ``speed.json`` / ``speed.md``, ``rank_speed.md``, ``server.md`` and ``zero_shot.md`` when
+present, checks the stated targets against the measured numbers, and appends ``benchmarks/notes.md`` (the
+hand-written interpretation). Missing parts are listed as not run.
 """
 
 from __future__ import annotations
@@ -165,6 +166,14 @@ def simulation_section(results: Path, folder: str, title: str, target: str | Non
             "",
             (d / "first_batch.md").read_text().strip(),
         ]
+    if (d / "learner_check.md").is_file():
+        lines += [
+            "",
+            "Is the head the limit? The product's head against logistic regressions solved to optimum, on "
+            "random's labels (`benchmarks/learner_check.py`):",
+            "",
+            (d / "learner_check.md").read_text().split("\n", 2)[2].strip(),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -195,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     parts += [overview_table(results), ""]
     for folder, title, target in SIMULATIONS:
         parts.append(simulation_section(results, folder, title, target))
+    if (results / "zero_shot.md").is_file():
+        parts += [
+            "### Zero-shot labels before the first version (`benchmarks/zero_shot.py`)",
+            "",
+            (results / "zero_shot.md").read_text().strip(),
+            "",
+        ]
     parts += ["## Scoring speed", ""]
     if (results / "speed.md").is_file():
         parts.append((results / "speed.md").read_text().strip())

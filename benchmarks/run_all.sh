@@ -96,6 +96,12 @@ $SIM --dataset digits-features $PIX --strategies default --seeds 0-2 --rounds 60
 $SIM --dataset rotten-tomatoes $MLP --strategies default --seeds 0-2 --rounds 50 --out "$OUT/stopping/rotten-tomatoes"
 # what the front of the queue looks like: plain top-k vs the batch-aware order
 $PY benchmarks/first_batch.py $PIX --seeds 0,3 > "$OUT/digits-features/first_batch.md"
+# is the head the limit where the default misses? it against logistic regressions on random's labels
+for d in rotten-tomatoes-3 presidential-debates fashion-mnist-images; do
+  $PY benchmarks/learner_check.py --dataset $d --out "$OUT/$d" > "$OUT/$d/learner_check.md"
+done
+# zero-shot labels (text to label-name similarity) against the first trained version
+$PY benchmarks/zero_shot.py > "$OUT/zero_shot.md"
 
 # 2. pool-scoring speed of the default text and image models, 1 and 2 torch threads
 $PY benchmarks/speed.py --threads 1,2 --out "$OUT"
