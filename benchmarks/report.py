@@ -36,6 +36,11 @@ SIMULATIONS = [
         TARGET,
     ),
     ("digits-images", "Digits as 64-pixel PNGs through EfficientNet-Lite0 and a linear head (the image path)", TARGET),
+    (
+        "acquisition/fashion-mnist-images",
+        "Fashion-MNIST through EfficientNet-Lite0: the default against entropy and BALD in the same pipeline",
+        TARGET,
+    ),
     ("badge/rotten-tomatoes-3", "BADGE learn picks (`acquisition.front: badge`) on the 3-class text set", TARGET),
     ("hybrid/rotten-tomatoes-3", "The hybrid value (uncertainty + novelty + density) on the 3-class text set", TARGET),
     ("hybrid/presidential-debates", "The hybrid value on the 2016 debate statements", TARGET),

@@ -44,10 +44,13 @@ $SIM --dataset digits-features $PIX --duplicates 3 --strategies random,default,m
 $SIM --dataset fashion-mnist $PIX --strategies random,default --seeds 0-2 --rounds 60 --out "$OUT/fashion-mnist"
 $SIM --dataset fashion-mnist-images --strategies random,default,default+badge --seeds 0-2 --rounds 60 \
   --out "$OUT/fashion-mnist-images"
-$SIM --dataset digits-images --strategies random,default --seeds 0-2 --rounds 80 --out "$OUT/digits-images"
+$SIM --dataset digits-images --strategies random,default,entropy,bald --seeds 0-2 --rounds 80 --out "$OUT/digits-images"
 # a text set measured only after the defaults were fixed: the speaker's side of a 2016 debate statement
 $SIM --dataset presidential-debates --strategies random,default,entropy --seeds 0-2 --rounds 60 \
   --out "$OUT/presidential-debates"
+# the image default's acquisition function against entropy and BALD (the CNN path, linear head)
+$SIM --dataset fashion-mnist-images --strategies random,default,entropy,bald --seeds 0-2 --rounds 60 \
+  --out "$OUT/acquisition/fashion-mnist-images"
 # BADGE learn picks (acquisition.front: badge) against the coverage front on the three-class text set
 $SIM --dataset rotten-tomatoes-3 --strategies random,default,default+badge --seeds 0-2 --rounds 40 \
   --out "$OUT/badge/rotten-tomatoes-3"
