@@ -8,7 +8,8 @@ Label Studio scores: ``Classifier.embed`` (tokenise + encoder, or decode PNG + C
 ``normalized_uncertainty`` and ``to_ls_score``. Three modes:
 
 * ``deterministic``: mc=1, entropy of the single softmax (what a non-Bayesian backend would cost);
-* ``head MC``: the encoder once, then T=20 dropout passes over the head only, BALD (the default);
+* ``head MC``: the encoder once, then T=20 dropout passes over the head only, BALD (the costliest acquisition
+  function on the same passes the default, margin, reads);
 * ``full MC``: ``acquisition.mc_mode: full`` and the raw items passed: T=20 passes through encoder + head, BALD;
 * text only, ``deterministic, pool sorted by length``: the same texts handed over already ordered by token count.
   This row found that padding short reviews in random order wasted about half the encoder's work; the text
