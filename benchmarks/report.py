@@ -41,6 +41,11 @@ SIMULATIONS = [
         "Fashion-MNIST through EfficientNet-Lite0: the default against entropy and BALD in the same pipeline",
         TARGET,
     ),
+    (
+        "acquisition/presidential-debates",
+        "The debate statements with entropy and BALD (a second run; its default parts from the first at 240 labels)",
+        TARGET,
+    ),
     ("badge/rotten-tomatoes-3", "BADGE learn picks (`acquisition.front: badge`) on the 3-class text set", TARGET),
     ("hybrid/rotten-tomatoes-3", "The hybrid value (uncertainty + novelty + density) on the 3-class text set", TARGET),
     ("hybrid/presidential-debates", "The hybrid value on the 2016 debate statements", TARGET),

@@ -48,9 +48,11 @@ $SIM --dataset digits-images --strategies random,default,entropy,bald --seeds 0-
 # a text set measured only after the defaults were fixed: the speaker's side of a 2016 debate statement
 $SIM --dataset presidential-debates --strategies random,default,entropy --seeds 0-2 --rounds 60 \
   --out "$OUT/presidential-debates"
-# the image default's acquisition function against entropy and BALD (the CNN path, linear head)
+# entropy and BALD in the default's pipeline, all four in one run: the image path and the debate statements
 $SIM --dataset fashion-mnist-images --strategies random,default,entropy,bald --seeds 0-2 --rounds 60 \
   --out "$OUT/acquisition/fashion-mnist-images"
+$SIM --dataset presidential-debates --strategies random,default,entropy,bald --seeds 0-2 --rounds 60 \
+  --out "$OUT/acquisition/presidential-debates"
 # BADGE learn picks (acquisition.front: badge) against the coverage front on the three-class text set
 $SIM --dataset rotten-tomatoes-3 --strategies random,default,default+badge --seeds 0-2 --rounds 40 \
   --out "$OUT/badge/rotten-tomatoes-3"
