@@ -44,19 +44,10 @@ from ml_backend.models.image import load_image
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 from ml_backend.simulation import datasets
+from ml_backend.simulation.loop import cpu_model
 
 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 _POOL = EncoderPool()  # each encoder loaded once per process
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

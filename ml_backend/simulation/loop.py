@@ -455,13 +455,25 @@ def _call(args: tuple) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: floating-point rounding, and so the order of
+    near-tied tasks, can differ between CPUs, so a result records which one it ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     from ml_backend.models.encoders import torch_info
 
     return {
         "cores": os.cpu_count(),
         **torch_info(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
     }
 
