@@ -41,15 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     configure_torch(1)
     out = Path(args.out or f"benchmarks/results/{args.dataset}")
+    settings = sim.SimulationSettings(dataset=args.dataset, out_dir=out, model_config=args.model_config)
     with contextlib.redirect_stdout(sys.stderr):  # an image backbone's loader prints; the table goes to stdout
-        prep = sim.prepare(sim.SimulationSettings(dataset=args.dataset, out_dir=out, model_config=args.model_config))
+        prep = sim.prepare(settings)
     seeds = [int(s) for s in args.seeds.split(",")]
     n_classes = len(prep.classes)
     acc: dict[tuple[str, int], list[float]] = {}
     sizes: list[int] = []
     for seed in seeds:
-        train, test = sim.stratified_split(prep.y, 0.25, seed)
-        order = train[np.random.default_rng([seed, 13]).permutation(len(train))]  # random's labels, in order
+        train, test = sim.stratified_split(prep.y, settings.test_fraction, seed)
+        order = train[sim.random_pool_order(len(train), seed)]  # random's labels, in the order it is served them
         seed_sizes = [n for n in SIZES if n < len(train)] + [len(train)]
         sizes = sorted(set(sizes) | set(seed_sizes))
         for n in seed_sizes:

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     header = "| data set | labels as named | with a description | majority class | first version (10 labels): "
     print(header + "random, default |")
     print("|---|---|---|---|---|")
+    pool = EncoderPool()  # the text default's encoder, loaded once for every data set
     for dataset, labels in LABELS.items():
-        prep = sim.prepare(sim.SimulationSettings(dataset=dataset, out_dir=RESULTS / dataset))
-        encoder = EncoderPool().get(prep.config)
+        settings = sim.SimulationSettings(dataset=dataset, out_dir=RESULTS / dataset)
+        prep = sim.prepare(settings)
+        encoder = pool.get(prep.config)
         X = unit_rows(prep.X)
         cells = []
         for which in (0, 1):
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             predicted = (X @ names.T).argmax(axis=1)
             per_seed = []
             for seed in seeds:
-                _, test = sim.stratified_split(prep.y, 0.25, seed)
+                _, test = sim.stratified_split(prep.y, settings.test_fraction, seed)
                 per_seed.append(float((predicted[test] == prep.y[test]).mean()))
             cells.append(f"{np.mean(per_seed):.3f}")
         majority = float(np.bincount(prep.y).max() / len(prep.y))

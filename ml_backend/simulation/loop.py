@@ -302,6 +302,11 @@ def _init_worker() -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
 
+def random_pool_order(n_pool: int, seed: int) -> np.ndarray:
+    """The order in which LS's random order serves the pool of a seed's run (positions in the training split)."""
+    return np.random.default_rng([seed, 13]).permutation(n_pool)
+
+
 def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: int) -> dict:
     """One learning curve of the product for one strategy and seed (see the module doc)."""
     from ml_backend.learning.training import LabelledData, decide_next, evaluate
@@ -314,8 +319,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
     X_pool, y_pool = prep.X[train], prep.y[train]
     X_test, y_test = prep.X[test], prep.y[test]
     labelled = np.zeros(len(train), dtype=bool)
-    rng = np.random.default_rng([seed, 13])
-    random_order = rng.permutation(len(train))
+    random_order = random_pool_order(len(train), seed)
     lag = settings.lag or settings.batch
     first = settings.initial or lag
     untrained = _classifier(prep, config)
