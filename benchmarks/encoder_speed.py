@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from ml_backend.models.config import ModelConfig, load_model_config
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 from ml_backend.simulation import datasets
@@ -67,7 +67,7 @@ def one_process(texts: list[str], names: list[str], repeats: int) -> dict[str, d
 
     The encoders take turns within each repeat, so a load that comes and goes on the shared machine hits them alike.
     """
-    configure_torch(1)
+    configure_threads(1)
     pool = EncoderPool()
     encoders = {name: pool.get(text_config(name)) for name in names}
     for encoder in encoders.values():
@@ -92,7 +92,7 @@ def _timing(runs: list[tuple[float, ...]]) -> dict:
 
 def _worker(texts: list[str], name: str, barrier, results) -> None:
     """A spawned process: load and warm up the encoder, then embed its half once the other one is ready too."""
-    configure_torch(1)
+    configure_threads(1)
     encoder = EncoderPool().get(text_config(name))
     encoder.embed(texts[:64])
     barrier.wait()

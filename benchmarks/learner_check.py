@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.simulation import loop as sim
 
 SIZES = (50, 100, 150, 200, 300, 400, 600)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import LogisticRegression
 
     warnings.filterwarnings("ignore")
-    configure_torch(1)
+    configure_threads(1)
     out = Path(args.out or f"benchmarks/results/{args.dataset}")
     settings = sim.SimulationSettings(dataset=args.dataset, out_dir=out, model_config=args.model_config)
     with contextlib.redirect_stdout(sys.stderr):  # an image backbone's loader prints; the table goes to stdout

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_backend.core.density import unit_rows
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.simulation import loop as sim
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
-    configure_torch(1)
+    configure_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     header = "| data set | labels as named | with a description | majority class | first version (10 labels): "
     print(header + "random, default |")

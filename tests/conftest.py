@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 
-configure_torch(1)
+configure_threads(1)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -41,7 +41,7 @@ from ml_backend.labelstudio.webhooks import BadEvent, WebhookEvent, parse_event,
 from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import InvalidModelConfig, ScoringService, UnknownProject
 from ml_backend.models.config import UnknownModelConfig
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 
@@ -157,7 +157,7 @@ async def _retry_pending(backend: Backend) -> None:
 
 
 def create_app(settings: Settings, encoders: EncoderPool | None = None) -> FastAPI:
-    configure_torch(settings.torch_threads)
+    configure_threads(settings.torch_threads)
     backend = Backend(settings, encoders)
 
     @asynccontextmanager

@@ -19,7 +19,7 @@ from ml_backend.learning.registry import Registry
 from ml_backend.learning.service import ScoringService
 from ml_backend.learning.store import ModelStore, open_store
 from ml_backend.models.config import load_model_config
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 
@@ -33,7 +33,7 @@ class WorkerContext:
 
     @classmethod
     def build(cls, settings: Settings, preload: bool = True) -> WorkerContext:
-        configure_torch(settings.torch_threads)
+        configure_threads(settings.torch_threads)
         encoders = EncoderPool()
         if preload:
             for name in (settings.text_model_config, settings.image_model_config):

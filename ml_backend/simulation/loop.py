@@ -296,9 +296,9 @@ def _queue(prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, unseen
 
 def _init_worker() -> None:
     """Each simulation process: 1 torch thread (the safe default on shared cores), no tensor-conversion noise."""
-    from ml_backend.models.encoders import configure_torch
+    from ml_backend.models.encoders import configure_threads
 
-    configure_torch(1)
+    configure_threads(1)
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
 
 

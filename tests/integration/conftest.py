@@ -17,7 +17,7 @@ import yaml
 from redis import Redis
 
 from ml_backend.api.app import create_app
-from ml_backend.models.encoders import configure_torch
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
 from tests.lsserver import free_port
@@ -37,7 +37,7 @@ def ls_server():
 
 @pytest.fixture(scope="session")
 def encoders() -> EncoderPool:
-    configure_torch(1)
+    configure_threads(1)
     return EncoderPool()
 
 
