@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     )
     score_batch_size: int = Field(64, ge=1, description="Tasks per encoder batch when scoring the pool.")
 
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads; 1 is fastest on small shared machines.")
+    torch_threads: int = Field(
+        1, ge=1, description="torch intra-op and numpy BLAS threads; 1 is fastest on small shared machines."
+    )
     max_image_pixels: int = Field(40_000_000, description="Larger images are refused (decompression-bomb guard).")
 
     basic_auth_user: str | None = None
