@@ -16,11 +16,12 @@ import argparse
 import warnings
 
 import numpy as np
-import torch
 
 from ml_backend.core.strategies import STRATEGIES
 from ml_backend.learning.ranking import rank_version
+from ml_backend.models.encoders import configure_threads
 from ml_backend.simulation import loop as sim
+from ml_backend.simulation.cli import int_list
 from ml_backend.tasktypes import SINGLE_CHOICE
 
 
@@ -36,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-config", default=None, help="a model config YAML (default: the image default)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
+    configure_threads(1)
     prep = sim.prepare(sim.SimulationSettings(dataset="digits-features", model_config=args.model_config))
     print("| seed | strategy | classes of the first batch (counts of 0..9) | distinct classes | mean pairwise cosine |")
     print("|---|---|---|---|---|")
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        train, _ = sim.stratified_split(prep.y, 0.25, seed)
+    for seed in int_list(args.seeds):
+        train, _ = sim.stratified_split(prep.y, sim.SimulationSettings().test_fraction, seed)
         X, y = prep.X[train], prep.y[train]
         init = np.random.default_rng([seed, 11]).choice(len(train), 20, replace=False)
         pool = np.setdiff1d(np.arange(len(train)), init)
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {seed} | random | {np.bincount(y[rnd], minlength=10).tolist()} | {len(set(y[rnd]))} | "
             f"{mean_cos(X[rnd]):.3f} |"
         )
-        for name in [s for base in STRATEGIES for s in (base + sim.TOPK, base)]:
+        for name in [s for base in STRATEGIES for s in (base + "+topk", base)]:
             clf = sim._classifier(prep, sim.strategy_config(prep.config, name))
             clf.fit(X[init], y[init], seed=seed)
             view = rank_version(

@@ -24,6 +24,7 @@ import numpy as np
 
 from ml_backend.models.encoders import configure_threads
 from ml_backend.simulation import loop as sim
+from ml_backend.simulation.cli import int_list
 
 SIZES = (50, 100, 150, 200, 300, 400, 600)
 CS = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -32,7 +33,7 @@ CS = (0.1, 0.3, 1.0, 3.0, 10.0)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="a simulator --dataset spec")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated (default: the simulator's 0,1,2)")
+    p.add_argument("--seeds", default="0,1,2", help="e.g. 0,1,2 or 0-4 (default: the simulator's 0,1,2)")
     p.add_argument("--out", default=None, help="the simulation's output folder (its embedding cache is reused)")
     p.add_argument("--model-config", default=None)
     args = p.parse_args(argv)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = sim.SimulationSettings(dataset=args.dataset, out_dir=out, model_config=args.model_config)
     with contextlib.redirect_stdout(sys.stderr):  # an image backbone's loader prints; the table goes to stdout
         prep = sim.prepare(settings)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = int_list(args.seeds)
     n_classes = len(prep.classes)
     acc: dict[tuple[str, int], list[float]] = {}
     sizes: list[int] = []

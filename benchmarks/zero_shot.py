@@ -26,6 +26,7 @@ from ml_backend.core.density import unit_rows
 from ml_backend.models.encoders import configure_threads
 from ml_backend.models.pool import EncoderPool
 from ml_backend.simulation import loop as sim
+from ml_backend.simulation.cli import int_list
 
 RESULTS = Path("benchmarks/results")
 #: per data set: label -> (the label as a project names it, a one-line description)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     configure_threads(1)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = int_list(args.seeds)
     header = "| data set | labels as named | with a description | majority class | first version (10 labels): "
     print(header + "random, default |")
     print("|---|---|---|---|---|")

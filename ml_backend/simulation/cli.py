@@ -18,7 +18,9 @@ def plain_help(doc: str | None) -> str:
     return (doc or "").replace("``", "")
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """``"0,3"`` or ``"0-2"`` (or a mix, ``"0-2,5"``) -> a list of ints: how seeds are given on every command line
+    (the simulator and the benchmark scripts)."""
     out: list[int] = []
     for part in text.split(","):
         if "-" in part.strip("-"):
@@ -93,7 +95,7 @@ def _settings_from_args(args: argparse.Namespace) -> SimulationSettings:
     parsed = {
         "out_dir": args.out,
         "strategies": [s.strip() for s in args.strategies.split(",") if s.strip()],
-        "seeds": _int_list(args.seeds),
+        "seeds": int_list(args.seeds),
     }
     plain = {f.name: getattr(args, f.name) for f in fields(SimulationSettings) if f.name not in parsed}
     return SimulationSettings(**plain, **parsed)
