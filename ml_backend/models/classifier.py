@@ -30,10 +30,12 @@ from ml_backend.models.head import (
     build_head,
     fit_head,
     head_proba,
+    last_layer,
     last_layer_inputs,
     loss_function,
     saved_shape,
 )
+from ml_backend.models.laplace import LastLayerLaplace
 
 
 class Classifier:
@@ -57,6 +59,7 @@ class Classifier:
         self.n_outputs = n_outputs
         self.multilabel = multilabel
         self.head = head
+        self.posterior: LastLayerLaplace | None = None  # acquisition.mc_mode: laplace, computed by fit
         self.in_dim = in_dim if in_dim is not None else (encoder.dim if encoder else None)
         t = config.training
         self.params = HeadParams(
@@ -93,9 +96,13 @@ class Classifier:
         Head-only MC (default): ``mc`` dropout passes over the head on the embeddings.
         Full-network MC: pass the raw ``items`` and set ``acquisition.mc_mode: full`` in the config; each pass
         then also runs the encoder with its dropout on (``mc`` times the encoder cost).
+        Laplace: a version trained with ``acquisition.mc_mode: laplace`` has a posterior over its last layer, and
+        the ``mc`` passes are weight samples from it (same cost as head-only MC).
         """
         if self.head is None:
             raise RuntimeError("the head is not trained yet")
+        if mc > 1 and self.posterior is not None:
+            return self.posterior.proba(self.last_layer_inputs(embeddings), mc, self.multilabel, seed)
         if mc > 1 and self.config.acquisition.mc_mode == "full" and items is not None and self.encoder is not None:
             stochastic = self.encoder.embed_stochastic(items, mc, seed=seed)
             return head_proba(self.head, stochastic, mc, self.multilabel, seed=seed)
@@ -119,7 +126,20 @@ class Classifier:
         self.encoder = self.base_encoder
         self.head = build_head(int(embeddings.shape[1]), self.n_outputs, self.params, seed)
         self.in_dim = int(embeddings.shape[1])
-        return fit_head(self.head, embeddings, y, self.params, self.multilabel, seed)
+        losses = fit_head(self.head, embeddings, y, self.params, self.multilabel, seed)
+        self.posterior = self._posterior(embeddings, y)
+        return losses
+
+    def _posterior(self, embeddings: np.ndarray, y: np.ndarray) -> LastLayerLaplace | None:
+        """The Laplace posterior of the trained head's last layer, on the tasks it was trained on (``mc_mode:
+        laplace``); None otherwise."""
+        if self.config.acquisition.mc_mode != "laplace" or self.head is None:
+            return None
+        probs = head_proba(self.head, embeddings, 1, self.multilabel)[:, 0]
+        loss_weight = getattr(loss_function(y, self.n_outputs, self.multilabel), "weight", None)
+        sample_weights = np.ones(len(y)) if self.multilabel else loss_weight.double().numpy()[np.asarray(y, int)]
+        features = last_layer_inputs(self.head, embeddings)
+        return LastLayerLaplace.fit(last_layer(self.head), features, probs, sample_weights, y, self.multilabel)
 
     def fit_examples(
         self, embeddings: np.ndarray, items: Sequence[Any], y: np.ndarray, seed: int | None = None
@@ -171,6 +191,8 @@ class Classifier:
         head.eval()
         encoder.fingerprint = f"{self.base_encoder.fingerprint}-ft-{_state_hash(encoder.network)}"
         self.encoder = encoder
+        if self.posterior is not None:  # the head now reads the fine-tuned encoder's embeddings
+            self.posterior = self._posterior(encoder.embed(items), y)
         return losses
 
     # -- persistence ------------------------------------------------------------------------------------------
@@ -185,6 +207,7 @@ class Classifier:
                 "in_dim": self.in_dim,
                 "encoder": self.encoder.network.state_dict() if self.finetuned else None,
                 "encoder_fingerprint": self.encoder.fingerprint if self.finetuned else None,
+                "laplace": _tensors(self.posterior.state()) if self.posterior is not None else None,
             },
             buf,
         )
@@ -199,6 +222,10 @@ class Classifier:
         self.head.load_state(state)
         self.head.eval()
         self.in_dim = int(saved["in_dim"])
+        laplace = saved.get("laplace")  # a version keeps the uncertainty it was trained with
+        self.posterior = (
+            LastLayerLaplace.from_state({k: np.asarray(v) for k, v in laplace.items()}) if laplace is not None else None
+        )
         if saved.get("encoder") is not None:
             if self.base_encoder is None:
                 raise RuntimeError("this version has fine-tuned encoder weights but no encoder to load them into")
@@ -207,6 +234,11 @@ class Classifier:
             encoder.network.eval()
             encoder.fingerprint = saved["encoder_fingerprint"]
             self.encoder = encoder
+
+
+def _tensors(state: dict) -> dict:
+    """numpy arrays as tensors: ``torch.load(weights_only=True)`` loads tensors and numbers, not numpy objects."""
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
 
 
 def _state_hash(network: torch.nn.Module) -> str:

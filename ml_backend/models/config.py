@@ -116,8 +116,10 @@ class TrainingConfig(_Strict):
 class AcquisitionConfig(_Strict):
     strategy: str = "bald"
     mc_samples: int = Field(20, ge=1)
-    mc_mode: Literal["head", "full"] = Field(
-        "head", description="head: T passes over the head only; full: T passes through the whole network"
+    mc_mode: Literal["head", "full", "laplace"] = Field(
+        "head",
+        description="head: T MC-dropout passes over the head only; full: T passes through the whole network; "
+        "laplace: T weight samples of a Laplace posterior over the head's last layer (models/laplace.py)",
     )
     cold_start_neighbours: int = Field(
         10, ge=1, description="Neighbours for density and the coverage kernel's bandwidth."
@@ -204,13 +206,21 @@ class ModelConfig(_Strict):
     def _mc_strategies_need_dropout(self) -> ModelConfig:
         """BALD and variation ratio measure disagreement between MC-dropout passes: without two passes and some
         dropout every task scores 0 and the queue is ordered by noise. Refuse such a config at load time."""
-        if STRATEGIES[self.acquisition.strategy].needs_mc and (
-            self.acquisition.mc_samples < 2 or self.head.dropout <= 0
-        ):
+        acq = self.acquisition
+        sampled = acq.mc_mode == "laplace" or self.head.dropout > 0
+        if STRATEGIES[acq.strategy].needs_mc and (acq.mc_samples < 2 or not sampled):
             raise ValueError(
-                f"strategy {self.acquisition.strategy!r} needs acquisition.mc_samples >= 2 and "
-                f"head.dropout > 0 (got {self.acquisition.mc_samples} and {self.head.dropout})"
+                f"strategy {acq.strategy!r} needs acquisition.mc_samples >= 2 and head.dropout > 0 or "
+                f"acquisition.mc_mode: laplace (got {acq.mc_samples}, {self.head.dropout} and {acq.mc_mode!r})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _laplace_one_head(self) -> ModelConfig:
+        """The Laplace posterior is over one head's last layer; a committee's members would each need their own,
+        and their disagreement already is the committee's uncertainty. Refuse the mix instead of ignoring it."""
+        if self.acquisition.mc_mode == "laplace" and self.head.members > 1:
+            raise ValueError("acquisition.mc_mode: laplace needs head.members: 1 (one head, one posterior)")
         return self
 
     @model_validator(mode="after")
@@ -239,7 +249,7 @@ class ModelConfig(_Strict):
         requirements = {
             "kind: text": self.kind == "text",
             "training.mode: head": self.training.mode == "head",
-            "acquisition.mc_mode: head": self.acquisition.mc_mode == "head",
+            "acquisition.mc_mode: head or laplace": self.acquisition.mc_mode != "full",
         }
         missing = [need for need, ok in requirements.items() if not ok]
         if missing:

@@ -205,6 +205,15 @@ def last_layer_inputs(head: MCDropoutHead, x: np.ndarray) -> np.ndarray:
     return hidden.permute(1, 0, 2).reshape(len(xt), -1).numpy()
 
 
+def last_layer(head: MCDropoutHead) -> np.ndarray:
+    """The last layer of a single head as one matrix ``[W | b]`` (C, k + 1), float64 (what the Laplace posterior of
+    :mod:`ml_backend.models.laplace` is centred on)."""
+    if head.members != 1:
+        raise ValueError("the last layer of a committee is one per member")
+    weight, bias = (head.w2, head.b2) if head.hidden else (head.w1, head.b1)
+    return torch.cat([weight[0], bias[0][:, None]], dim=1).detach().double().numpy()
+
+
 MC_CHUNK_ROWS = 256  # rows per chunk of the MC passes: (256, 20, 256) float64 activations, 10 MB instead of 400
 
 

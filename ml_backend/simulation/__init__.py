@@ -21,8 +21,9 @@ every class was seen, AULC) and ``learning_curves.png`` when matplotlib is insta
 
 Strategies: ``random``; ``default`` (the dataset's default model config, exactly what the product serves);
 ``hybrid`` (the default with equal weights on uncertainty, novelty and density); an acquisition function name
-(``bald``, ``margin``, ...: the default pipeline with that function); and ``<name>+topk`` for the same without
-the batch-aware front (plain top-k, the behaviour before it existed).
+(``bald``, ``margin``, ...: the default pipeline with that function); each may be followed by modifiers
+(``loop.MODIFIERS``): ``<name>+topk`` for the same without the batch-aware front (plain top-k, the behaviour
+before it existed), ``+badge``, ``+power``, ``+laplace``.
 
 Run it as ``ml-backend simulate ...`` or ``python -m ml_backend.simulation ...`` (``--help`` lists the options).
 

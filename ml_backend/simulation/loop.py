@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT = "default"
 HYBRID = "hybrid"  # the default config with equal weights on uncertainty, novelty and density
-TOPK = "+topk"
-#: ``<name>+power``: the learn picks of the front drawn with probability ~ value (stochastic power acquisition with
-#: Kirsch et al.'s exponent 1, ``acquisition.power``)
-POWER = "+power"
-#: ``<name>+badge``: the learn picks of the front are BADGE's k-means++ draws over gradient embeddings
-BADGE = "+badge"
+#: ``<name>+<modifier>``: the strategy's config changed as the modifier says (several may follow each other)
+MODIFIERS = {
+    "topk": "the batch-aware front switched off (plain top-k, the behaviour before it existed)",
+    "badge": "the front's learn picks are BADGE's k-means++ draws over gradient embeddings",
+    "power": "the learn picks drawn with probability ~ value (stochastic power acquisition, Kirsch et al.'s "
+    "exponent 1)",
+    "laplace": "the MC passes are weight samples of a Laplace posterior over the head's last layer "
+    "(acquisition.mc_mode: laplace)",
+}
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
     "digits-features",
@@ -75,13 +78,11 @@ class SimulationSettings:
     image_size: int = 64  # digits-images, fashion-mnist-images: size of the PNGs written
 
     def validate(self) -> None:
-        unknown = [
-            s for s in self.strategies if parse_strategy(s)[0] not in ALL_STRATEGIES or s.startswith(RANDOM + "+")
-        ]
+        unknown = [s for s in self.strategies if not _known_strategy(s)]
         if unknown:
             raise ValueError(
-                f"unknown strategies {unknown}; choose from {ALL_STRATEGIES} (+topk for a plain top-k, +badge for "
-                "BADGE learn picks, +power for stochastic power acquisition)"
+                f"unknown strategies {unknown}; choose from {ALL_STRATEGIES}, each but random optionally followed by "
+                f"+modifiers: {', '.join(f'+{m} ({what})' for m, what in MODIFIERS.items())}"
             )
         if self.cold_start not in ("product", "random"):
             raise ValueError("cold_start must be 'product' or 'random'")
@@ -226,28 +227,31 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np
     return rng.permutation(np.array(train)), np.sort(np.array(test))
 
 
-def parse_strategy(strategy: str) -> tuple[str, bool, bool, bool]:
-    """``<name>[+topk][+badge][+power]`` -> (name, topk, badge, power)."""
-    power = strategy.endswith(POWER)
-    strategy = strategy.removesuffix(POWER)
-    badge = strategy.endswith(BADGE)
-    strategy = strategy.removesuffix(BADGE)
-    return strategy.removesuffix(TOPK), strategy.endswith(TOPK), badge, power
+def parse_strategy(strategy: str) -> tuple[str, frozenset[str]]:
+    """``<name>[+modifier]...`` -> (name, modifiers)."""
+    name, *modifiers = strategy.split("+")
+    return name, frozenset(modifiers)
+
+
+def _known_strategy(strategy: str) -> bool:
+    name, modifiers = parse_strategy(strategy)
+    return name in ALL_STRATEGIES and modifiers <= MODIFIERS.keys() and not (name == RANDOM and modifiers)
 
 
 def strategy_config(config: Any, strategy: str) -> Any:
-    """The model config a strategy runs with: the default as is, or its acquisition function swapped (and the
-    batch-aware front switched off for ``<name>+topk``, its learn picks drawn for ``<name>+power``, made by BADGE
-    for ``<name>+badge``)."""
-    name, topk, badge, power = parse_strategy(strategy)
-    update: dict[str, Any] = {"power": 1.0} if power else {}
-    if badge:
+    """The model config a strategy runs with: the default as is, or its acquisition function swapped and its
+    :data:`MODIFIERS` applied."""
+    name, modifiers = parse_strategy(strategy)
+    update: dict[str, Any] = {"power": 1.0} if "power" in modifiers else {}
+    if "badge" in modifiers:
         update["front"] = "badge"
+    if "laplace" in modifiers:
+        update["mc_mode"] = "laplace"
     if name == HYBRID:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):
         update["strategy"] = name
-    if topk:
+    if "topk" in modifiers:
         update["front_size"] = 0
     if not update:
         return config

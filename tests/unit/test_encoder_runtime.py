@@ -121,7 +121,7 @@ def test_runtime_parses_from_yaml_and_an_unknown_one_is_refused(tmp_path):
     ("parts", "needs"),
     [
         ({"training": {"mode": "full"}}, "training.mode: head"),
-        ({"acquisition": {"mc_mode": "full"}}, "acquisition.mc_mode: head"),
+        ({"acquisition": {"mc_mode": "full"}}, "acquisition.mc_mode: head or laplace"),
         ({"kind": "image", "encoder": {"pretrained": "efficientnet-lite0", "runtime": "onnx"}}, "kind: text"),
     ],
 )

@@ -136,13 +136,21 @@ def test_split_is_seeded_and_settings_are_checked():
     assert np.array_equal(tr1, tr2) and np.array_equal(te1, te2)
     assert len(set(tr1) & set(te1)) == 0 and len(tr1) + len(te1) == 60
     assert np.bincount(y[te1]).tolist() == [5, 5, 5]
-    for bad in (["nope"], ["random+topk"], ["random+power"], ["nope+power"], ["random+badge"], ["default+power+badge"]):
+    for bad in (
+        ["nope"],
+        ["random+topk"],
+        ["random+power"],
+        ["nope+power"],
+        ["random+badge"],
+        ["default+nope"],
+        ["random+laplace"],
+    ):
         with pytest.raises(ValueError):
             sim.SimulationSettings(strategies=bad).validate()
     with pytest.raises(ValueError):
         sim.SimulationSettings(lag=0).validate()
     sim.SimulationSettings(
-        strategies=["default", "margin+topk", "default+power", "bald+topk+power", "default+badge"]
+        strategies=["default", "margin+topk", "default+power", "bald+topk+power", "default+badge", "bald+laplace"]
     ).validate()
     config = load_model_config(REPO_CONFIGS, "text-minilm")
     assert sim.strategy_config(config, "default+power").acquisition.power == 1.0
@@ -152,6 +160,11 @@ def test_split_is_seeded_and_settings_are_checked():
     assert sim.strategy_config(config, "default").acquisition.front == "coverage"
     badge = sim.strategy_config(config, "entropy+badge+power").acquisition
     assert (badge.strategy, badge.front, badge.power, badge.front_size) == ("entropy", "badge", 1.0, 100)
+    assert sim.strategy_config(config, "default+power+badge").acquisition == badge.model_copy(
+        update={"strategy": config.acquisition.strategy}
+    )  # modifiers in any order
+    laplace = sim.strategy_config(config, "bald+laplace").acquisition
+    assert (laplace.strategy, laplace.mc_mode, config.acquisition.mc_mode) == ("bald", "laplace", "head")
 
 
 def test_every_cli_option_reaches_the_settings():
