@@ -136,8 +136,11 @@ class Classifier:
         if self.config.acquisition.mc_mode != "laplace" or self.head is None:
             return None
         probs = head_proba(self.head, embeddings, 1, self.multilabel)[:, 0]
-        loss_weight = getattr(loss_function(y, self.n_outputs, self.multilabel), "weight", None)
-        sample_weights = np.ones(len(y)) if self.multilabel else loss_weight.double().numpy()[np.asarray(y, int)]
+        if self.multilabel:
+            sample_weights = np.ones(len(y))
+        else:  # each task weighs in the curvature as it weighed in the class-balanced loss
+            class_weights = loss_function(y, self.n_outputs, self.multilabel).weight.double().numpy()
+            sample_weights = class_weights[np.asarray(y, dtype=int)]
         features = last_layer_inputs(self.head, embeddings)
         return LastLayerLaplace.fit(last_layer(self.head), features, probs, sample_weights, y, self.multilabel)
 

@@ -204,8 +204,9 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _mc_strategies_need_dropout(self) -> ModelConfig:
-        """BALD and variation ratio measure disagreement between MC-dropout passes: without two passes and some
-        dropout every task scores 0 and the queue is ordered by noise. Refuse such a config at load time."""
+        """BALD and variation ratio measure disagreement between MC passes: without two passes and something that
+        varies between them (dropout, or the Laplace posterior's weight samples) every task scores 0 and the queue
+        is ordered by noise. Refuse such a config at load time."""
         acq = self.acquisition
         sampled = acq.mc_mode == "laplace" or self.head.dropout > 0
         if STRATEGIES[acq.strategy].needs_mc and (acq.mc_samples < 2 or not sampled):
