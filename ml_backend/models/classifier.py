@@ -97,7 +97,7 @@ class Classifier:
         Full-network MC: pass the raw ``items`` and set ``acquisition.mc_mode: full`` in the config; each pass
         then also runs the encoder with its dropout on (``mc`` times the encoder cost).
         Laplace: a version trained with ``acquisition.mc_mode: laplace`` has a posterior over its last layer, and
-        the ``mc`` passes are weight samples from it (same cost as head-only MC).
+        the ``mc`` passes are weight samples from it (about twice the cost of head-only MC).
         """
         if self.head is None:
             raise RuntimeError("the head is not trained yet")

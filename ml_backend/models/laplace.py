@@ -95,7 +95,8 @@ class LastLayerLaplace:
 
     def proba(self, features: np.ndarray, n_samples: int, multilabel: bool, seed: int) -> np.ndarray:
         """(n, T, C) probabilities of rows ``features`` (n, k) under ``n_samples`` weight samples from ``seed``:
-        one (n, k + 1) x (k + 1, T * C) matmul per chunk of rows, what head-only MC dropout costs."""
+        one (n, k + 1) x (k + 1, T * C) matmul per chunk of rows, as in head-only MC dropout, after drawing the
+        samples."""
         samples = self.sample_weights(n_samples, seed)
         stacked = samples.reshape(-1, samples.shape[2]).T
         out = []
