@@ -93,6 +93,16 @@ for d in rotten-tomatoes:50 rotten-tomatoes-3:40; do
 done
 $SIM --dataset fashion-mnist-images --model-config $C/image-efficientnet-lite0-linear-committee.yaml \
   --strategies random,default --seeds 0-2 --rounds 60 --out "$C/fashion-mnist-images"
+# the Laplace posterior over the last layer (acquisition.mc_mode: laplace), with margin (the default's function) and
+# BALD, against random and the default in the same run
+for d in rotten-tomatoes-3:40 presidential-debates:60 fashion-mnist-images:60; do
+  $SIM --dataset "${d%%:*}" --strategies random,default,bald+laplace,default+laplace --seeds 0-2 \
+    --rounds "${d##*:}" --out "$OUT/laplace/${d%%:*}"
+done
+for d in rotten-tomatoes:50 digits-images:80; do
+  $SIM --dataset "${d%%:*}" --strategies random,default,default+laplace --seeds 0-2 --rounds "${d##*:}" \
+    --out "$OUT/laplace/${d%%:*}"
+done
 # coverage picks only (representative sampling with the product's kernel) on the two-class text set
 $SIM --dataset rotten-tomatoes --model-config benchmarks/results/coverage/text-minilm-coverage.yaml \
   --strategies random,default --seeds 0-2 --rounds 50 --out "$OUT/coverage/rotten-tomatoes"
