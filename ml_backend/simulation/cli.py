@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ml_backend import simulation
-from ml_backend.simulation.loop import ALL_STRATEGIES, DATASETS, SimulationSettings, run_simulation
+from ml_backend.simulation.loop import ALL_STRATEGIES, DATASETS, MODIFIERS, SimulationSettings, run_simulation
 from ml_backend.simulation.report import markdown_table
 
 
@@ -46,7 +46,11 @@ def _configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--strategies",
         default=",".join(d.strategies),
-        help="comma-separated, from: " + ", ".join(ALL_STRATEGIES) + " (default: all)",
+        help="comma-separated, from: "
+        + ", ".join(ALL_STRATEGIES)
+        + "; each but random may be followed by modifiers: +"
+        + ", +".join(MODIFIERS)
+        + " (default: all, no modifier)",
     )
     p.add_argument("--seeds", default="0-2", help="e.g. 0,1,2 or 0-4 (default: %(default)s)")
     p.add_argument("--initial", type=int, default=d.initial, help="labels before the first training (default: the lag)")

@@ -255,7 +255,8 @@ def strategy_config(config: Any, strategy: str) -> Any:
         update["front_size"] = 0
     if not update:
         return config
-    return config.model_copy(update={"acquisition": config.acquisition.model_copy(update=update)})
+    # validated like a config file, so a modifier the config cannot take (+laplace on a committee) is refused
+    return config.model_validate({**config.model_dump(), "acquisition": {**config.acquisition.model_dump(), **update}})
 
 
 def _classifier(prep: Prepared, config: Any = None):

@@ -165,6 +165,9 @@ def test_split_is_seeded_and_settings_are_checked():
     )  # modifiers in any order
     laplace = sim.strategy_config(config, "bald+laplace").acquisition
     assert (laplace.strategy, laplace.mc_mode, config.acquisition.mc_mode) == ("bald", "laplace", "head")
+    committee = config.model_copy(update={"head": config.head.model_copy(update={"members": 3})})
+    with pytest.raises(ValueError, match="head.members: 1"):
+        sim.strategy_config(committee, "default+laplace")
 
 
 def test_every_cli_option_reaches_the_settings():
