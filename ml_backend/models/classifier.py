@@ -226,9 +226,7 @@ class Classifier:
         self.head.eval()
         self.in_dim = int(saved["in_dim"])
         laplace = saved.get("laplace")  # a version keeps the uncertainty it was trained with
-        self.posterior = (
-            LastLayerLaplace.from_state({k: np.asarray(v) for k, v in laplace.items()}) if laplace is not None else None
-        )
+        self.posterior = LastLayerLaplace.from_state(laplace) if laplace is not None else None
         if saved.get("encoder") is not None:
             if self.base_encoder is None:
                 raise RuntimeError("this version has fine-tuned encoder weights but no encoder to load them into")

@@ -108,10 +108,12 @@ class LastLayerLaplace:
         return np.concatenate(out) if out else np.zeros((0, n_samples, len(self.weights)))
 
     def state(self) -> dict[str, np.ndarray | float]:
-        return dataclasses.asdict(self)
+        """The fields as they are (``dataclasses.asdict`` would deep-copy the (k + 1)^2 eigenvectors first)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_state(cls, state: dict) -> LastLayerLaplace:
+        """From :meth:`state`, its arrays as numpy arrays or as the tensors a saved version holds."""
         arrays = {k: np.asarray(v, dtype=np.float64) for k, v in state.items() if k != "prior_precision"}
         return cls(prior_precision=float(state["prior_precision"]), **arrays)
 
