@@ -35,6 +35,7 @@ from ml_backend.core.selection import rank_pool
 from ml_backend.learning.ranking import selection_params, uncertainty_of
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import load_model_config
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.head import head_proba
 from ml_backend.settings import Settings
 from ml_backend.tasktypes import SINGLE_CHOICE
@@ -107,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pools", default="10000,100000", help="pool sizes (default: %(default)s)")
     p.add_argument("--chunk-rows", default="256,0", help="MC row chunk sizes to compare, 0 = one chunk")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
     settings = Settings()
     config = load_model_config(settings.model_configs_dir, settings.text_model_config)
     dim = 384  # MiniLM's embedding size (the default text encoder); no encoder is loaded

@@ -40,6 +40,7 @@ import torch
 from ml_backend.core.strategies import normalized_uncertainty, to_ls_score
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import load_model_config
+from ml_backend.models.encoders import configure_threads
 from ml_backend.models.image import load_image
 from ml_backend.models.pool import EncoderPool
 from ml_backend.settings import Settings
@@ -95,7 +96,7 @@ def bench_model(
     name = settings.text_model_config if kind == "text" else settings.image_model_config
     config = load_model_config(settings.model_configs_dir, name)
     encoder = _POOL.get(config)
-    torch.set_num_threads(threads)
+    configure_threads(threads)
     head_cfg = config
     full_cfg = config.model_copy(update={"acquisition": config.acquisition.model_copy(update={"mc_mode": "full"})})
     clf = Classifier(encoder, head_cfg, n_classes, multilabel=False)

@@ -206,6 +206,17 @@ def _fmt_labels(value: float, reached: int, seeds: int, final_labels: int) -> st
     return f"{value:.0f}" + ("" if reached == seeds else f" ({reached}/{seeds} seeds)")
 
 
+def _mc_passes(result: dict) -> str:
+    """What the T stochastic passes of a version were: the config's mc_mode, and +laplace strategies' own."""
+    mode = result["model_config"]["acquisition"]["mc_mode"]
+    what = {"head": "MC-dropout passes over the head", "full": "MC-dropout passes through the whole network"}
+    laplace = "weight samples of a Laplace posterior over the last layer"
+    text = f"{result['mc']} {laplace if mode == 'laplace' else what[mode]}"
+    if mode != "laplace" and any("laplace" in s.split("+")[1:] for s in result["summary"]):
+        text += f" ({laplace} for the +laplace strategies)"
+    return text
+
+
 def markdown_table(result: dict) -> str:
     """The summary as a markdown table (one row per strategy)."""
     summary, settings = result["summary"], result["settings"]
@@ -248,7 +259,7 @@ def markdown_table(result: dict) -> str:
         f"Medians over {len(full)} seeds; labels counted as first reaching the target. "
         f"Accuracy is the served version's (no model yet counts as 0). Cold start: {settings['cold_start']}; "
         f"a new version every {settings['lag'] or settings['batch']} labels (lag), a round every {settings['batch']}; "
-        f"each pool item {settings['duplicates']}x; {result['mc']} MC-dropout passes over the head. "
+        f"each pool item {settings['duplicates']}x; {_mc_passes(result)}. "
         f"Machine: {m['cores']} cores, {m['torch_threads']} torch thread(s) per process, "
         f"{settings['jobs']} process(es)."
     )

@@ -89,6 +89,16 @@ def test_plotting_is_optional(tmp_path, monkeypatch, tiny_run):
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "simulation.json").is_file()
 
 
+def test_the_summary_names_what_the_stochastic_passes_were():
+    """A +laplace strategy's passes are weight samples, not MC dropout: the summary says which ran."""
+    result = {"mc": 20, "model_config": {"acquisition": {"mc_mode": "head"}}, "summary": {"random": {}, "default": {}}}
+    assert report._mc_passes(result) == "20 MC-dropout passes over the head"
+    result["summary"]["default+laplace"] = {}
+    assert "Laplace posterior over the last layer for the +laplace strategies" in report._mc_passes(result)
+    result["model_config"]["acquisition"]["mc_mode"] = "laplace"
+    assert report._mc_passes(result) == "20 weight samples of a Laplace posterior over the last layer"
+
+
 def test_labels_to_reach_and_aulc():
     n = np.array([10, 20, 30, 40])
     acc = np.array([0.5, 0.8, 0.7, 0.9])
