@@ -24,10 +24,10 @@ _HISTORY = 10
 
 
 def confidence(probs: np.ndarray, multilabel: bool) -> np.ndarray:
-    """How sure the MC-mean decision is, per task: the top class's probability, or for multi-label the least sure
-    label's ``max(p, 1 - p)`` (the decision is only as sure as its weakest label)."""
-    mean = probs.mean(axis=1)
-    return np.maximum(mean, 1.0 - mean).min(axis=1) if multilabel else mean.max(axis=1)
+    """How sure the version's decision is, per task, from its deterministic probabilities (n, outputs): the top
+    class's probability, or for multi-label the least sure label's ``max(p, 1 - p)`` (the decision is only as sure
+    as its weakest label)."""
+    return np.maximum(probs, 1.0 - probs).min(axis=1) if multilabel else probs.max(axis=1)
 
 
 def task_url(ls_url: str | None, project_id: int, task_id: int) -> str | None:

@@ -26,7 +26,7 @@ import numpy as np
 from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
 from ml_backend.learning.embcache import EmbeddingCache, content_key, pack, unpack
-from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
+from ml_backend.learning.ranking import decision_probabilities, mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
 from ml_backend.learning.store import ModelStore
 from ml_backend.models.classifier import Classifier
@@ -399,7 +399,8 @@ class ScoringService:
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _decisions(self, schema: TaskSchema, probs: np.ndarray | None, n: int) -> list[list[str]]:
-        """Pre-annotations from the MC probabilities; none from an untrained head (it would be random)."""
+        """Pre-annotations from the version's deterministic probabilities (``ranking.decision_probabilities``);
+        none from an untrained head (it would be random)."""
         return [[] for _ in range(n)] if probs is None else schema.task.decisions(schema, probs)
 
     def _predictions(
@@ -434,10 +435,11 @@ class ScoringService:
         if not ok:
             return outcomes
         keys = [outcomes[i].task_id if outcomes[i].task_id is not None else f"#{i}" for i in ok]
-        probs = None
+        decided = None
         if clf.trained:
             with self._lock:
                 probs = mc_probabilities(clf, emb, version.seed, items)
+                decided = decision_probabilities(clf, emb)
             value = uncertainty_of(state.schema.task, clf, probs)
         else:
             pid = state.record.project_id
@@ -450,7 +452,7 @@ class ScoringService:
         scores = rest_score(value, ranked.rest_floor if ranked else 0.0, keys)
         if ranked is not None:
             scores = np.array([ranked.scores.get(k, s) if isinstance(k, int) else s for k, s in zip(keys, scores)])
-        return self._predictions(state, version, outcomes, ok, scores, self._decisions(state.schema, probs, len(ok)))
+        return self._predictions(state, version, outcomes, ok, scores, self._decisions(state.schema, decided, len(ok)))
 
     def _stored_ranking(self, project_id: int, version: str) -> StoredRanking | None:
         mtime = self.registry.ranking_mtime(project_id, version)
@@ -490,6 +492,7 @@ class ScoringService:
         ok: list[int] = []
         chunks: list[np.ndarray] = []
         probs: list[np.ndarray] = []
+        decided: list[np.ndarray] = []
         for start in range(0, len(tasks), batch_size):
             part, part_ok, emb, items = self.embed_tasks(clf, state.schema, tasks[start : start + batch_size])
             outcomes.extend(part)
@@ -498,6 +501,7 @@ class ScoringService:
             if clf.trained and len(emb):
                 with self._lock:
                     probs.append(mc_probabilities(clf, emb, version.seed, items))
+                    decided.append(decision_probabilities(clf, emb))
             report(
                 "scoring: embedding",
                 min(start + batch_size, len(tasks)),
@@ -522,7 +526,7 @@ class ScoringService:
             explore=bool(version.metrics.get("unseen_classes")),
             probs=np.concatenate(probs) if probs else None,
         )
-        chosen = self._decisions(state.schema, view.probs, len(ok))
+        chosen = self._decisions(state.schema, np.concatenate(decided) if decided else None, len(ok))
         self.registry.save_ranking(
             project_id,
             version.version,

@@ -18,7 +18,7 @@ import numpy as np
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
 from ml_backend.learning.insights import confidence, project_stop_signal
-from ml_backend.learning.ranking import mc_probabilities
+from ml_backend.learning.ranking import decision_probabilities
 from ml_backend.learning.registry import (
     LABEL_PREDICTIONS,
     LabelPredictions,
@@ -193,11 +193,10 @@ def own_labels(
     items: Sequence[Any],
     human: Sequence[Sequence[str]],
     task_ids: Sequence[int],
-    seed: int,
 ) -> LabelPredictions:
     """The trained version's decision and confidence on each task it was trained on, beside the human label (the
-    dashboard's possible label errors). Same MC passes as the pool's pre-annotations; labels in config order."""
-    probs = mc_probabilities(clf, embeddings, seed, items)
+    dashboard's possible label errors). The same decisions as the pool's pre-annotations; labels in config order."""
+    probs = decision_probabilities(clf, _features(clf, embeddings, items))
     return LabelPredictions(
         list(task_ids),
         [LABEL_SEPARATOR.join(d) for d in schema.task.decisions(schema, probs)],
@@ -325,7 +324,7 @@ def train_version(
     files["labelled.npy"] = embeddings_bytes(emb)
     if decision.outcome:
         files[LABEL_PREDICTIONS] = label_predictions_bytes(
-            own_labels(decision.outcome.classifier, state.schema, emb, items, human, task_ids, config.training.seed)
+            own_labels(decision.outcome.classifier, state.schema, emb, items, human, task_ids)
         )
     info = registry.publish_next(
         project_id,

@@ -367,7 +367,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
                         _queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM else served.queue
                     )
                     served = _Served(new_clf, [int(i) for i in ids], unseen, queue)
-                    stop_rule.served(new_clf, X_pool, labelled, seed)
+                    stop_rule.served(new_clf, X_pool, labelled)
                     timing["score"] += time.perf_counter() - t0
         if n > 0 and (n % settings.batch == 0 or n == budget):
             scores = evaluate(served.clf, X_test, y_test, prep.classes) if served.clf.trained else {}
@@ -397,7 +397,7 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
 
 class _StopRule:
     """The product's stopping rule replayed (``core.stopping``): kappa of each served version's pool predictions
-    (MC-mean decisions, as stored with a version) with the previous one's, on the tasks still unlabelled."""
+    (its decisions, as stored with a version) with the previous one's, on the tasks still unlabelled."""
 
     def __init__(self, config: Any):
         self.config = config.stopping
@@ -405,12 +405,12 @@ class _StopRule:
         self.kappas: list[float | None] = []
         self.history: list[dict[str, Any]] = []  # per served trained version after the first: labels, kappa
 
-    def served(self, clf: Any, X_pool: np.ndarray, labelled: np.ndarray, seed: int) -> None:
+    def served(self, clf: Any, X_pool: np.ndarray, labelled: np.ndarray) -> None:
         if not clf.trained:
             return
-        from ml_backend.learning.ranking import mc_probabilities
+        from ml_backend.learning.ranking import decision_probabilities
 
-        predicted = mc_probabilities(clf, X_pool, seed).mean(axis=1).argmax(axis=1)
+        predicted = decision_probabilities(clf, X_pool).argmax(axis=1)
         if self.previous is not None:
             self.kappas.append(cohens_kappa(self.previous[~labelled], predicted[~labelled]))
             self.history.append({"n_labels": int(labelled.sum()), "kappa": self.kappas[-1]})

@@ -108,7 +108,8 @@ class TaskType(ABC):
 
     @abstractmethod
     def decisions(self, schema: TaskSchema, probs: np.ndarray) -> list[list[str]]:
-        """The pre-annotation per task from MC probabilities (n, T, outputs)."""
+        """The pre-annotation per task from the version's deterministic probabilities (n, outputs): the decision
+        the promotion test measured, not the mean of the MC samples (those are for uncertainty only)."""
 
     @abstractmethod
     def make_result(self, schema: TaskSchema, chosen: list[str]) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ class SingleChoice(_Choices):
         return None
 
     def decisions(self, schema: TaskSchema, probs: np.ndarray) -> list[list[str]]:
-        return [[schema.labels[int(row.argmax())]] for row in probs.mean(axis=1)]
+        return [[schema.labels[int(row.argmax())]] for row in probs]
 
 
 class MultiChoice(_Choices):
@@ -74,4 +74,4 @@ class MultiChoice(_Choices):
         return "no labelled tasks yet" if len(y) == 0 else None
 
     def decisions(self, schema: TaskSchema, probs: np.ndarray) -> list[list[str]]:
-        return [[schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in probs.mean(axis=1)]
+        return [[schema.labels[c] for c in np.flatnonzero(row >= 0.5)] for row in probs]

@@ -126,3 +126,29 @@ def test_config_allows_bald_without_dropout_under_laplace_and_refuses_a_committe
         _config(mc_mode="head", dropout=0.0)
     with pytest.raises(ValidationError, match="head.members: 1"):
         _config(members=3)
+
+
+def test_pre_annotations_are_the_trained_heads_decisions_not_the_mean_of_the_samples():
+    """Under a wide posterior the mean of 20 weight samples is a noisy decision; what annotators see (and the
+    dashboard compares with their labels) is the deterministic decision the promotion test measured."""
+    from ml_backend.labelstudio.labelconfig import parse_label_config
+    from ml_backend.learning.ranking import decision_probabilities, mc_probabilities
+    from ml_backend.learning.training import own_labels
+
+    schema = parse_label_config(
+        '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="neg"/>'
+        '<Choice value="pos"/></Choices></View>'
+    )
+    x, y = _labelled_along_first_axes(n=12)
+    clf = Classifier(None, _config(strategy="margin"), 2, False, in_dim=6)
+    clf.fit(x, y, seed=0)
+    pool = np.random.default_rng(5).normal(0, 2, (200, 6)).astype(np.float32)  # most spread where no label is
+    deterministic = clf.predict(pool)
+    sampled_mean = mc_probabilities(clf, pool, seed=0).mean(axis=1).argmax(axis=1)
+    assert (sampled_mean != deterministic).any()  # the case this guards against does occur here
+    assert schema.task.decisions(schema, decision_probabilities(clf, pool)) == [
+        [schema.labels[c]] for c in deterministic
+    ]
+    own = own_labels(clf, schema, pool, [None] * len(pool), [["pos"]] * len(pool), list(range(len(pool))))
+    assert own.predicted == [schema.labels[c] for c in deterministic]
+    assert np.allclose(own.confidence, clf.predict_proba(pool, mc=1)[:, 0].max(axis=1))

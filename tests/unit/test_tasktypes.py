@@ -37,7 +37,7 @@ def test_single_choice_end_to_end():
     assert task.encode_targets(schema, [["b"], ["a"]]).tolist() == [1, 0]
     assert task.unseen_labels(schema.labels, np.array([1, 0])) == ["c"]
     probs = np.array([[[0.1, 0.7, 0.2]] * 3, [[0.4, 0.3, 0.3]] * 3])  # (n=2, T=3, C=3)
-    assert task.decisions(schema, probs) == [["b"], ["a"]]
+    assert task.decisions(schema, probs[:, 0]) == [["b"], ["a"]]  # decisions read the deterministic (n, C)
     u = task.uncertainty(probs, get_strategy("margin"))
     assert u.shape == (2,) and u[1] > u[0]  # the close call is the more uncertain
     assert schema.make_result(["b"])[0]["value"] == {"choices": ["b"]} and schema.make_result([]) == []
@@ -48,7 +48,6 @@ def test_multi_choice_end_to_end():
     task = schema.task
     assert schema.multilabel and task.encode_targets(schema, [["a", "c"], []]).tolist() == [[1, 0, 1], [0, 0, 0]]
     assert task.can_train(np.zeros((1, 3))) is None and task.can_train(np.zeros((0, 3))) == "no labelled tasks yet"
-    probs = np.array([[[0.9, 0.2, 0.6]] * 2])
-    assert task.decisions(schema, probs) == [["a", "c"]]
+    assert task.decisions(schema, np.array([[0.9, 0.2, 0.6]])) == [["a", "c"]]
     assert task.labels_from_result(schema, [{"from_name": "c", "value": {"choices": ["a", "c"]}}]) == (["a", "c"], [])
     assert task.unseen_labels(schema.labels, np.array([[1, 0, 1]])) == ["b"]
