@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ml_backend.core.badge import gradient_embedding
-from ml_backend.core.selection import Ranking, SelectionParams, rank_pool
+from ml_backend.core.selection import ClassGroups, Ranking, SelectionParams, rank_pool
 from ml_backend.core.strategies import get_strategy
 from ml_backend.models.classifier import Classifier
 from ml_backend.models.config import AcquisitionConfig
@@ -34,6 +34,7 @@ def selection_params(acq: AcquisitionConfig, seed: int) -> SelectionParams:
         neighbours=acq.cold_start_neighbours,
         explore_every=acq.explore_every,
         power=acq.power,
+        balance=acq.balance,
         seed=seed,
     )
 
@@ -69,12 +70,23 @@ def rank_version(
     reference: np.ndarray | None,
     explore: bool,
     probs: np.ndarray | None = None,
+    decided: np.ndarray | None = None,
+    labelled_counts: np.ndarray | None = None,
 ) -> PoolView:
     """Order the unlabelled pool for one version: uncertainty-led when its head is trained, coverage (cold start,
-    exploration) when not. ``probs`` may be passed when already computed (batched scoring of a large pool)."""
+    exploration) when not. ``probs`` (MC) and ``decided`` (deterministic) may be passed when already computed
+    (batched scoring of a large pool). ``labelled_counts``: labels per class of the version's training set, for
+    ``acquisition.balance``."""
     if clf.trained and probs is None:
         probs = mc_probabilities(clf, embeddings, seed)
     uncertainty = uncertainty_of(task, clf, probs) if clf.trained else None
+    groups = None
+    if clf.trained and clf.config.acquisition.balance:
+        decided = decision_probabilities(clf, embeddings) if decided is None else decided
+        predicted = task.balance_classes(decided)
+        if predicted is not None:
+            counts = np.zeros(decided.shape[1]) if labelled_counts is None else np.asarray(labelled_counts)
+            groups = ClassGroups(predicted, counts)
     gradients = None
     if clf.trained and clf.config.acquisition.front == "badge":
         gradients = gradient_embedding(probs, clf.last_layer_inputs(embeddings), clf.multilabel)
@@ -87,5 +99,6 @@ def rank_version(
         reference=reference,
         explore=explore and clf.trained,
         gradients=gradients,
+        groups=groups,
     )
     return PoolView(ranking, probs if clf.trained else None)

@@ -515,6 +515,7 @@ class ScoringService:
         self.registry.save_pool_reference(project_id, emb[sample])
         keys = [int(outcomes[i].task_id) if outcomes[i].task_id is not None else -i for i in ok]
         report("scoring: ordering the pool", len(ok), len(tasks))
+        counts = version.metrics.get("class_counts") or {}
         view = rank_version(
             state.schema.task,
             clf,
@@ -525,6 +526,8 @@ class ScoringService:
             reference=emb[sample],
             explore=bool(version.metrics.get("unseen_classes")),
             probs=np.concatenate(probs) if probs else None,
+            decided=np.concatenate(decided) if decided else None,
+            labelled_counts=np.array([counts.get(label, 0) for label in state.schema.labels]),
         )
         chosen = self._decisions(state.schema, np.concatenate(decided) if decided else None, len(ok))
         self.registry.save_ranking(

@@ -149,6 +149,19 @@ class AcquisitionConfig(_Strict):
         "with probability proportional to value**power (Gumbel-top-k, seeded by the version) instead of taking "
         "the largest values; 0 = off (deterministic).",
     )
+    balance: bool = Field(
+        False,
+        description="Class balancing (small-text's ClassBalancer): each learn pick of the front comes from the "
+        "predicted class with the fewest labels so far. Single-choice projects (a multi-label project has no one "
+        "predicted class per task, so it is not balanced); not with front: badge.",
+    )
+
+    @model_validator(mode="after")
+    def _balance_needs_coverage_front(self) -> AcquisitionConfig:
+        """BADGE's learn picks are k-means++ draws, not a per-class choice: refuse the mix instead of ignoring it."""
+        if self.balance and self.front == "badge":
+            raise ValueError("acquisition.balance needs acquisition.front: coverage (BADGE draws its own picks)")
+        return self
 
     @field_validator("strategy")
     @classmethod

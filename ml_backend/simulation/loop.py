@@ -38,6 +38,7 @@ MODIFIERS = {
     "exponent 1)",
     "laplace": "the MC passes are weight samples of a Laplace posterior over the head's last layer "
     "(acquisition.mc_mode: laplace)",
+    "balance": "the learn picks class-balanced: the least labelled predicted class first (acquisition.balance)",
 }
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
@@ -247,6 +248,8 @@ def strategy_config(config: Any, strategy: str) -> Any:
         update["front"] = "badge"
     if "laplace" in modifiers:
         update["mc_mode"] = "laplace"
+    if "balance" in modifiers:
+        update["balance"] = True
     if name == HYBRID:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):
@@ -277,8 +280,11 @@ class _Served:
     cursor: int = 0
 
 
-def _queue(prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, unseen: list[str], seed: int) -> np.ndarray:
-    """The order the worker's re-score gives the unlabelled pool (pool positions, first served first)."""
+def _queue(
+    prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, metrics: dict[str, Any], seed: int
+) -> np.ndarray:
+    """The order the worker's re-score gives the unlabelled pool (pool positions, first served first), from the
+    version's training metrics as the worker reads them (classes unseen, labels per class)."""
     from ml_backend.learning.ranking import rank_version
     from ml_backend.tasktypes import SINGLE_CHOICE
 
@@ -291,7 +297,8 @@ def _queue(prep: Prepared, clf, X_pool: np.ndarray, labelled: np.ndarray, unseen
         seed,
         labelled=X_pool[labelled],
         reference=None,
-        explore=bool(unseen),
+        explore=bool(metrics["unseen_classes"]),
+        labelled_counts=np.array([metrics["class_counts"].get(label, 0) for label in prep.classes]),
     )
     return todo[view.ranking.order]
 
@@ -332,7 +339,9 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
         labelled[np.random.default_rng([seed, 11]).choice(len(train), min(first, len(train)), replace=False)] = True
     served = _Served(untrained, [], list(prep.classes), np.zeros(0, dtype=np.int64))
     if strategy != RANDOM:
-        served.queue = _queue(prep, untrained, X_pool, labelled, served.unseen, seed)
+        served.queue = _queue(
+            prep, untrained, X_pool, labelled, {"unseen_classes": served.unseen, "class_counts": {}}, seed
+        )
     stop_rule = _StopRule(config)
     budget = min(len(train), (first if settings.cold_start == "random" else 0) + settings.rounds * settings.batch)
     next_training = first
@@ -364,7 +373,9 @@ def run_one(prep: Prepared, settings: SimulationSettings, strategy: str, seed: i
                     t0 = time.perf_counter()
                     unseen = decision.metrics["unseen_classes"]
                     queue = (
-                        _queue(prep, new_clf, X_pool, labelled, unseen, seed) if strategy != RANDOM else served.queue
+                        _queue(prep, new_clf, X_pool, labelled, decision.metrics, seed)
+                        if strategy != RANDOM
+                        else served.queue
                     )
                     served = _Served(new_clf, [int(i) for i in ids], unseen, queue)
                     stop_rule.served(new_clf, X_pool, labelled)

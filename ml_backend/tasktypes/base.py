@@ -111,6 +111,12 @@ class TaskType(ABC):
         """The pre-annotation per task from the version's deterministic probabilities (n, outputs): the decision
         the promotion test measured, not the mean of the MC samples (those are for uncertainty only)."""
 
+    def balance_classes(self, probs: np.ndarray) -> np.ndarray | None:
+        """The one class per task that class balancing (``acquisition.balance``) spreads the front's picks over,
+        from the deterministic probabilities (n, outputs); None: this task type has no such class (balancing is
+        off)."""
+        return None
+
     @abstractmethod
     def make_result(self, schema: TaskSchema, chosen: list[str]) -> list[dict[str, Any]]:
         """LS prediction ``result`` for a decision (empty list = no pre-annotation)."""

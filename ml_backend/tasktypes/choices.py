@@ -54,6 +54,9 @@ class SingleChoice(_Choices):
     def decisions(self, schema: TaskSchema, probs: np.ndarray) -> list[list[str]]:
         return [[schema.labels[int(row.argmax())]] for row in probs]
 
+    def balance_classes(self, probs: np.ndarray) -> np.ndarray:
+        return probs.argmax(axis=1)
+
 
 class MultiChoice(_Choices):
     name = "multichoices"

@@ -44,6 +44,12 @@ def test_selection_weights_are_checked(tmp_path):
             _config(tmp_path, weights=bad)
 
 
+def test_class_balancing_needs_the_coverage_front(tmp_path):
+    assert _config(tmp_path, balance=True).acquisition.balance
+    with pytest.raises(ValidationError, match="balance needs acquisition.front: coverage"):
+        _config(tmp_path, balance=True, front="badge")
+
+
 def test_every_shipped_config_loads():
     names = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml"))
     assert "text-minilm" in names and "image-efficientnet-lite0" in names

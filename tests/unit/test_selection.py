@@ -8,6 +8,7 @@ from ml_backend.core.selection import (
     EXPLORE,
     LEARN,
     REST,
+    ClassGroups,
     SelectionParams,
     hybrid_value,
     novelty,
@@ -119,6 +120,28 @@ def test_power_acquisition_draws_tasks_in_proportion_to_value_and_is_reproducibl
     assert set(learn) != {i for i in greedy.order[:21] if greedy.reasons[i] == LEARN}
     assert np.median(u[learn]) > np.median(u)  # still leaning to uncertain tasks
     _check_scores_follow_order(drawn)
+
+
+def test_balanced_learn_picks_go_to_the_least_labelled_predicted_class_first():
+    """Uncertainty is highest in predicted class 0, which already has labels: unbalanced, the front starts there;
+    balanced, it goes to classes 1 and 2 until their counts (labels + earlier picks) catch up, then takes turns."""
+    x, cluster = _clusters([60, 60, 60])
+    value = np.where(cluster == 0, 0.9, 0.2) + np.linspace(0, 0.05, len(x))
+    groups = ClassGroups(cluster, np.array([4, 0, 1]))
+    plain = rank_pool(x, list(range(len(x))), SelectionParams(front_size=12, explore_every=0), uncertainty=value)
+    assert cluster[plain.order[:2]].tolist() == [0, 0]  # the most uncertain (later picks are discounted by cover)
+    params = SelectionParams(front_size=12, explore_every=0, balance=True)
+    balanced = rank_pool(x, list(range(len(x))), params, uncertainty=value, groups=groups)
+    # counts 4, 0, 1: class 1 first, then 1 and 2 in turn (ties: the lower class), class 0 once they reach 4
+    assert cluster[balanced.order[:12]].tolist() == [1, 1, 2, 1, 2, 1, 2, 0, 1, 2, 0, 1]
+    _check_scores_follow_order(balanced)
+    # without balance in the params, the groups change nothing; a wrong length is refused
+    same = rank_pool(
+        x, list(range(len(x))), SelectionParams(front_size=12, explore_every=0), uncertainty=value, groups=groups
+    )
+    assert same.order.tolist() == plain.order.tolist()
+    with pytest.raises(ValueError, match="one predicted class per task"):
+        rank_pool(x, list(range(len(x))), params, uncertainty=value, groups=ClassGroups(cluster[:5], np.zeros(3)))
 
 
 def test_rest_scores_are_certainties_above_the_floor_and_pure_per_task():
