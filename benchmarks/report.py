@@ -46,6 +46,29 @@ SIMULATIONS = [
         "The debate statements with entropy and BALD (a second run; its default parts from the first at 240 labels)",
         TARGET,
     ),
+    (
+        "balance/rotten-tomatoes-3",
+        "Class-balanced learn picks (`acquisition.balance`, today's default): 3-class text. These runs used the "
+        "default config of 2026-12-06 before balancing, so `default` here is the unbalanced default; with today's "
+        "configs `benchmarks/run_all.sh` reproduces them with "
+        "`--model-config benchmarks/results/balance/*-before.yaml`",
+        TARGET,
+    ),
+    (
+        "balance/rotten-tomatoes-3-as-default",
+        "The 3-class text set under today's default config, by the name `default`: the curves of `default+balance`",
+        TARGET,
+    ),
+    ("balance/presidential-debates", "Class-balanced learn picks on the 2016 debate statements", TARGET),
+    ("balance/fashion-mnist-images", "Class-balanced learn picks on Fashion-MNIST through EfficientNet-Lite0", TARGET),
+    ("balance/digits-images", "Class-balanced learn picks on digits through EfficientNet-Lite0", TARGET),
+    ("balance/digits-features", "Class-balanced learn picks on digits as raw pixels (MLP head)", TARGET),
+    ("balance/digits-duplicates", "Class-balanced learn picks on digits with every pool item 3 times", TARGET),
+    (
+        "balance/rotten-tomatoes",
+        "Class balancing forced on the two-class text set (today's default leaves two-class projects unbalanced)",
+        TARGET,
+    ),
     ("laplace/rotten-tomatoes-3", "A Laplace posterior over the last layer (`mc_mode: laplace`): 3-class text", TARGET),
     ("laplace/presidential-debates", "The Laplace posterior on the 2016 debate statements", TARGET),
     ("laplace/fashion-mnist-images", "The Laplace posterior on Fashion-MNIST through EfficientNet-Lite0", TARGET),
@@ -103,24 +126,45 @@ def _ratio_line(summary: dict, target: str) -> str:
     return line
 
 
+#: the overview's rows: (folder, the strategy of that run that is today's default pipeline). Since class balancing
+#: became the default (multi-class projects, 2026-12-06), its runs record it as ``default+balance``: the default
+#: config of the day plus ``acquisition.balance: true``, which is exactly today's default config; their ``default``
+#: is the pipeline before it (the "before" column). With two classes balancing does not apply, so ``default`` is
+#: today's. Rows whose folder has no balanced run are older rows, measured before it.
+OVERVIEW = [
+    ("balance/digits-features", "default+balance"),
+    ("balance/digits-images", "default+balance"),
+    ("balance/rotten-tomatoes", "default"),
+    ("balance/rotten-tomatoes-3", "default+balance"),
+    ("balance/digits-duplicates", "default+balance"),
+    ("fashion-mnist", "default"),
+    ("balance/fashion-mnist-images", "default+balance"),
+    ("balance/presidential-debates", "default+balance"),
+]
+
+
 def overview_table(results: Path, target: str = TARGET) -> str:
-    """One row per data set: the default pipeline against random, and the alternatives' ratios (the README table)."""
+    """One row per data set: today's default pipeline against random, the default before class balancing, and the
+    alternatives' ratios from the data set's main folder (the README table)."""
     head = (
-        "| data set | full-data acc. | random: labels to 95 % of full | default (margin + batch-aware front) | "
-        "x random | worst round vs random | every class labelled after | AULC default / random | "
-        f"x random: {', '.join(ALTERNATIVES)} |"
+        "| data set | full-data acc. | random: labels to 95 % of full | default (margin + balanced, batch-aware "
+        "front) | x random | worst round vs random | every class labelled after | AULC default / random | "
+        f"x random before balancing | x random: {', '.join(ALTERNATIVES)} |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for folder, _title, _target in SIMULATIONS:
+    for folder, default in OVERVIEW:
         path = results / folder / "simulation.json"
         if not path.is_file():
             continue
         result = json.loads(path.read_text())
         summary = result["summary"]
-        rnd, dft = summary.get("random"), summary.get("default")
+        rnd, dft = summary.get("random"), summary.get(default)
         if not rnd or not dft:
             continue
         full = sorted(f["accuracy"] for f in result["full_data"])[len(result["full_data"]) // 2]
+        name = folder.rsplit("/", 1)[-1]
+        main = results / name / "simulation.json"
+        others = json.loads(main.read_text())["summary"] if main.is_file() else {}
 
         def labels(entry: dict) -> str:
             value = entry["labels_to_reach"][target]
@@ -128,15 +172,17 @@ def overview_table(results: Path, target: str = TARGET) -> str:
             text = f"{value:.0f}" if value != float("inf") else f"> {entry['final_labels']}"
             return text + ("" if reached == seeds else f" ({reached}/{seeds} seeds)")
 
-        def ratio(name: str, summary: dict = summary) -> str:
-            value = summary.get(name, {}).get("ratio_to_random", {}).get(target)
+        def ratio(strategy: str, summary: dict = summary) -> str:
+            value = summary.get(strategy, {}).get("ratio_to_random", {}).get(target)
             return "-" if value is None else f"{value:.2f}"
 
-        alternatives = ", ".join(ratio(n) for n in ALTERNATIVES)
+        before = ratio("default") if default != "default" else ("same" if folder.startswith("balance/") else "-")
+        alternatives = ", ".join(ratio(n, others) for n in ALTERNATIVES)
         lines.append(
-            f"| {folder} | {full:.3f} | {labels(rnd)} | {labels(dft)} | **{ratio('default')}** | "
+            f"| {name} | {full:.3f} | {labels(rnd)} | {labels(dft)} | **{ratio(default)}** | "
             f"{100 * dft['worst_vs_random']:+.1f} pts at {dft['worst_vs_random_at']} | "
-            f"{dft['labels_to_all_classes']:.0f} | {dft['aulc']:.3f} / {rnd['aulc']:.3f} | {alternatives} |"
+            f"{dft['labels_to_all_classes']:.0f} | {dft['aulc']:.3f} / {rnd['aulc']:.3f} | {before} | "
+            f"{alternatives} |"
         )
     return "\n".join(lines)
 

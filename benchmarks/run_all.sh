@@ -103,6 +103,24 @@ for d in rotten-tomatoes:50 digits-images:80; do
   $SIM --dataset "${d%%:*}" --strategies random,default,default+laplace --seeds 0-2 --rounds "${d##*:}" \
     --out "$OUT/laplace/${d%%:*}"
 done
+# class-balanced learn picks (acquisition.balance): `default` is the default config as it was before it (kept in
+# results/balance/*-before.yaml), `default+balance` that config plus balance, which is today's default (with 3+
+# classes; two-class projects are not balanced, so on rotten-tomatoes +balance forces it)
+B=benchmarks/results/balance
+for d in rotten-tomatoes-3:40:text presidential-debates:60:text rotten-tomatoes:50:text \
+  fashion-mnist-images:60:image-efficientnet-lite0 digits-images:80:image-efficientnet-lite0; do
+  IFS=: read -r name rounds kind <<< "$d"
+  [ "$kind" = text ] && kind=text-minilm
+  $SIM --dataset "$name" --model-config "$B/$kind-before.yaml" --strategies random,default,default+balance \
+    --seeds 0-2 --rounds "$rounds" --out "$OUT/balance/$name"
+done
+# today's default config by the name `default`: the same curves as `default+balance` above
+$SIM --dataset rotten-tomatoes-3 --strategies random,default --seeds 0-2 --rounds 40 \
+  --out "$OUT/balance/rotten-tomatoes-3-as-default"
+$SIM --dataset digits-features $PIX --duplicates 3 --strategies random,default,default+balance --seeds 0-2 \
+  --rounds 40 --out "$OUT/balance/digits-duplicates"
+$SIM --dataset digits-features $PIX --strategies random,default,default+balance --seeds 0-2 --rounds 40 \
+  --out "$OUT/balance/digits-features"
 # coverage picks only (representative sampling with the product's kernel) on the two-class text set
 $SIM --dataset rotten-tomatoes --model-config benchmarks/results/coverage/text-minilm-coverage.yaml \
   --strategies random,default --seeds 0-2 --rounds 50 --out "$OUT/coverage/rotten-tomatoes"

@@ -76,12 +76,13 @@ def rank_version(
     """Order the unlabelled pool for one version: uncertainty-led when its head is trained, coverage (cold start,
     exploration) when not. ``probs`` (MC) and ``decided`` (deterministic) may be passed when already computed
     (batched scoring of a large pool). ``labelled_counts``: labels per class of the version's training set, for
-    ``acquisition.balance``."""
+    ``acquisition.balance`` (projects with at least ``balance_min_classes`` classes)."""
     if clf.trained and probs is None:
         probs = mc_probabilities(clf, embeddings, seed)
     uncertainty = uncertainty_of(task, clf, probs) if clf.trained else None
     groups = None
-    if clf.trained and clf.config.acquisition.balance:
+    acq = clf.config.acquisition
+    if clf.trained and acq.balance and clf.n_outputs >= acq.balance_min_classes:
         decided = decision_probabilities(clf, embeddings) if decided is None else decided
         predicted = task.balance_classes(decided)
         if predicted is not None:

@@ -152,8 +152,16 @@ class AcquisitionConfig(_Strict):
     balance: bool = Field(
         False,
         description="Class balancing (small-text's ClassBalancer): each learn pick of the front comes from the "
-        "predicted class with the fewest labels so far. Single-choice projects (a multi-label project has no one "
-        "predicted class per task, so it is not balanced); not with front: badge.",
+        "predicted class with the fewest labels so far. Single-choice projects with at least balance_min_classes "
+        "classes (a multi-label project has no one predicted class per task, so it is not balanced); not with "
+        "front: badge. Off unless a config sets it; the shipped configs do.",
+    )
+    balance_min_classes: int = Field(
+        3,
+        ge=2,
+        description="Balance only projects with at least this many classes (2: every single-choice project). With "
+        "two classes there is one border, and the most uncertain tasks already lie on both sides of it; measured "
+        "on a balanced two-class set, balancing lost (README, 'Class-balanced learn picks').",
     )
 
     @model_validator(mode="after")

@@ -33,12 +33,13 @@ HYBRID = "hybrid"  # the default config with equal weights on uncertainty, novel
 #: ``<name>+<modifier>``: the strategy's config changed as the modifier says (several may follow each other)
 MODIFIERS = {
     "topk": "the batch-aware front switched off (plain top-k, the behaviour before it existed)",
-    "badge": "the front's learn picks are BADGE's k-means++ draws over gradient embeddings",
+    "badge": "the front's learn picks are BADGE's k-means++ draws over gradient embeddings (not class-balanced)",
     "power": "the learn picks drawn with probability ~ value (stochastic power acquisition, Kirsch et al.'s "
     "exponent 1)",
     "laplace": "the MC passes are weight samples of a Laplace posterior over the head's last layer "
     "(acquisition.mc_mode: laplace)",
-    "balance": "the learn picks class-balanced: the least labelled predicted class first (acquisition.balance)",
+    "balance": "the learn picks class-balanced: the least labelled predicted class first (acquisition.balance), "
+    "also with two classes",
 }
 ALL_STRATEGIES = [RANDOM, DEFAULT, HYBRID, *STRATEGIES]
 DATASETS = (
@@ -245,11 +246,11 @@ def strategy_config(config: Any, strategy: str) -> Any:
     name, modifiers = parse_strategy(strategy)
     update: dict[str, Any] = {"power": 1.0} if "power" in modifiers else {}
     if "badge" in modifiers:
-        update["front"] = "badge"
+        update.update(front="badge", balance=False)  # BADGE draws its own learn picks: none to balance
     if "laplace" in modifiers:
         update["mc_mode"] = "laplace"
     if "balance" in modifiers:
-        update["balance"] = True
+        update.update(balance=True, balance_min_classes=2)  # whatever the number of classes
     if name == HYBRID:
         update["weights"] = {term: 1.0 for term in WEIGHT_TERMS}
     elif name not in (RANDOM, DEFAULT):

@@ -221,3 +221,48 @@ def test_the_lazy_greedy_front_picks_what_the_full_greedy_picks(with_model):
     dist = 1.0 - emb @ emb.T
     sim = np.exp(-np.clip(dist, 0.0, None) / _bandwidth(dist, 10))
     assert sim[picked].max(axis=0).sum() == pytest.approx(sim[expected].max(axis=0).sum(), rel=1e-4)
+
+
+@pytest.mark.parametrize("n_classes, min_classes, balanced", [(3, 3, True), (2, 3, False), (2, 2, True)])
+def test_a_version_balances_its_front_only_with_enough_classes(n_classes, min_classes, balanced):
+    """acquisition.balance reaches the front through the version's own decisions and its labels per class, for
+    projects with at least balance_min_classes classes."""
+    from ml_backend.learning.ranking import rank_version
+    from ml_backend.models.classifier import Classifier
+    from ml_backend.models.config import ModelConfig
+    from ml_backend.tasktypes import SINGLE_CHOICE
+
+    x, cluster = _clusters([40] * n_classes)
+    config = ModelConfig.model_validate(
+        {
+            "name": "t",
+            "kind": "text",
+            "encoder": {"pretrained": "none"},
+            "training": {"epochs": 30},
+            "acquisition": {
+                "strategy": "margin",
+                "front_size": 12,
+                "explore_every": 0,
+                "balance": True,
+                "balance_min_classes": min_classes,
+            },
+        }
+    )
+    clf = Classifier(None, config, n_classes, False, in_dim=x.shape[1])
+    labelled = np.concatenate([np.flatnonzero(cluster == c)[:3] for c in range(n_classes)])
+    clf.fit(x[labelled], cluster[labelled], seed=0)
+    counts = np.zeros(n_classes, dtype=int)
+    counts[0] = 50  # class 0 has many labels: a balanced front serves it last
+    view = rank_version(
+        SINGLE_CHOICE,
+        clf,
+        x,
+        list(range(len(x))),
+        0,
+        labelled=x[labelled],
+        reference=None,
+        explore=False,
+        labelled_counts=counts,
+    )
+    served = clf.predict(x[view.ranking.order[:12]])
+    assert (0 not in served.tolist()) == balanced, served
