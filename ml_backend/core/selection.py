@@ -214,17 +214,17 @@ def greedy_front(
     # only candidates whose bound reaches the top are re-evaluated; the picks are those of the plain greedy
     # (ties: the larger value, then the earlier candidate), at a fraction of its (size x candidates x reference).
     explore_heap = _heap(np.maximum(sim - cover_all, 0.0).sum(axis=1), val)
-    everyone = np.arange(len(cand))
     # nothing of this front is picked yet: the gain ratio is 1. One heap, or one per predicted class (balance)
-    learn_heaps = {-1: _heap(val, np.zeros(len(cand)), everyone)}
-    counts: dict[int, int] = {}
+    cand_class = np.full(len(cand), -1)
+    counts: dict[int, int] = {}  # labels + picks per predicted class; empty: not balanced
     if groups is not None and value is not None:
         cand_class = groups.predicted[cand]
-        learn_heaps = {
-            int(c): _heap(val[cand_class == c], np.zeros(int((cand_class == c).sum())), everyone[cand_class == c])
-            for c in np.unique(cand_class)
-        }
-        counts = {c: int(groups.labelled_counts[c]) if c < len(groups.labelled_counts) else 0 for c in learn_heaps}
+        known = len(groups.labelled_counts)
+        counts = {int(c): int(groups.labelled_counts[c]) if c < known else 0 for c in np.unique(cand_class)}
+    learn_heaps = {}
+    for c in np.unique(cand_class):
+        members = np.flatnonzero(cand_class == c)
+        learn_heaps[int(c)] = _heap(val[members], np.zeros(len(members)), members)
 
     def explore_gain(i: int) -> tuple[float, float]:
         return float(np.maximum(sim[i] - cover_all, 0.0).sum()), float(val[i])

@@ -44,16 +44,6 @@ def mc_probabilities(clf: Classifier, embeddings: np.ndarray, seed: int, items: 
     return clf.predict_proba(embeddings, mc=clf.config.acquisition.mc_samples, items=items, seed=seed)
 
 
-def decision_probabilities(clf: Classifier, embeddings: np.ndarray) -> np.ndarray:
-    """The version's deterministic probabilities (n, outputs), where its pre-annotations come from.
-
-    They are what ``Classifier.predict`` decides on, so what annotators see is the model the promotion test
-    measured. The mean of the MC samples is not: under a wide Laplace posterior 20 weight samples are a noisy
-    decision (README, "How scores are computed"), and with MC dropout it agrees with this on 97-98 % of tasks at
-    the same accuracy. One pass over the head on the embeddings, also for ``mc_mode: full``."""
-    return clf.predict_proba(embeddings, mc=1)[:, 0]
-
-
 def uncertainty_of(task: TaskType, clf: Classifier, probs: np.ndarray) -> np.ndarray:
     """The version's acquisition function, reduced to one value per task the way the task type says."""
     return task.uncertainty(probs, get_strategy(clf.config.acquisition.strategy))
@@ -83,7 +73,7 @@ def rank_version(
     groups = None
     acq = clf.config.acquisition
     if clf.trained and acq.balance and clf.n_outputs >= acq.balance_min_classes:
-        decided = decision_probabilities(clf, embeddings) if decided is None else decided
+        decided = clf.decision_proba(embeddings) if decided is None else decided
         predicted = task.balance_classes(decided)
         if predicted is not None:
             counts = np.zeros(decided.shape[1]) if labelled_counts is None else np.asarray(labelled_counts)

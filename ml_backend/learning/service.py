@@ -26,7 +26,7 @@ import numpy as np
 from ml_backend.core.density import representativeness
 from ml_backend.core.selection import rest_score
 from ml_backend.learning.embcache import EmbeddingCache, content_key, pack, unpack
-from ml_backend.learning.ranking import decision_probabilities, mc_probabilities, rank_version, uncertainty_of
+from ml_backend.learning.ranking import mc_probabilities, rank_version, uncertainty_of
 from ml_backend.learning.registry import ProjectRecord, Registry, StoredRanking, VersionInfo
 from ml_backend.learning.store import ModelStore
 from ml_backend.models.classifier import Classifier
@@ -399,7 +399,7 @@ class ScoringService:
 
     # -- scoring --------------------------------------------------------------------------------------------
     def _decisions(self, schema: TaskSchema, probs: np.ndarray | None, n: int) -> list[list[str]]:
-        """Pre-annotations from the version's deterministic probabilities (``ranking.decision_probabilities``);
+        """Pre-annotations from the version's deterministic probabilities (``Classifier.decision_proba``);
         none from an untrained head (it would be random)."""
         return [[] for _ in range(n)] if probs is None else schema.task.decisions(schema, probs)
 
@@ -439,7 +439,7 @@ class ScoringService:
         if clf.trained:
             with self._lock:
                 probs = mc_probabilities(clf, emb, version.seed, items)
-                decided = decision_probabilities(clf, emb)
+                decided = clf.decision_proba(emb)
             value = uncertainty_of(state.schema.task, clf, probs)
         else:
             pid = state.record.project_id
@@ -501,7 +501,7 @@ class ScoringService:
             if clf.trained and len(emb):
                 with self._lock:
                     probs.append(mc_probabilities(clf, emb, version.seed, items))
-                    decided.append(decision_probabilities(clf, emb))
+                    decided.append(clf.decision_proba(emb))
             report(
                 "scoring: embedding",
                 min(start + batch_size, len(tasks)),
@@ -516,6 +516,7 @@ class ScoringService:
         keys = [int(outcomes[i].task_id) if outcomes[i].task_id is not None else -i for i in ok]
         report("scoring: ordering the pool", len(ok), len(tasks))
         counts = version.metrics.get("class_counts") or {}
+        decided_all = np.concatenate(decided) if decided else None
         view = rank_version(
             state.schema.task,
             clf,
@@ -526,10 +527,10 @@ class ScoringService:
             reference=emb[sample],
             explore=bool(version.metrics.get("unseen_classes")),
             probs=np.concatenate(probs) if probs else None,
-            decided=np.concatenate(decided) if decided else None,
+            decided=decided_all,
             labelled_counts=np.array([counts.get(label, 0) for label in state.schema.labels]),
         )
-        chosen = self._decisions(state.schema, np.concatenate(decided) if decided else None, len(ok))
+        chosen = self._decisions(state.schema, decided_all, len(ok))
         self.registry.save_ranking(
             project_id,
             version.version,

@@ -18,7 +18,6 @@ import numpy as np
 from ml_backend.core.metrics import accuracy, class_counts, macro_f1
 from ml_backend.core.strategies import stable_fraction
 from ml_backend.learning.insights import confidence, project_stop_signal
-from ml_backend.learning.ranking import decision_probabilities
 from ml_backend.learning.registry import (
     LABEL_PREDICTIONS,
     LabelPredictions,
@@ -196,7 +195,7 @@ def own_labels(
 ) -> LabelPredictions:
     """The trained version's decision and confidence on each task it was trained on, beside the human label (the
     dashboard's possible label errors). The same decisions as the pool's pre-annotations; labels in config order."""
-    probs = decision_probabilities(clf, _features(clf, embeddings, items))
+    probs = clf.decision_proba(_features(clf, embeddings, items))
     return LabelPredictions(
         list(task_ids),
         [LABEL_SEPARATOR.join(d) for d in schema.task.decisions(schema, probs)],

@@ -420,9 +420,7 @@ class _StopRule:
     def served(self, clf: Any, X_pool: np.ndarray, labelled: np.ndarray) -> None:
         if not clf.trained:
             return
-        from ml_backend.learning.ranking import decision_probabilities
-
-        predicted = decision_probabilities(clf, X_pool).argmax(axis=1)
+        predicted = clf.predict(X_pool)
         if self.previous is not None:
             self.kappas.append(cohens_kappa(self.previous[~labelled], predicted[~labelled]))
             self.history.append({"n_labels": int(labelled.sum()), "kappa": self.kappas[-1]})

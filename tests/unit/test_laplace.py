@@ -132,7 +132,7 @@ def test_pre_annotations_are_the_trained_heads_decisions_not_the_mean_of_the_sam
     """Under a wide posterior the mean of 20 weight samples is a noisy decision; what annotators see (and the
     dashboard compares with their labels) is the deterministic decision the promotion test measured."""
     from ml_backend.labelstudio.labelconfig import parse_label_config
-    from ml_backend.learning.ranking import decision_probabilities, mc_probabilities
+    from ml_backend.learning.ranking import mc_probabilities
     from ml_backend.learning.training import own_labels
 
     schema = parse_label_config(
@@ -146,9 +146,7 @@ def test_pre_annotations_are_the_trained_heads_decisions_not_the_mean_of_the_sam
     deterministic = clf.predict(pool)
     sampled_mean = mc_probabilities(clf, pool, seed=0).mean(axis=1).argmax(axis=1)
     assert (sampled_mean != deterministic).any()  # the case this guards against does occur here
-    assert schema.task.decisions(schema, decision_probabilities(clf, pool)) == [
-        [schema.labels[c]] for c in deterministic
-    ]
+    assert schema.task.decisions(schema, clf.decision_proba(pool)) == [[schema.labels[c]] for c in deterministic]
     own = own_labels(clf, schema, pool, [None] * len(pool), [["pos"]] * len(pool), list(range(len(pool))))
     assert own.predicted == [schema.labels[c] for c in deterministic]
     assert np.allclose(own.confidence, clf.predict_proba(pool, mc=1)[:, 0].max(axis=1))
