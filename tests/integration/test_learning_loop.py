@@ -531,7 +531,10 @@ def test_a_first_scoring_that_failed_for_good_is_retried_once_label_studio_is_ba
     def waiting_retry():
         status = client.get(f"/projects/{project_id}/status").json()
         late = [j for j in status["jobs"] if j["kind"] == "rescore" and j["status"] == "scheduled"]
-        return status if late and status["last_error"] else None
+        # the job's failure handler schedules the late re-score and records the error before rq moves the job
+        # itself to its failed registry: wait for both, or a snapshot in between sees it still "started"
+        failed = any(j["status"] == "failed" for j in status["jobs"])
+        return status if late and failed and status["last_error"] else None
 
     status = wait_for("a later re-score to be scheduled after the failure", waiting_retry, timeout=120)
     assert "cannot reach Label Studio" in status["last_error"], status["last_error"]
